@@ -1,0 +1,1 @@
+"""The `phonekey` console script: a thin dispatcher over each package's subcommands."""

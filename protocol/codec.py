@@ -1,0 +1,203 @@
+"""Byte layouts of the messages (construct) and the public encode/decode.
+
+Every message on the wire is::
+
+    wire_version:u8 | message_type:u8 | body
+
+``decode`` turns any malformed input into a ``DecodeError`` subclass (a
+``ProtocolError``): truncated, oversized, unknown type, bad version, trailing
+bytes, or a field value the protocol does not define. Nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+from typing import Any, Final
+
+import construct as c
+
+from . import crypto
+from .errors import (
+    DecodeError,
+    FieldValueError,
+    MessageTooLarge,
+    TrailingBytes,
+    TruncatedMessage,
+    UnknownMessageType,
+    UnsupportedWireVersion,
+)
+from .messages import (
+    Challenge,
+    ChallengeRequest,
+    CommandRequest,
+    CommandResponse,
+    ErrorMessage,
+    Message,
+)
+from .types import Command, LockState, ResultCode
+
+WIRE_VERSION: Final = 1
+MAX_MESSAGE_SIZE: Final = 512  # leaves room for credentials in later versions
+NONCE_LEN: Final = 16
+MAX_VERSIONS: Final = 8
+
+_MSG_CHALLENGE = 0x01
+_MSG_CHALLENGE_REQUEST = 0x02
+_MSG_COMMAND_REQUEST = 0x03
+_MSG_COMMAND_RESPONSE = 0x04
+_MSG_ERROR = 0x05
+
+_Header = c.Struct("version" / c.Int8ub, "type" / c.Int8ub)
+_Versions = c.PrefixedArray(c.Int8ub, c.Int8ub)
+
+_BODIES: dict[int, c.Construct] = {
+    _MSG_CHALLENGE: c.Struct(
+        "versions" / _Versions,
+        "vehicle_id" / c.Bytes(crypto.KEY_ID_LEN),
+        "nonce" / c.Bytes(NONCE_LEN),
+    ),
+    _MSG_CHALLENGE_REQUEST: c.Struct(),
+    _MSG_COMMAND_REQUEST: c.Struct(
+        "version" / c.Int8ub,
+        "offered_versions" / _Versions,
+        "nonce" / c.Bytes(NONCE_LEN),
+        "key_id" / c.Bytes(crypto.KEY_ID_LEN),
+        "counter" / c.Int64ub,
+        "command" / c.Int8ub,
+        "ephemeral_key" / c.Bytes(crypto.COMPRESSED_POINT_LEN),
+        "signature" / c.Bytes(crypto.SIGNATURE_LEN),
+    ),
+    _MSG_COMMAND_RESPONSE: c.Struct(
+        "result" / c.Int8ub,
+        "command" / c.Int8ub,
+        "counter" / c.Int64ub,
+        "lock_state" / c.Int8ub,
+        "mac" / c.Bytes(crypto.MAC_LEN),
+    ),
+    _MSG_ERROR: c.Struct("code" / c.Int8ub),
+}
+
+_TYPE_OF: dict[type, int] = {
+    Challenge: _MSG_CHALLENGE,
+    ChallengeRequest: _MSG_CHALLENGE_REQUEST,
+    CommandRequest: _MSG_COMMAND_REQUEST,
+    CommandResponse: _MSG_COMMAND_RESPONSE,
+    ErrorMessage: _MSG_ERROR,
+}
+
+_RESPONSE_RESULTS = frozenset({ResultCode.OK, ResultCode.FORBIDDEN})
+
+
+def encode(message: Message) -> bytes:
+    """Serialise a message. Raises ``ValueError`` for a message we must not send."""
+    msg_type = _TYPE_OF[type(message)]
+    fields = _fields_of(message)
+    try:
+        body = _BODIES[msg_type].build(fields)
+    except c.ConstructError as exc:
+        raise ValueError(f"cannot encode {type(message).__name__}: {exc}") from None
+    data = bytes([WIRE_VERSION, msg_type]) + body
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise ValueError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
+    return data
+
+
+def decode(data: bytes) -> Message:
+    """Parse one complete message; raise a ``DecodeError`` for anything malformed."""
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise MessageTooLarge(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
+    if len(data) < _Header.sizeof():
+        raise TruncatedMessage(f"message of {len(data)} bytes has no complete header")
+    header = _Header.parse(data)
+    if header.version != WIRE_VERSION:
+        raise UnsupportedWireVersion(f"wire version {header.version} (this side speaks 1)")
+    body_struct = _BODIES.get(header.type)
+    if body_struct is None:
+        raise UnknownMessageType(f"unknown message type 0x{header.type:02x}")
+    stream = io.BytesIO(data[_Header.sizeof() :])
+    try:
+        parsed = body_struct.parse_stream(stream)
+    except c.StreamError:
+        raise TruncatedMessage(f"message type 0x{header.type:02x} is truncated") from None
+    except c.ConstructError as exc:  # pragma: no cover - no other failure in these structs
+        raise DecodeError(f"undecodable message: {exc}") from None
+    rest = len(data) - _Header.sizeof() - stream.tell()
+    if rest:
+        raise TrailingBytes(f"{rest} unexpected trailing bytes after the message")
+    return _to_message(header.type, parsed)
+
+
+def request_signed_part(request: CommandRequest) -> bytes:
+    """The encoded request without its trailing signature: what the transcript covers."""
+    return encode(replace(request, signature=bytes(crypto.SIGNATURE_LEN)))[: -crypto.SIGNATURE_LEN]
+
+
+def response_maced_part(response: CommandResponse) -> bytes:
+    """The encoded response without its trailing MAC: what the MAC covers."""
+    return encode(replace(response, mac=bytes(crypto.MAC_LEN)))[: -crypto.MAC_LEN]
+
+
+def _fields_of(message: Message) -> dict[str, Any]:
+    fields = dict(message.__dict__)
+    for name in ("versions", "offered_versions"):
+        if name in fields:
+            versions = fields[name]
+            if len(versions) > MAX_VERSIONS or not all(0 < v < 256 for v in versions):
+                raise ValueError(f"{name} must be 1..{MAX_VERSIONS} values in 1..255")
+            fields[name] = list(versions)
+    return fields
+
+
+def _enum(enum_type: Any, value: int, field: str) -> Any:
+    try:
+        return enum_type(value)
+    except ValueError:
+        raise FieldValueError(f"{field} has undefined value {value}") from None
+
+
+def _versions(values: list[int], field: str) -> tuple[int, ...]:
+    if not 0 < len(values) <= MAX_VERSIONS:
+        raise FieldValueError(f"{field} must list 1..{MAX_VERSIONS} versions, not {len(values)}")
+    if 0 in values or len(set(values)) != len(values):
+        raise FieldValueError(f"{field} holds a zero or repeated version")
+    return tuple(values)
+
+
+def _to_message(msg_type: int, p: Any) -> Message:
+    if msg_type == _MSG_CHALLENGE:
+        return Challenge(
+            versions=_versions(list(p.versions), "versions"),
+            vehicle_id=bytes(p.vehicle_id),
+            nonce=bytes(p.nonce),
+        )
+    if msg_type == _MSG_CHALLENGE_REQUEST:
+        return ChallengeRequest()
+    if msg_type == _MSG_COMMAND_REQUEST:
+        if p.version == 0:
+            raise FieldValueError("version 0 is not a protocol version")
+        return CommandRequest(
+            version=p.version,
+            offered_versions=_versions(list(p.offered_versions), "offered_versions"),
+            nonce=bytes(p.nonce),
+            key_id=bytes(p.key_id),
+            counter=p.counter,
+            command=_enum(Command, p.command, "command"),
+            ephemeral_key=bytes(p.ephemeral_key),
+            signature=bytes(p.signature),
+        )
+    if msg_type == _MSG_COMMAND_RESPONSE:
+        result = _enum(ResultCode, p.result, "result")
+        if result not in _RESPONSE_RESULTS:
+            raise FieldValueError(f"a response cannot carry result {result.name}")
+        return CommandResponse(
+            result=result,
+            command=_enum(Command, p.command, "command"),
+            counter=p.counter,
+            lock_state=_enum(LockState, p.lock_state, "lock_state"),
+            mac=bytes(p.mac),
+        )
+    code = _enum(ResultCode, p.code, "code")
+    if code in _RESPONSE_RESULTS:
+        raise FieldValueError(f"an error message cannot carry {code.name}")
+    return ErrorMessage(code=code)

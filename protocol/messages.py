@@ -1,0 +1,64 @@
+"""Protocol messages as frozen dataclasses.
+
+These are what callers build and receive; the byte layouts live privately in
+``codec.py`` and are specified in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .types import Command, LockState, ResultCode
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """Vehicle -> phone, unauthenticated. Sent when the phone subscribes and
+    again after every response, so the next command needs no extra round trip."""
+
+    versions: tuple[int, ...]  # handshake versions the vehicle offers
+    vehicle_id: bytes  # key id of the vehicle's identity key (16 bytes)
+    nonce: bytes  # 16 fresh random bytes, single use
+
+
+@dataclass(frozen=True)
+class ChallengeRequest:
+    """Phone -> vehicle: ask for a fresh challenge (e.g. the last one expired)."""
+
+
+@dataclass(frozen=True)
+class CommandRequest:
+    """Phone -> vehicle: a command signed over the whole transcript."""
+
+    version: int  # chosen handshake version, one of the offered ones
+    offered_versions: tuple[int, ...]  # the offer as the phone received it
+    nonce: bytes  # the challenge's nonce (16 bytes)
+    key_id: bytes  # the phone's key id (16 bytes)
+    counter: int  # strictly increasing per phone key (u64)
+    command: Command
+    ephemeral_key: bytes  # phone's ephemeral P-256 public key, compressed (33 bytes)
+    signature: bytes  # ECDSA-P256-SHA256 over the request transcript, r||s (64 bytes)
+
+
+@dataclass(frozen=True)
+class CommandResponse:
+    """Vehicle -> phone, authenticated by a MAC bound to the request."""
+
+    result: ResultCode  # OK or FORBIDDEN
+    command: Command
+    counter: int
+    lock_state: LockState  # state after the command, as persisted
+    mac: bytes  # HMAC-SHA256 (32 bytes)
+
+
+@dataclass(frozen=True)
+class ErrorMessage:
+    """Vehicle -> phone, unauthenticated refusal before authentication.
+
+    Anyone on the air can forge one, so the phone reports it as a failure and
+    never as vehicle state."""
+
+    code: ResultCode
+
+
+Message = Challenge | ChallengeRequest | CommandRequest | CommandResponse | ErrorMessage

@@ -1,0 +1,200 @@
+"""The phone's side of one BLE connection, sans-IO.
+
+Drive it like h11: ``receive_data`` for each notification payload,
+``next_event`` until ``None``, ``data_to_send`` for frames to write. After the
+first ``ChallengeReceived`` event, ``send_command`` produces a signed request;
+the matching ``CommandCompleted`` event is the vehicle's authenticated answer.
+
+``next_event`` raises on anything that breaks the protocol (a forged or
+mismatched answer, a challenge from another vehicle) and raises a
+``VehicleRejected`` subclass when the vehicle sent an unauthenticated Error.
+Either way the session is in ERROR for good: make a new connection.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, replace
+
+from . import crypto
+from .codec import decode, encode
+from .errors import (
+    BadResponseMac,
+    LocalProtocolError,
+    NoCommonVersion,
+    ProtocolError,
+    WrongVehicle,
+    rejection_for,
+)
+from .events import ChallengeReceived, CommandCompleted, PhoneEvent
+from .framing import Clock, Reassembler, fragment
+from .messages import (
+    Challenge,
+    ChallengeRequest,
+    CommandRequest,
+    CommandResponse,
+    ErrorMessage,
+    Message,
+)
+from .states import PhoneState, phone_next_state
+from .transcript import request_transcript_hash, response_key, response_mac
+from .types import Command
+from .vehicle import SUPPORTED_VERSIONS
+
+
+@dataclass(frozen=True)
+class _Held:
+    challenge: Challenge
+    encoded: bytes
+    version: int
+
+
+@dataclass(frozen=True)
+class _Pending:
+    request: CommandRequest
+    transcript_hash: bytes
+    response_key: bytes
+
+
+class PhoneConnection:
+    def __init__(
+        self,
+        private_key: crypto.PrivateKey,
+        vehicle_public_key: crypto.PublicKey,
+        *,
+        clock: Clock,
+        rng: crypto.Random,
+        att_mtu: int = 23,
+        versions: tuple[int, ...] = SUPPORTED_VERSIONS,
+    ) -> None:
+        self._private_key = private_key
+        self._key_id = crypto.key_id(private_key.public_key())
+        self._vehicle_key = vehicle_public_key
+        self._vehicle_id = crypto.key_id(vehicle_public_key)
+        self._rng = rng
+        self.att_mtu = att_mtu
+        self._versions = versions
+        self._reassembler = Reassembler(clock)
+        self._incoming: deque[bytes] = deque()
+        self._outgoing: list[bytes] = []
+        self._held: _Held | None = None
+        self._pending: _Pending | None = None
+        self.state = PhoneState.WAIT_CHALLENGE
+        self.error: ProtocolError | None = None
+
+    @property
+    def key_id(self) -> bytes:
+        return self._key_id
+
+    # --- driver API -----------------------------------------------------------
+    def receive_data(self, frame: bytes) -> None:
+        if self.state is PhoneState.ERROR:
+            raise LocalProtocolError("session is in ERROR; reconnect")
+        self._incoming.append(bytes(frame))
+
+    def next_event(self) -> PhoneEvent | None:
+        while self._incoming:
+            if self.state is PhoneState.ERROR:
+                return None
+            frame = self._incoming.popleft()
+            try:
+                event = self._handle_frame(frame)
+            except ProtocolError as exc:
+                self.state = PhoneState.ERROR
+                self.error = exc
+                self._held = self._pending = None
+                raise
+            if event is not None:
+                return event
+        return None
+
+    def data_to_send(self) -> list[bytes]:
+        frames, self._outgoing = self._outgoing, []
+        return frames
+
+    def request_challenge(self) -> None:
+        """Ask for a fresh challenge (e.g. when the held one may have expired)."""
+        if self.state not in (PhoneState.WAIT_CHALLENGE, PhoneState.READY):
+            raise LocalProtocolError(f"cannot request a challenge in state {self.state.value}")
+        self._held = None
+        self.state = PhoneState.WAIT_CHALLENGE
+        self._send(ChallengeRequest())
+
+    def send_command(self, command: Command, counter: int) -> None:
+        """Sign ``command`` over the held challenge. ``counter`` must be above
+        every counter this key used with this vehicle (persist it first)."""
+        if self.state is not PhoneState.READY or self._held is None:
+            raise LocalProtocolError(f"no challenge held (state {self.state.value})")
+        if not 0 < counter < 2**64:
+            raise LocalProtocolError("counter must be in 1..2**64-1")
+        held, self._held = self._held, None
+        ephemeral = crypto.private_key_from_random(self._rng)
+        unsigned = CommandRequest(
+            version=held.version,
+            offered_versions=held.challenge.versions,
+            nonce=held.challenge.nonce,
+            key_id=self._key_id,
+            counter=counter,
+            command=command,
+            ephemeral_key=crypto.public_bytes(ephemeral.public_key()),
+            signature=b"",
+        )
+        th = request_transcript_hash(held.encoded, self._vehicle_key, unsigned)
+        request = replace(unsigned, signature=crypto.sign(self._private_key, th))
+        key = response_key(
+            crypto.ecdh(ephemeral, self._vehicle_key), request.nonce, request.version, th
+        )
+        self._pending = _Pending(request, th, key)
+        self._send(request)
+        self.state = PhoneState.AWAIT_RESPONSE
+
+    # --- handling ---------------------------------------------------------------
+    def _handle_frame(self, frame: bytes) -> PhoneEvent | None:
+        data = self._reassembler.feed(frame)
+        if data is None:
+            return None
+        message = decode(data)
+        next_state = phone_next_state(self.state, message)
+        event: PhoneEvent | None = None
+        if isinstance(message, ErrorMessage):
+            # Unauthenticated: report the failure, never a vehicle state.
+            raise rejection_for(message.code)
+        if isinstance(message, Challenge):
+            event = self._accept_challenge(message, data)
+        elif isinstance(message, CommandResponse):
+            event = self._accept_response(message)
+        self.state = next_state
+        return event
+
+    def _accept_challenge(self, challenge: Challenge, encoded: bytes) -> ChallengeReceived:
+        if challenge.vehicle_id != self._vehicle_id:
+            raise WrongVehicle("the challenge names another vehicle")
+        common = set(challenge.versions) & set(self._versions)
+        if not common:
+            raise NoCommonVersion(
+                f"vehicle offers versions {challenge.versions}, phone speaks {self._versions}"
+            )
+        version = max(common)
+        self._held = _Held(challenge, encoded, version)
+        return ChallengeReceived(version)
+
+    def _accept_response(self, response: CommandResponse) -> CommandCompleted:
+        pending, self._pending = self._pending, None
+        assert pending is not None  # guaranteed by the state table
+        request = pending.request
+        expected = response_mac(pending.response_key, request.version, pending.transcript_hash,
+                                response)
+        if not crypto.constant_time_equal(expected, response.mac):
+            raise BadResponseMac("the response is not the vehicle's answer to our request")
+        # Covered by the MAC already; checked so a vehicle bug cannot confuse us.
+        if response.command is not request.command or response.counter != request.counter:
+            raise BadResponseMac("the response answers a different command")
+        return CommandCompleted(
+            command=response.command,
+            result=response.result,
+            lock_state=response.lock_state,
+            counter=response.counter,
+        )
+
+    def _send(self, message: Message) -> None:
+        self._outgoing.extend(fragment(encode(message), self.att_mtu))

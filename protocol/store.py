@@ -1,0 +1,89 @@
+"""The vehicle's persistent state, as the protocol core needs it.
+
+The core talks to storage only through ``VehicleStore`` so the backing store
+can change (a JSON file today, emulated flash later) without touching the
+handshake. ``commit_command`` must be atomic and durable *before it returns*:
+the vehicle acknowledges a command only after the new counter, the spent
+nonce and the new lock state are safe, so a power cut can neither replay a
+command nor leave a car unlocked that the phone was told is locked.
+
+``MemoryStore`` is the in-memory implementation used by tests and the
+in-memory connection pair.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from . import crypto
+from .types import LockState, Role
+
+SPENT_NONCE_MEMORY = 64
+"""How many recently spent nonces a store remembers (defence in depth: a
+nonce is also single use in the session that issued it)."""
+
+
+@dataclass(frozen=True)
+class WhitelistEntry:
+    public_key: bytes  # compressed SEC1 point
+    role: Role
+
+    @property
+    def key_id(self) -> bytes:
+        return crypto.key_id(crypto.public_key_from_bytes(self.public_key))
+
+
+class VehicleStore(Protocol):
+    def lock_state(self) -> LockState: ...
+
+    def whitelist_entry(self, key_id: bytes) -> WhitelistEntry | None: ...
+
+    def last_counter(self, key_id: bytes) -> int:
+        """The highest counter accepted from this key, 0 if none yet."""
+        ...
+
+    def nonce_spent(self, nonce: bytes) -> bool: ...
+
+    def commit_command(
+        self, *, key_id: bytes, counter: int, nonce: bytes, lock_state: LockState
+    ) -> None:
+        """Atomically and durably record an accepted command; raise on failure."""
+        ...
+
+
+@dataclass
+class MemoryStore:
+    """A ``VehicleStore`` in RAM, for tests and in-memory runs."""
+
+    whitelist: dict[bytes, WhitelistEntry] = field(default_factory=dict)
+    counters: dict[bytes, int] = field(default_factory=dict)
+    spent_nonces: deque[bytes] = field(default_factory=lambda: deque(maxlen=SPENT_NONCE_MEMORY))
+    state: LockState = LockState.LOCKED
+    commits: int = 0
+
+    def add_key(self, public_key: crypto.PublicKey, role: Role) -> WhitelistEntry:
+        entry = WhitelistEntry(crypto.public_bytes(public_key), role)
+        self.whitelist[entry.key_id] = entry
+        return entry
+
+    def lock_state(self) -> LockState:
+        return self.state
+
+    def whitelist_entry(self, key_id: bytes) -> WhitelistEntry | None:
+        return self.whitelist.get(key_id)
+
+    def last_counter(self, key_id: bytes) -> int:
+        return self.counters.get(key_id, 0)
+
+    def nonce_spent(self, nonce: bytes) -> bool:
+        return nonce in self.spent_nonces
+
+    def commit_command(
+        self, *, key_id: bytes, counter: int, nonce: bytes, lock_state: LockState
+    ) -> None:
+        self.counters[key_id] = counter
+        self.spent_nonces.append(nonce)
+        self.state = lock_state
+        self.commits += 1

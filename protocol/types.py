@@ -1,0 +1,75 @@
+"""Small enumerations shared by the wire format and both roles."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Command(enum.IntEnum):
+    """What the phone asks the vehicle to do."""
+
+    UNLOCK = 1
+    LOCK = 2
+    STATUS = 3
+
+
+class LockState(enum.IntEnum):
+    """The vehicle's door lock state as the vehicle reports it."""
+
+    LOCKED = 1
+    UNLOCKED = 2
+
+
+class Role(enum.IntEnum):
+    """Authority of a key on the vehicle's whitelist, most powerful first.
+
+    owner: everything (later: manage keys); driver: lock, unlock, status;
+    guest: unlock and lock only.
+    """
+
+    OWNER = 1
+    DRIVER = 2
+    GUEST = 3
+
+    def permits(self, command: Command) -> bool:
+        return command in _ROLE_COMMANDS[self]
+
+    @classmethod
+    def from_name(cls, name: str) -> Role:
+        try:
+            return cls[name.upper()]
+        except KeyError:
+            choices = ", ".join(r.name.lower() for r in cls)
+            raise ValueError(f"unknown role {name!r}; choose one of: {choices}") from None
+
+
+_ROLE_COMMANDS: dict[Role, frozenset[Command]] = {
+    Role.OWNER: frozenset(Command),
+    Role.DRIVER: frozenset(Command),
+    Role.GUEST: frozenset({Command.UNLOCK, Command.LOCK}),
+}
+
+
+class ResultCode(enum.IntEnum):
+    """Outcome codes carried on the wire.
+
+    ``OK`` and ``FORBIDDEN`` appear in authenticated responses (the vehicle
+    knows who asked and says so under a MAC). Every other code only appears in
+    unauthenticated ``Error`` messages sent before the request was
+    authenticated: the phone must never infer vehicle state from them.
+    """
+
+    OK = 0
+    FORBIDDEN = 1  # authenticated: the key's role does not permit the command
+    MALFORMED = 0x10  # the frame or message could not be decoded
+    UNEXPECTED_MESSAGE = 0x11  # valid message at the wrong point of the exchange
+    UNSUPPORTED_VERSION = 0x12  # the chosen version was not offered
+    VERSION_MISMATCH = 0x13  # the echoed version offer differs from what was sent
+    UNKNOWN_CHALLENGE = 0x14  # nonce never issued on this session, or already spent
+    CHALLENGE_EXPIRED = 0x15  # nonce issued but too old
+    UNKNOWN_KEY = 0x16  # key id not on the whitelist
+    STALE_COUNTER = 0x17  # counter not above the last one accepted for the key
+    BAD_SIGNATURE = 0x18  # signature does not verify over the transcript
+    BAD_KEY = 0x19  # ephemeral public key not a valid P-256 point
+    BUSY = 0x1A  # the vehicle cannot take the request now
+    INTERNAL = 0x1F  # the vehicle failed; nothing was executed

@@ -1,0 +1,261 @@
+"""The vehicle's side of one BLE connection, sans-IO.
+
+Drive it like h11: feed each received ATT payload to ``receive_data``, call
+``next_event`` until it returns ``None``, and send every frame that
+``data_to_send`` returns. Call ``start`` when the phone subscribes to
+notifications: that pushes the first challenge, so the phone's first command
+costs a single round trip.
+
+Checks run cheapest first (state, nonce, version offer, key known, counter,
+point validity) and only then the signature, so bogus traffic costs the
+vehicle no public-key operation.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, replace
+
+from . import crypto
+from .codec import NONCE_LEN, decode, encode
+from .errors import (
+    BadPublicKey,
+    BadSignature,
+    ChallengeExpired,
+    HandshakeError,
+    LocalProtocolError,
+    ProtocolError,
+    StaleCounter,
+    UnknownChallenge,
+    UnknownKey,
+    UnsupportedVersion,
+    VersionMismatch,
+)
+from .events import ChallengeIssued, CommandExecuted, RequestRejected, VehicleEvent
+from .framing import Clock, Reassembler, fragment
+from .messages import (
+    Challenge,
+    ChallengeRequest,
+    CommandRequest,
+    CommandResponse,
+    ErrorMessage,
+    Message,
+)
+from .states import VehicleState, vehicle_next_state
+from .store import VehicleStore
+from .transcript import request_transcript_hash, response_key, response_mac
+from .types import Command, LockState, ResultCode
+
+SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+DEFAULT_CHALLENGE_LIFETIME = 30.0
+"""Seconds a challenge stays valid: long enough for a phone at MTU 23 on a slow
+link, short enough that a captured challenge is useless soon after."""
+
+
+@dataclass(frozen=True)
+class VehicleIdentity:
+    """The vehicle's long-term identity: its P-256 key and its VIN."""
+
+    private_key: crypto.PrivateKey
+    vin: str
+
+    @property
+    def public_key(self) -> crypto.PublicKey:
+        return self.private_key.public_key()
+
+    @property
+    def vehicle_id(self) -> bytes:
+        return crypto.key_id(self.public_key)
+
+
+@dataclass
+class _Outstanding:
+    challenge: Challenge
+    encoded: bytes
+    issued_at: float
+
+
+class VehicleConnection:
+    def __init__(
+        self,
+        identity: VehicleIdentity,
+        store: VehicleStore,
+        *,
+        clock: Clock,
+        rng: crypto.Random,
+        att_mtu: int = 23,
+        versions: tuple[int, ...] = SUPPORTED_VERSIONS,
+        challenge_lifetime: float = DEFAULT_CHALLENGE_LIFETIME,
+    ) -> None:
+        self._identity = identity
+        self._store = store
+        self._clock = clock
+        self._rng = rng
+        self.att_mtu = att_mtu
+        self._versions = versions
+        self._lifetime = challenge_lifetime
+        self._reassembler = Reassembler(clock)
+        self._incoming: deque[bytes] = deque()
+        self._outgoing: list[bytes] = []
+        self._events: deque[VehicleEvent] = deque()
+        self._outstanding: _Outstanding | None = None
+        self.state = VehicleState.IDLE
+        self.error: ProtocolError | None = None
+        self._claimed_key_id: bytes | None = None
+
+    # --- driver API -----------------------------------------------------------
+    def start(self) -> None:
+        """Issue the first challenge (call when the phone subscribes)."""
+        if self.state is VehicleState.ERROR:
+            raise LocalProtocolError("session is in ERROR")
+        self._issue_challenge()
+        self.state = VehicleState.CHALLENGED
+
+    def receive_data(self, frame: bytes) -> None:
+        if self.state is VehicleState.ERROR:
+            raise LocalProtocolError("session is in ERROR; disconnect the peer")
+        self._incoming.append(bytes(frame))
+
+    def next_event(self) -> VehicleEvent | None:
+        if self._events:
+            return self._events.popleft()
+        while self._incoming and self.state is not VehicleState.ERROR:
+            frame = self._incoming.popleft()
+            try:
+                self._handle_frame(frame)
+            except ProtocolError as exc:
+                self._reject(exc)
+            if self._events:
+                return self._events.popleft()
+        return None
+
+    def data_to_send(self) -> list[bytes]:
+        frames, self._outgoing = self._outgoing, []
+        return frames
+
+    def check_timeouts(self) -> None:
+        """Drop a stalled partial message (call periodically)."""
+        if self.state is VehicleState.ERROR:
+            return
+        try:
+            self._reassembler.check_timeout()
+        except ProtocolError as exc:
+            self._reject(exc)
+
+    # --- handling ---------------------------------------------------------------
+    def _handle_frame(self, frame: bytes) -> None:
+        data = self._reassembler.feed(frame)
+        if data is None:
+            return
+        message = decode(data)
+        next_state = vehicle_next_state(self.state, message)
+        if isinstance(message, ChallengeRequest):
+            self._issue_challenge()
+        elif isinstance(message, CommandRequest):
+            self._claimed_key_id = message.key_id
+            self._handle_request(message)
+        self.state = next_state
+
+    def _handle_request(self, request: CommandRequest) -> None:
+        outstanding = self._take_outstanding(request)
+        if request.offered_versions != outstanding.challenge.versions:
+            raise VersionMismatch(
+                f"request echoes offer {request.offered_versions}, "
+                f"vehicle sent {outstanding.challenge.versions}"
+            )
+        if request.version not in outstanding.challenge.versions:
+            raise UnsupportedVersion(f"version {request.version} was not offered")
+        entry = self._store.whitelist_entry(request.key_id)
+        if entry is None:
+            raise UnknownKey("key id not on the whitelist")
+        if request.counter <= self._store.last_counter(request.key_id):
+            raise StaleCounter("counter not above the last accepted one")
+        try:
+            ephemeral = crypto.public_key_from_bytes(request.ephemeral_key)
+        except crypto.InvalidKeyEncoding as exc:
+            raise BadPublicKey(str(exc)) from None
+        th = request_transcript_hash(outstanding.encoded, self._identity.public_key, request)
+        phone_key = crypto.public_key_from_bytes(entry.public_key)
+        try:
+            crypto.verify(phone_key, request.signature, th)
+        except crypto.InvalidSignature:
+            raise BadSignature("signature does not verify over the transcript") from None
+
+        # Authenticated from here on.
+        before = self._store.lock_state()
+        if entry.role.permits(request.command):
+            result = ResultCode.OK
+            after = _lock_state_after(request.command, before)
+        else:
+            result = ResultCode.FORBIDDEN
+            after = before
+        # Persist before acknowledging: counter, spent nonce and lock state.
+        try:
+            self._store.commit_command(
+                key_id=request.key_id, counter=request.counter, nonce=request.nonce, lock_state=after
+            )
+        except Exception as exc:
+            raise _StorageFailure(f"could not persist the command: {exc}") from exc
+        unsigned = CommandResponse(result, request.command, request.counter, after, b"")
+        key = response_key(
+            crypto.ecdh(self._identity.private_key, ephemeral), request.nonce, request.version, th
+        )
+        mac = response_mac(key, request.version, th, unsigned)
+        self._send(replace(unsigned, mac=mac))
+        self._events.append(
+            CommandExecuted(
+                key_id=request.key_id, role=entry.role, command=request.command, result=result,
+                lock_state_before=before, lock_state=after, counter=request.counter,
+            )
+        )
+        self._issue_challenge()
+
+    def _take_outstanding(self, request: CommandRequest) -> _Outstanding:
+        """Consume the session's challenge: whatever happens next, it is spent."""
+        outstanding, self._outstanding = self._outstanding, None
+        if outstanding is None or not crypto.constant_time_equal(
+            request.nonce, outstanding.challenge.nonce
+        ):
+            raise UnknownChallenge("nonce was not issued on this session or is spent")
+        if self._store.nonce_spent(request.nonce):
+            raise UnknownChallenge("nonce already spent")
+        if self._clock() - outstanding.issued_at > self._lifetime:
+            raise ChallengeExpired(f"challenge older than {self._lifetime:g} s")
+        return outstanding
+
+    def _issue_challenge(self) -> None:
+        challenge = Challenge(
+            versions=self._versions,
+            vehicle_id=self._identity.vehicle_id,
+            nonce=self._rng(NONCE_LEN),
+        )
+        encoded = encode(challenge)
+        self._outstanding = _Outstanding(challenge, encoded, self._clock())
+        self._outgoing.extend(fragment(encoded, self.att_mtu))
+        self._events.append(ChallengeIssued(challenge.nonce))
+
+    def _send(self, message: Message) -> None:
+        self._outgoing.extend(fragment(encode(message), self.att_mtu))
+
+    def _reject(self, exc: ProtocolError) -> None:
+        """Answer with an unauthenticated Error and stay in ERROR."""
+        code = exc.code if isinstance(exc, HandshakeError) else ResultCode.MALFORMED
+        if isinstance(exc, _StorageFailure):
+            code = ResultCode.INTERNAL
+        self._outstanding = None
+        self.state = VehicleState.ERROR
+        self.error = exc
+        self._send(ErrorMessage(code))
+        self._events.append(RequestRejected(code=code, reason=str(exc), key_id=self._claimed_key_id))
+
+
+class _StorageFailure(LocalProtocolError):
+    """The store could not persist a command; nothing was acknowledged."""
+
+
+def _lock_state_after(command: Command, current: LockState) -> LockState:
+    if command is Command.UNLOCK:
+        return LockState.UNLOCKED
+    if command is Command.LOCK:
+        return LockState.LOCKED
+    return current
