@@ -31,7 +31,7 @@ def _run(*args: str | Path) -> None:
 
 def ensure_venv(extras: str = "") -> None:
     """Create .venv and install the project, re-installing when pyproject changes."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - runs before the venv, on any Python
         sys.exit(f"phonekey needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     if not PYTHON.exists():
         print(f"creating virtual environment in {VENV}", flush=True)
@@ -57,9 +57,13 @@ def main(argv: list[str]) -> int:
         return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT)
     if task == "lint":
         ensure_venv("dev")
-        ruff = subprocess.call([str(PYTHON), "-m", "ruff", "check", "."], cwd=ROOT)
-        mypy = subprocess.call([str(PYTHON), "-m", "mypy"], cwd=ROOT)
-        return ruff or mypy
+        checks = [
+            [str(PYTHON), "-m", "ruff", "check", "."],
+            [str(PYTHON), "-m", "ruff", "format", "--check", "."],
+            [str(PYTHON), "-m", "mypy"],
+        ]
+        failures = [subprocess.call(cmd, cwd=ROOT) for cmd in checks]
+        return max(failures)
     print(__doc__)
     return 0 if task == "help" else 2
 

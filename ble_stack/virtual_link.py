@@ -9,7 +9,6 @@ pieces to put controllers of several processes on one link.
 from __future__ import annotations
 
 import asyncio
-import secrets
 
 from bumble import core, hci, ll
 from bumble.controller import Controller
@@ -82,7 +81,7 @@ class VirtualRadio:
     """
 
     def __init__(self) -> None:
-        self.link = LocalLink()
+        self.link = LocalLink()  # type: ignore[no-untyped-call]  # bumble lacks a hint
         self._used_addresses: set[bytes] = set()
         self._controllers: dict[int, Controller] = {}  # by id() of the Device
 

@@ -108,6 +108,7 @@ __all__ = [
     "VehicleStore",
     "VersionMismatch",
     "WhitelistEntry",
+    "WrongVehicle",
     "decode",
     "encode",
     "fragment",

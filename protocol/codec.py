@@ -94,7 +94,7 @@ def encode(message: Message) -> bytes:
     msg_type = _TYPE_OF[type(message)]
     fields = _fields_of(message)
     try:
-        body = _BODIES[msg_type].build(fields)
+        body: bytes = _BODIES[msg_type].build(fields)
     except c.ConstructError as exc:
         raise ValueError(f"cannot encode {type(message).__name__}: {exc}") from None
     data = bytes([WIRE_VERSION, msg_type]) + body

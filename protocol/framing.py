@@ -140,7 +140,9 @@ class Reassembler:
             body = body[_LENGTH_LEN:]
             if total > self._max_size:
                 self._fail()
-                raise MessageTooLarge(f"announced message of {total} bytes exceeds {self._max_size}")
+                raise MessageTooLarge(
+                    f"announced message of {total} bytes exceeds {self._max_size}"
+                )
             if total == 0:
                 self._fail()
                 raise ReassemblyError("announced an empty message")

@@ -182,8 +182,9 @@ class PhoneConnection:
         pending, self._pending = self._pending, None
         assert pending is not None  # guaranteed by the state table
         request = pending.request
-        expected = response_mac(pending.response_key, request.version, pending.transcript_hash,
-                                response)
+        expected = response_mac(
+            pending.response_key, request.version, pending.transcript_hash, response
+        )
         if not crypto.constant_time_equal(expected, response.mac):
             raise BadResponseMac("the response is not the vehicle's answer to our request")
         # Covered by the MAC already; checked so a vehicle bug cannot confuse us.

@@ -192,7 +192,10 @@ class VehicleConnection:
         # Persist before acknowledging: counter, spent nonce and lock state.
         try:
             self._store.commit_command(
-                key_id=request.key_id, counter=request.counter, nonce=request.nonce, lock_state=after
+                key_id=request.key_id,
+                counter=request.counter,
+                nonce=request.nonce,
+                lock_state=after,
             )
         except Exception as exc:
             raise _StorageFailure(f"could not persist the command: {exc}") from exc
@@ -204,8 +207,13 @@ class VehicleConnection:
         self._send(replace(unsigned, mac=mac))
         self._events.append(
             CommandExecuted(
-                key_id=request.key_id, role=entry.role, command=request.command, result=result,
-                lock_state_before=before, lock_state=after, counter=request.counter,
+                key_id=request.key_id,
+                role=entry.role,
+                command=request.command,
+                result=result,
+                lock_state_before=before,
+                lock_state=after,
+                counter=request.counter,
             )
         )
         self._issue_challenge()
@@ -246,7 +254,9 @@ class VehicleConnection:
         self.state = VehicleState.ERROR
         self.error = exc
         self._send(ErrorMessage(code))
-        self._events.append(RequestRejected(code=code, reason=str(exc), key_id=self._claimed_key_id))
+        self._events.append(
+            RequestRejected(code=code, reason=str(exc), key_id=self._claimed_key_id)
+        )
 
 
 class _StorageFailure(LocalProtocolError):
