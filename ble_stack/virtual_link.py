@@ -9,6 +9,8 @@ pieces to put controllers of several processes on one link.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from typing import TypeVar
 
 from bumble import core, hci, ll
 from bumble.controller import Controller
@@ -17,9 +19,68 @@ from bumble.host import Host
 from bumble.link import LocalLink
 from bumble.transport.common import AsyncPipeSink, TransportSink, TransportSource
 
+_ReportT = TypeVar(
+    "_ReportT",
+    hci.HCI_LE_Advertising_Report_Event.Report,
+    hci.HCI_LE_Extended_Advertising_Report_Event.Report,
+)
+_LEGACY_SCAN_RSP = hci.HCI_LE_Advertising_Report_Event.EventType.SCAN_RSP
+_EXT_SCAN_RSP = hci.HCI_LE_Extended_Advertising_Report_Event.EventType.SCAN_RESPONSE
+_EXT_SCANNABLE = (
+    hci.HCI_LE_Set_Extended_Advertising_Parameters_Command.AdvertisingProperties.SCANNABLE_ADVERTISING
+)
+_POWER_OFF = hci.HCI_ErrorCode.REMOTE_DEVICE_TERMINATED_CONNECTION_DUE_TO_POWER_OFF_ERROR
+_LEGACY_SCANNABLE_TYPES = (
+    hci.HCI_LE_Set_Advertising_Parameters_Command.AdvertisingType.ADV_IND,
+    hci.HCI_LE_Set_Advertising_Parameters_Command.AdvertisingType.ADV_SCAN_IND,
+)
+
 
 class VirtualController(Controller):
-    """bumble's software controller, with the fixes a virtual link needs."""
+    """bumble's software controller, with the fixes a virtual link needs.
+
+    - A cancelled connection attempt is reported as failed, as real
+      controllers do, instead of hanging the host.
+    - Scan responses carry the advertiser's scan response data, only for
+      scannable advertising and active scans. Stock bumble repeats the
+      advertising data instead, so a name sent in the scan response (where
+      the 31-byte limit pushes it) would never be seen.
+    - HCI Reset really resets: connections drop and advertising and scanning
+      stop, so a host that (re)attaches starts from a clean controller.
+    """
+
+    def drop_radio_activity(self, reason: int) -> None:
+        """Stop advertising and scanning, and drop every LE link.
+
+        Peers get a disconnection with `reason`; this controller's own host
+        is told nothing, as after HCI Reset or a vanished host.
+        """
+        self.le_legacy_advertiser.stop()
+        for advertising_set in self.advertising_sets.values():
+            advertising_set.stop()
+        self.advertising_sets.clear()
+        self.le_scan_enable = False
+        self.pending_le_connection = None
+        for connection in list(self.le_connections.values()):
+            try:
+                connection.send_ll_control_pdu(ll.TerminateInd(error_code=reason))
+            except core.InvalidArgumentError:
+                pass  # the peer's controller has already left the link
+        self.le_connections.clear()
+
+    def unplug(self, reason: int = _POWER_OFF) -> None:
+        """Take this controller off its link as if its radio were switched off."""
+        self.drop_radio_activity(reason)
+        if self in self.link.controllers:
+            self.link.remove_controller(self)
+
+    def on_hci_reset_command(
+        self, command: hci.HCI_Reset_Command
+    ) -> hci.HCI_StatusReturnParameters:
+        # Stock bumble's reset is a no-op ("TODO: cleanup what needs to be
+        # reset"), so a new host would inherit the last one's links and adverts.
+        self.drop_radio_activity(_POWER_OFF)
+        return super().on_hci_reset_command(command)
 
     def on_hci_le_create_connection_cancel_command(
         self, _command: hci.HCI_LE_Create_Connection_Cancel_Command
@@ -48,29 +109,61 @@ class VirtualController(Controller):
             asyncio.get_running_loop().call_soon(self.send_hci_packet, failure)
         return hci.HCI_StatusReturnParameters(hci.HCI_ErrorCode.SUCCESS)
 
+    def on_hci_le_set_extended_scan_parameters_command(
+        self, command: hci.HCI_LE_Set_Extended_Scan_Parameters_Command
+    ) -> hci.HCI_StatusReturnParameters:
+        # Stock bumble drops the scan type here; keep it to know active from passive.
+        self.le_scan_type = command.scan_types[0] if command.scan_types else 0
+        return super().on_hci_le_set_extended_scan_parameters_command(command)
 
-def unplug_controller(
-    controller: Controller,
-    reason: int = hci.HCI_ErrorCode.REMOTE_DEVICE_TERMINATED_CONNECTION_DUE_TO_POWER_OFF_ERROR,
-) -> None:
-    """Take a controller off its link as if its radio had been switched off.
+    def send_hci_packet(self, packet: hci.HCI_Packet) -> None:
+        if isinstance(packet, hci.HCI_LE_Advertising_Report_Event):
+            legacy = [
+                fixed
+                for report in packet.reports
+                if (fixed := self._fix_report(report, report.event_type == _LEGACY_SCAN_RSP))
+                is not None
+            ]
+            if not legacy:
+                return
+            packet = hci.HCI_LE_Advertising_Report_Event(legacy)
+        elif isinstance(packet, hci.HCI_LE_Extended_Advertising_Report_Event):
+            extended = [
+                kept
+                for report in packet.reports
+                if (kept := self._fix_report(report, bool(report.event_type & _EXT_SCAN_RSP)))
+                is not None
+            ]
+            if not extended:
+                return
+            packet = hci.HCI_LE_Extended_Advertising_Report_Event(extended)
+        super().send_hci_packet(packet)
 
-    Peers connected to it get a disconnection with `reason`, and its
-    advertising and scanning stop, so nothing on the link still sees it.
-    """
-    controller.le_legacy_advertiser.stop()
-    for advertising_set in controller.advertising_sets.values():
-        advertising_set.stop()
-    controller.le_scan_enable = False
-    controller.pending_le_connection = None
-    for connection in list(controller.le_connections.values()):
-        try:
-            connection.send_ll_control_pdu(ll.TerminateInd(error_code=reason))
-        except core.InvalidArgumentError:
-            pass  # the peer's controller has already left the link
-    controller.le_connections.clear()
-    if controller in controller.link.controllers:
-        controller.link.remove_controller(controller)
+    def _fix_report(self, report: _ReportT, is_scan_response: bool) -> _ReportT | None:
+        if not is_scan_response:
+            return report
+        data = self._scan_response_of(report.address)
+        return None if data is None else dataclasses.replace(report, data=data)
+
+    def _scan_response_of(self, address: hci.Address) -> bytes | None:
+        """What the advertiser at `address` answers a scan request with, if anything."""
+        if self.le_scan_type != hci.HCI_LE_Set_Scan_Parameters_Command.ACTIVE_SCANNING:
+            return None
+        advertiser = self.link.find_le_controller(address)
+        if advertiser is None:
+            return None
+        legacy = advertiser.le_legacy_advertiser
+        if legacy.enabled and legacy.address == address:
+            if legacy.advertising_type in _LEGACY_SCANNABLE_TYPES:
+                return legacy.scan_response_data
+            return None
+        for advertising_set in advertiser.advertising_sets.values():
+            parameters = advertising_set.parameters
+            if advertising_set.enabled and advertising_set.address == address and parameters:
+                if parameters.advertising_event_properties & _EXT_SCANNABLE:
+                    return bytes(advertising_set.scan_response_data)
+                return None
+        return None
 
 
 class VirtualRadio:
@@ -83,7 +176,7 @@ class VirtualRadio:
     def __init__(self) -> None:
         self.link = LocalLink()  # type: ignore[no-untyped-call]  # bumble lacks a hint
         self._used_addresses: set[bytes] = set()
-        self._controllers: dict[int, Controller] = {}  # by id() of the Device
+        self._controllers: dict[int, VirtualController] = {}  # by id() of the Device
 
     def allocate_address(self) -> hci.Address:
         """Return a random static address no other device on this radio has."""
@@ -133,7 +226,7 @@ class VirtualRadio:
         self._controllers[id(device)] = controller
         return device
 
-    def controller_of(self, device: Device) -> Controller:
+    def controller_of(self, device: Device) -> VirtualController:
         """The controller a device made by `create_device` is attached to."""
         return self._controllers[id(device)]
 
@@ -141,5 +234,5 @@ class VirtualRadio:
         """Switch off a device's radio: drop its links and leave the medium."""
         controller = self._controllers.pop(id(device), None)
         if controller is not None:
-            unplug_controller(controller)
+            controller.unplug()
             self._used_addresses.discard(controller.public_address.address_bytes)

@@ -1,0 +1,254 @@
+"""The phone as a BLE central: find a vehicle, connect, send commands.
+
+Only bleak's public API is used, so the same code drives a laptop's adapter
+(no backend given) and bumble's virtual radio (``client_kwargs={"backend":
+BumbleBleakClient, "bumble_device": dev}`` and the scanner equivalent).
+
+    phone = PhoneKey(KeyStore(home), client_kwargs=..., scanner_kwargs=...)
+    async with phone.connect("VIN123") as session:
+        done = await session.command(Command.UNLOCK)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from bleak import BleakClient
+from bleak.backends.device import BLEDevice
+from bleak.exc import BleakError
+
+from ble_stack.uuids import PHONEKEY_SERVICE_UUID
+from protocol import Command, LockState, ResultCode
+from protocol.card import VehicleCard
+from protocol.framing import ATT_MTU_MAX, ATT_MTU_MIN
+
+from .errors import AdapterUnavailable, BluetoothError, CommandTimeout
+from .keystore import KeyStore
+from .scanning import find_vehicle
+from .session import MAX_CHALLENGE_AGE, SessionTimings, VehicleSession
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT: Final = 10.0
+CONNECT_ATTEMPTS: Final = 3
+_DISCONNECT_TIMEOUT: Final = 2.0
+
+
+class PhoneKey:
+    """A phone holding the keys in ``keystore``, talking through bleak.
+
+    ``client_kwargs`` / ``scanner_kwargs`` go to every BleakClient /
+    BleakScanner unchanged (e.g. ``backend=`` and its options). ``max_mtu``
+    caps the ATT MTU the protocol fragments for; it is how to force small
+    frames on a stack (like BlueZ) that negotiates the MTU on its own.
+    """
+
+    def __init__(
+        self,
+        keystore: KeyStore,
+        *,
+        client_kwargs: Mapping[str, Any] | None = None,
+        scanner_kwargs: Mapping[str, Any] | None = None,
+        max_mtu: int | None = None,
+        max_challenge_age: float = MAX_CHALLENGE_AGE,
+    ) -> None:
+        self.keystore = keystore
+        self.client_kwargs = dict(client_kwargs or {})
+        self.scanner_kwargs = dict(scanner_kwargs or {})
+        self.max_mtu = max_mtu
+        self.max_challenge_age = max_challenge_age
+
+    def card(self, vehicle: VehicleCard | str) -> VehicleCard:
+        return vehicle if isinstance(vehicle, VehicleCard) else self.keystore.vehicle(vehicle)
+
+    async def find_vehicle(
+        self, vehicle: VehicleCard | str, timeout: float = DEFAULT_TIMEOUT
+    ) -> BLEDevice:
+        """Scan for the vehicle's advertised tag; raise VehicleNotFound on timeout."""
+        return await find_vehicle(self.card(vehicle), timeout, scanner_kwargs=self.scanner_kwargs)
+
+    @contextlib.asynccontextmanager
+    async def connect(
+        self,
+        vehicle: VehicleCard | str,
+        device: BLEDevice | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> AsyncIterator[VehicleSession]:
+        """Connect, subscribe and hold the first challenge; always disconnect on exit.
+
+        Without ``device`` the vehicle is found by scanning first. ``timeout``
+        bounds each stage (scan, connect, first challenge, each command).
+        """
+        card = self.card(vehicle)
+        _ = self.keystore.private_key  # fail on a missing or unsafe key before any radio work
+        timings = SessionTimings()
+        if device is None:
+            start = time.perf_counter()
+            device = await self.find_vehicle(card, timeout)
+            timings.scan = time.perf_counter() - start
+
+        session: VehicleSession | None = None
+
+        def on_disconnected(_client: BleakClient) -> None:
+            if session is not None:
+                session.on_disconnected()
+
+        start = time.perf_counter()
+        client = await self._connect_client(card, device, timeout, on_disconnected)
+        timings.connect = time.perf_counter() - start
+        try:
+            session = VehicleSession(
+                client,
+                card,
+                self.keystore,
+                att_mtu=self._att_mtu(client.mtu_size),
+                timeout=timeout,
+                timings=timings,
+                max_challenge_age=self.max_challenge_age,
+            )
+            await session.start()
+            yield session
+        finally:
+            if session is not None:
+                session.closing = True  # our own disconnect is not a lost connection
+            await _disconnect(client)
+
+    async def _connect_client(
+        self,
+        card: VehicleCard,
+        device: BLEDevice,
+        timeout: float,
+        on_disconnected: Callable[[BleakClient], None],
+    ) -> BleakClient:
+        """A connected BleakClient, retrying links that fail while being set up.
+
+        Real radios lose connections before their first packet now and then
+        (HCI 0x3E, "connection failed to be established"), and when two phones
+        answer the same advertisement only one wins. Both are worth a retry:
+        the vehicle advertises again at once.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        failure: Exception | None = None
+        for attempt in range(1, CONNECT_ATTEMPTS + 1):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                client = BleakClient(
+                    device,
+                    on_disconnected,
+                    services=[PHONEKEY_SERVICE_UUID],
+                    timeout=remaining,
+                    **self.client_kwargs,
+                )
+            except (BleakError, OSError) as exc:
+                raise AdapterUnavailable(f"no usable Bluetooth adapter: {exc}") from exc
+            try:
+                async with asyncio.timeout(remaining + 1.0):  # backends time out first
+                    await client.connect()
+                return client
+            except TimeoutError:
+                await _disconnect(client)
+                break
+            except OSError as exc:
+                await _disconnect(client)
+                raise AdapterUnavailable(f"no usable Bluetooth adapter: {exc}") from exc
+            except BleakError as exc:
+                await _disconnect(client)
+                failure = exc
+                logger.debug("connect attempt %d to %s failed: %s", attempt, device.address, exc)
+        if failure is not None:
+            raise BluetoothError(f"cannot connect to vehicle {card.vin}: {failure}") from failure
+        raise CommandTimeout(
+            f"vehicle {card.vin} at {device.address} did not accept a connection "
+            f"within {timeout:g} s"
+        )
+
+    def _att_mtu(self, negotiated: int) -> int:
+        mtu = negotiated if self.max_mtu is None else min(negotiated, self.max_mtu)
+        return max(ATT_MTU_MIN, min(ATT_MTU_MAX, mtu))
+
+
+async def _disconnect(client: BleakClient) -> None:
+    """Best effort: the link may already be gone, and exit must never hang."""
+    with contextlib.suppress(BleakError, OSError, TimeoutError):
+        async with asyncio.timeout(_DISCONNECT_TIMEOUT):
+            await client.disconnect()
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Where the time of one command went, in seconds (None: stage skipped)."""
+
+    scan: float | None
+    connect: float | None
+    challenge: float | None  # subscribe until the first challenge
+    command: float  # request written until the authenticated response
+    total: float  # start of the scan until the response
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    """The authenticated answer to one command, and what it cost."""
+
+    vin: str
+    command: Command
+    result: ResultCode  # OK, or FORBIDDEN: this key's role does not permit it
+    lock_state: LockState  # as the vehicle reported under its MAC
+    counter: int
+    key_id: bytes  # this phone's key id
+    att_mtu: int
+    frames_written: int
+    latency: Latency
+
+    @property
+    def ok(self) -> bool:
+        return self.result is ResultCode.OK
+
+
+async def run_command(
+    keystore: KeyStore,
+    vin: str,
+    command: Command,
+    *,
+    client_kwargs: Mapping[str, Any] | None = None,
+    scanner_kwargs: Mapping[str, Any] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_mtu: int | None = None,
+) -> CommandOutcome:
+    """Scan, connect, send one command, disconnect.
+
+    Raises UnknownVehicle / KeyStoreError before any radio work, then
+    VehicleNotFound, CommandTimeout, ConnectionLost, BluetoothError, or the
+    protocol's VehicleRejected / RemoteProtocolError.
+    """
+    card = keystore.vehicle(vin)
+    phone = PhoneKey(
+        keystore, client_kwargs=client_kwargs, scanner_kwargs=scanner_kwargs, max_mtu=max_mtu
+    )
+    start = time.perf_counter()
+    async with phone.connect(card, timeout=timeout) as session:
+        completed = await session.command(command)
+        total = time.perf_counter() - start
+    stats = session.last_stats
+    assert stats is not None  # command() records its stats before returning
+    timings = session.timings
+    return CommandOutcome(
+        vin=card.vin,
+        command=completed.command,
+        result=completed.result,
+        lock_state=completed.lock_state,
+        counter=completed.counter,
+        key_id=session.key_id,
+        att_mtu=session.att_mtu,
+        frames_written=stats.frames_written,
+        latency=Latency(timings.scan, timings.connect, timings.challenge, stats.round_trip, total),
+    )

@@ -1,0 +1,322 @@
+"""`phonekey phone ...`: the phone's command line.
+
+Imports of bleak, bumble and the BLE code happen inside the handlers, so
+`phonekey --help` does not pay for them. Every failure prints one line and
+maps to the exit codes listed in `phonekey --help`; --debug adds tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from .central import CommandOutcome
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_TIMEOUT: Final = 3
+EXIT_LOCAL: Final = 4
+
+DEFAULT_COMMAND_TIMEOUT: Final = 10.0
+DEFAULT_SCAN_TIMEOUT: Final = 3.0
+PHONE_DEVICE_NAME: Final = "phonekey-phone"
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    phone = subparsers.add_parser(
+        "phone",
+        help="the phone: keys, paired vehicles, unlock/lock/status",
+        description="The phone side of phonekey: its key, its vehicle cards, and commands.",
+    )
+    _add_common(phone, None)
+    commands = phone.add_subparsers(dest="phone_command", metavar="SUBCOMMAND", required=True)
+
+    p = _sub(commands, "keygen", "create this phone's key pair", _keygen)
+    p.add_argument("--force", action="store_true", help="replace an existing key")
+
+    _sub(commands, "pubkey", "print this phone's public key", _pubkey)
+
+    p = _sub(commands, "add-vehicle", "store a vehicle card this phone may use", _add_vehicle)
+    p.add_argument("card", metavar="CARD", help="phonekey-card:1:<VIN>:p256:<hex>")
+
+    p = _sub(commands, "scan", "list nearby phonekey vehicles (exit 3 if none)", _scan)
+    _add_radio(p, DEFAULT_SCAN_TIMEOUT, mtu=False)
+
+    for name, verb in (("unlock", "unlock"), ("lock", "lock"), ("status", "report the lock of")):
+        p = _sub(commands, name, f"{verb} a vehicle whose card this phone holds", _command)
+        p.add_argument("--vin", required=True, type=_vin_arg, help="the vehicle's VIN")
+        _add_radio(p, DEFAULT_COMMAND_TIMEOUT, mtu=True)
+
+
+def _sub(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    handler: Handler,
+) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=help_text, description=help_text)
+    # SUPPRESS: when not given here, keep what `phonekey phone --home D` set.
+    _add_common(parser, argparse.SUPPRESS)
+    parser.set_defaults(handler=_guarded(handler))
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--home",
+        type=Path,
+        metavar="DIR",
+        default=default,
+        help="key store directory (default: the per-user data directory)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default if default is argparse.SUPPRESS else False,
+        help="show tracebacks and BLE debug logs",
+    )
+
+
+def _add_radio(parser: argparse.ArgumentParser, timeout: float, *, mtu: bool) -> None:
+    parser.add_argument(
+        "--transport",
+        metavar="SPEC",
+        help="bumble transport to use instead of the OS adapter "
+        "(e.g. tcp-client:127.0.0.1:9000, usb:0)",
+    )
+    parser.add_argument(
+        "--timeout", type=_positive, default=timeout, metavar="S",
+        help=f"seconds per stage (default {timeout:g})",
+    )
+    if mtu:
+        parser.add_argument(
+            "--mtu", type=_mtu_arg, metavar="N",
+            help="ATT MTU to request and fragment for, 23..517 (default: negotiated)",
+        )
+
+
+# --- argument types ------------------------------------------------------------
+def _vin_arg(text: str) -> str:
+    from protocol.card import validate_vin
+
+    try:
+        return validate_vin(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be above 0")
+    return value
+
+
+def _mtu_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 23 <= value <= 517:
+        raise argparse.ArgumentTypeError("ATT MTU must be within 23..517")
+    return value
+
+
+# --- error handling --------------------------------------------------------------
+def _guarded(handler: Handler) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        if args.debug:
+            logging.basicConfig(level=logging.DEBUG)
+        try:
+            return handler(args)
+        except Exception as exc:
+            code, line = _explain(exc)
+            if args.debug:
+                traceback.print_exc()
+            print(line, file=sys.stderr)
+            return code
+
+    return run
+
+
+def _explain(exc: Exception) -> tuple[int, str]:
+    """Exit code and one-line reason for anything a handler raised."""
+    from ble_stack.errors import TransportOpenError
+    from protocol import ProtocolError, VehicleRejected
+    from protocol.card import InvalidCard
+
+    from . import errors
+
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, VehicleRejected):
+        # An unauthenticated refusal may be forged: it says nothing about the lock.
+        return EXIT_FAILED, f"denied: {exc} (unauthenticated refusal; lock state unknown)"
+    if isinstance(exc, ProtocolError):
+        return EXIT_FAILED, f"failed: protocol error from the vehicle: {exc}"
+    if isinstance(exc, errors.VehicleNotFound | errors.CommandTimeout):
+        return EXIT_TIMEOUT, f"error: {exc}"
+    if isinstance(exc, errors.KeyStoreError | errors.AdapterUnavailable):
+        return EXIT_LOCAL, f"error: {exc}"
+    if isinstance(exc, TransportOpenError):
+        return EXIT_LOCAL, f"error: {first_line} ({exc.fix})"
+    if isinstance(exc, errors.PhoneError):
+        return EXIT_FAILED, f"failed: {exc}"
+    if isinstance(exc, InvalidCard):
+        return EXIT_USAGE, f"error: invalid vehicle card: {exc}"
+    return EXIT_FAILED, f"failed: {type(exc).__name__}: {first_line}"
+
+
+# --- handlers --------------------------------------------------------------------
+def _keystore(args: argparse.Namespace) -> Any:
+    from .keystore import KeyStore
+
+    return KeyStore(getattr(args, "home", None))
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from protocol import crypto
+
+    store = _keystore(args)
+    public_key = store.keygen(force=args.force)
+    key_id = crypto.key_id(public_key).hex()
+    print(f"created this phone's key in {store.key_path} (key id {key_id})")
+    print("whitelist it on a vehicle with: phonekey vehicle add-key --key <the line below>")
+    print(crypto.public_key_to_text(public_key))  # last line: machine-readable
+    return EXIT_OK
+
+
+def _pubkey(args: argparse.Namespace) -> int:
+    print(_keystore(args).public_key_text())
+    return EXIT_OK
+
+
+def _add_vehicle(args: argparse.Namespace) -> int:
+    from protocol.card import VehicleCard
+
+    card = VehicleCard.from_text(args.card)
+    _keystore(args).add_vehicle(card)
+    print(f"added vehicle {card.vin} (vehicle id {card.vehicle_id.hex()})")
+    return EXIT_OK
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from .scanning import scan_vehicles
+
+    store = _keystore(args)
+    known = store.vehicles()
+
+    async def scan(radio: dict[str, Any]) -> int:
+        seen = await scan_vehicles(
+            args.timeout, known=known, scanner_kwargs=radio.get("scanner_kwargs")
+        )
+        for vehicle in seen:
+            held = f"{vehicle.vin} (card held)" if vehicle.vin else "-"
+            print(f"{vehicle.address}  rssi {vehicle.rssi:4d}  tag {vehicle.tag.hex()}  {held}")
+        if not seen:
+            print(f"no phonekey vehicle heard within {args.timeout:g} s", file=sys.stderr)
+            return EXIT_TIMEOUT
+        return EXIT_OK
+
+    code: int = asyncio.run(_with_radio(args, scan))
+    return code
+
+
+def _command(args: argparse.Namespace) -> int:
+    from protocol import Command
+
+    from .central import run_command
+
+    store = _keystore(args)
+    store.vehicle(args.vin)  # refuse an unknown vehicle before any radio work
+    _ = store.private_key
+    command = Command[args.phone_command.upper()]
+
+    async def send(radio: dict[str, Any]) -> CommandOutcome:
+        return await run_command(
+            store,
+            args.vin,
+            command,
+            client_kwargs=radio.get("client_kwargs"),
+            scanner_kwargs=radio.get("scanner_kwargs"),
+            timeout=args.timeout,
+            max_mtu=args.mtu,
+        )
+
+    outcome = asyncio.run(_with_radio(args, send))
+    return _report(outcome)
+
+
+def _report(outcome: CommandOutcome) -> int:
+    from protocol import Command
+
+    state = outcome.lock_state.name.lower()
+    details = f"key {outcome.key_id[:4].hex()}, {_latency_text(outcome)}"
+    if not outcome.ok:
+        print(
+            f"denied: vehicle {outcome.vin} refused {outcome.command.name.lower()}: this key's "
+            f"role does not permit it; the vehicle is {state} ({details})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if outcome.command is Command.STATUS:
+        print(f"{outcome.vin} is {state} ({details})")
+    else:
+        print(f"{state} {outcome.vin} ({details})")
+    return EXIT_OK
+
+
+def _latency_text(outcome: CommandOutcome) -> str:
+    latency = outcome.latency
+    parts = [
+        f"{name} {_ms(value)}"
+        for name, value in (
+            ("scan", latency.scan),
+            ("connect", latency.connect),
+            ("challenge", latency.challenge),
+            ("command", latency.command),
+        )
+        if value is not None
+    ]
+    return f"{_ms(latency.total)}: " + ", ".join(parts)
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
+
+
+async def _with_radio(args: argparse.Namespace, body: Callable[[dict[str, Any]], Any]) -> Any:
+    """Run ``body`` with bleak kwargs for the OS adapter, or for a bumble device
+    opened from --transport (closed afterwards whatever happens)."""
+    if args.transport is None:
+        return await body({})
+    from ble_stack.bleak_backend import DEFAULT_MTU, BumbleBleakClient, BumbleBleakScanner
+    from ble_stack.transports import open_device
+
+    opened = await open_device(args.transport, name=PHONE_DEVICE_NAME)
+    try:
+        device = opened.device
+        radio = {
+            "client_kwargs": {
+                "backend": BumbleBleakClient,
+                "bumble_device": device,
+                "mtu": getattr(args, "mtu", None) or DEFAULT_MTU,
+            },
+            "scanner_kwargs": {"backend": BumbleBleakScanner, "bumble_device": device},
+        }
+        return await body(radio)
+    finally:
+        await opened.close()

@@ -1,0 +1,128 @@
+"""`phonekey vehicle init|add-key|show` through phonekey.cli.main, and `run`'s
+failure paths."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import VIN
+
+from protocol import crypto
+from protocol.card import VehicleCard
+from vehicle_sim.state_store import open_store
+
+Cli = Callable[[list[str]], int]
+
+
+def _pubkey_text() -> str:
+    return crypto.public_key_to_text(crypto.generate_private_key().public_key())
+
+
+def test_init_prints_the_card_last(
+    vehicle_cli: Cli, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert vehicle_cli(["vehicle", "init", "--vin", VIN.lower(), "--state", str(state_dir)]) == 0
+    out = capsys.readouterr().out
+    card = VehicleCard.from_text(out.strip().splitlines()[-1])
+    assert card.vin == VIN
+    with open_store(state_dir, read_only=True) as store:
+        assert store.card == card
+
+
+def test_init_errors(
+    vehicle_cli: Cli, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert vehicle_cli(["vehicle", "init", "--vin", "BAD-VIN", "--state", str(state_dir)]) == 2
+    assert vehicle_cli(["vehicle", "init", "--vin", VIN, "--state", str(state_dir)]) == 0
+    capsys.readouterr()
+    assert vehicle_cli(["vehicle", "init", "--vin", VIN, "--state", str(state_dir)]) == 4
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds a vehicle" in err
+
+
+def test_add_key_then_show(
+    vehicle_cli: Cli, card: VehicleCard, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    owner, guest = _pubkey_text(), _pubkey_text()
+    state = ["--state", str(state_dir)]
+    assert vehicle_cli(["vehicle", "add-key", *state, "--key", owner, "--role", "owner"]) == 0
+    assert vehicle_cli(["vehicle", "add-key", *state, "--key", guest, "--role", "guest"]) == 0
+    assert vehicle_cli(["vehicle", "add-key", *state, "--key", guest, "--role", "guest"]) == 0
+    capsys.readouterr()
+
+    assert vehicle_cli(["vehicle", "show", *state]) == 0
+    out = capsys.readouterr().out
+    owner_id = crypto.key_id(crypto.public_key_from_text(owner))[:4].hex()
+    guest_id = crypto.key_id(crypto.public_key_from_text(guest))[:4].hex()
+    assert VIN in out and card.vehicle_id.hex() in out and "locked" in out
+    assert f"{owner_id}  owner" in out and f"{guest_id}  guest" in out
+    assert card.to_text() in out
+
+
+@pytest.mark.parametrize("bad_key", ["p256:zz", "p256:02abcd", "p256:05" + "11" * 32])
+def test_add_key_rejects_a_bad_key(
+    vehicle_cli: Cli, card: VehicleCard, state_dir: Path, capsys: pytest.CaptureFixture[str],
+    bad_key: str,
+) -> None:
+    code = vehicle_cli(
+        ["vehicle", "add-key", "--state", str(state_dir), "--key", bad_key, "--role", "owner"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("phonekey vehicle add-key: error: invalid --key")
+    assert err.count("\n") == 1
+
+
+def test_add_key_is_refused_while_the_vehicle_runs(
+    vehicle_cli: Cli, card: VehicleCard, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = _pubkey_text()
+    with open_store(state_dir):  # what `vehicle run` holds
+        code = vehicle_cli(
+            ["vehicle", "add-key", "--state", str(state_dir), "--key", key, "--role", "owner"]
+        )
+        err = capsys.readouterr().err
+        assert code == 4 and "in use by a running vehicle" in err and "stop it first" in err
+        # show still works while it runs
+        assert vehicle_cli(["vehicle", "show", "--state", str(state_dir)]) == 0
+    with open_store(state_dir, read_only=True) as store:
+        assert store.keys() == []
+
+
+def test_show_and_add_key_without_a_vehicle(
+    vehicle_cli: Cli, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert vehicle_cli(["vehicle", "show", "--state", str(state_dir)]) == 4
+    key = _pubkey_text()
+    argv = ["vehicle", "add-key", "--state", str(state_dir), "--key", key, "--role", "driver"]
+    assert vehicle_cli(argv) == 4
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all("no vehicle in" in line for line in err)
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        ("tcp-client:127.0.0.1:1", "connection refused"),
+        ("nonsense:1", "unknown transport"),
+    ],
+)
+def test_run_reports_a_transport_failure_and_releases_the_state(
+    vehicle_cli: Cli, card: VehicleCard, state_dir: Path, capsys: pytest.CaptureFixture[str],
+    spec: str, reason: str,
+) -> None:
+    code = vehicle_cli(["vehicle", "run", "--state", str(state_dir), "--transport", spec])
+    err = capsys.readouterr().err
+    assert code == 4
+    assert err.count("\n") == 1 and reason in err and "Traceback" not in err
+    with open_store(state_dir):  # the lock went with the failed run
+        pass
+
+
+def test_run_refuses_a_state_in_use(
+    vehicle_cli: Cli, card: VehicleCard, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with open_store(state_dir):
+        code = vehicle_cli(["vehicle", "run", "--state", str(state_dir), "--transport", "virtual"])
+    assert code == 4 and "in use by a running vehicle" in capsys.readouterr().err

@@ -1,0 +1,318 @@
+"""`phonekey vehicle ...`: create, provision, inspect and run the simulated vehicle.
+
+Heavy imports (bumble, cryptography, the BLE layer) happen inside the
+handlers so `phonekey --help` stays fast. Every failure prints one line on
+stderr and maps to the exit codes listed in `phonekey --help`; --debug adds
+tracebacks and debug logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, TextIO
+
+if TYPE_CHECKING:
+    from protocol.events import CommandExecuted, RequestRejected
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_LOCAL: Final = 4
+
+DEFAULT_TRANSPORT: Final = "usb:0"
+# Specs served by software controllers (see ble_stack.transports), where the
+# fastest advertising costs nothing; everything else is treated as a radio.
+_SOFTWARE_SPECS: Final = ("virtual", "tcp-client:", "unix:", "unix-client:")
+ROLES: Final = ("owner", "driver", "guest")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing (exit 2)."""
+
+
+class ControllerStartError(Exception):
+    """The transport opened but its controller would not power on or advertise (exit 4)."""
+
+
+def default_state_dir() -> Path:
+    import platformdirs
+
+    return platformdirs.user_data_path("phonekey") / "vehicle"
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    vehicle = subparsers.add_parser(
+        "vehicle",
+        help="the simulated vehicle: create, add keys, show, run",
+        description="The vehicle side of phonekey: its identity, whitelist and BLE service.",
+    )
+    commands = vehicle.add_subparsers(dest="vehicle_command", metavar="SUBCOMMAND", required=True)
+
+    p = _sub(commands, "init", "create a vehicle with a new identity key", _init)
+    p.add_argument("--vin", required=True, help="the VIN: 1-17 of A-Z, 0-9 without I, O, Q")
+
+    p = _sub(commands, "add-key", "whitelist a phone key (the vehicle must be stopped)", _add_key)
+    p.add_argument("--key", required=True, metavar="PUBKEY", help="the phone's key, p256:<hex>")
+    p.add_argument("--role", required=True, choices=ROLES, help="what the key may do")
+
+    _sub(commands, "show", "print the vehicle's VIN, id, lock state and keys", _show)
+
+    p = _sub(commands, "run", "advertise and serve phones until SIGINT/SIGTERM", _run)
+    p.add_argument(
+        "--transport", metavar="SPEC", default=DEFAULT_TRANSPORT,
+        help=f"bumble transport of the vehicle's controller (default {DEFAULT_TRANSPORT}; "
+        "virtual, tcp-client:HOST:PORT, unix:PATH, serial:..., hci-socket:0)",
+    )
+    p.add_argument(
+        "--adv-interval", type=_interval_arg, metavar="MS",
+        help="advertising interval in ms, 20-10240 (default 20 on software "
+        "controllers, 100 on radios)",
+    )
+
+
+def _sub(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    handler: Handler,
+) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument(
+        "--state", type=Path, metavar="DIR", default=None,
+        help="the vehicle's state directory (default: the per-user data directory)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.set_defaults(handler=_guarded(handler, name))
+    return parser
+
+
+def _interval_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 20 <= value <= 10240:
+        raise argparse.ArgumentTypeError("must be within 20..10240 ms")
+    return value
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    state: Path | None = args.state
+    return state if state is not None else default_state_dir()
+
+
+# --- error handling ----------------------------------------------------------------
+def _guarded(handler: Handler, name: str) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        logging.basicConfig(
+            level=logging.DEBUG if args.debug else logging.WARNING,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
+        try:
+            return handler(args)
+        except KeyboardInterrupt:
+            return EXIT_OK  # Ctrl-C where no signal handler could be installed
+        except BrokenPipeError:
+            # Output piped into `head` and the like: stop quietly, as Unix tools do,
+            # and keep Python from complaining when it flushes stdout at exit.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return EXIT_FAILED
+        except Exception as exc:
+            if args.debug:
+                traceback.print_exc()
+            code, reason = _explain(exc)
+            print(f"phonekey vehicle {name}: error: {reason}", file=sys.stderr)
+            return code
+
+    return run
+
+
+def _explain(exc: Exception) -> tuple[int, str]:
+    from ble_stack.errors import TransportOpenError
+
+    from .state_store import VehicleStateError
+
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, UsageError):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, VehicleStateError | ControllerStartError):
+        return EXIT_LOCAL, str(exc)
+    if isinstance(exc, TransportOpenError):
+        return EXIT_LOCAL, f"{first_line} (fix: {exc.fix})"
+    return EXIT_FAILED, f"{type(exc).__name__}: {first_line}"
+
+
+# --- handlers --------------------------------------------------------------------------
+def _init(args: argparse.Namespace) -> int:
+    from .display import short_id
+    from .state_store import init_vehicle
+
+    state_dir = _state_dir(args)
+    try:
+        card = init_vehicle(state_dir, args.vin)
+    except ValueError as exc:  # the VIN
+        raise UsageError(str(exc)) from None
+    print(f"created vehicle {card.vin} in {state_dir}")
+    print(f"vehicle id {card.vehicle_id.hex()} ({short_id(card.vehicle_id)}), doors locked")
+    print(
+        "whitelist a phone with: phonekey vehicle add-key "
+        f"--state {state_dir} --key p256:<hex> --role owner"
+    )
+    print("give phones this vehicle card (phonekey phone add-vehicle <card>):")
+    print(card.to_text())  # last line: machine-readable
+    return EXIT_OK
+
+
+def _add_key(args: argparse.Namespace) -> int:
+    from protocol import crypto
+    from protocol.types import Role
+
+    from .display import short_id
+    from .state_store import open_store
+
+    try:
+        public_key = crypto.public_key_from_text(args.key)
+    except crypto.InvalidKeyEncoding as exc:
+        raise UsageError(f"invalid --key: {exc}") from None
+    role = Role.from_name(args.role)
+    with open_store(_state_dir(args)) as store:
+        key_id = crypto.key_id(public_key)
+        previous = store.whitelist_entry(key_id)
+        if previous is not None and previous.role is role:
+            print(f"key {short_id(key_id)} is already whitelisted as {args.role}")
+            return EXIT_OK
+        store.add_key(public_key, role)
+        if previous is not None:
+            print(
+                f"changed key {short_id(key_id)} from {previous.role.name.lower()} "
+                f"to {args.role} on vehicle {store.identity.vin}"
+            )
+        else:
+            print(
+                f"added key {short_id(key_id)} as {args.role} to vehicle "
+                f"{store.identity.vin} ({_plural(len(store.keys()), 'key')})"
+            )
+    return EXIT_OK
+
+
+def _show(args: argparse.Namespace) -> int:
+    from .display import lock_word, short_id
+    from .state_store import open_store
+
+    # Read-only: works while a vehicle runs on this state (no lock taken).
+    with open_store(_state_dir(args), read_only=True) as store:
+        card = store.card
+        keys = sorted(store.keys(), key=lambda entry: (entry.role, entry.key_id))
+        print(f"VIN         {card.vin}")
+        print(f"vehicle id  {card.vehicle_id.hex()}")
+        print(f"doors       {lock_word(store.lock_state())}")
+        print(f"keys        {len(keys)}")
+        for entry in keys:
+            counter = store.last_counter(entry.key_id)
+            print(f"  {short_id(entry.key_id)}  {entry.role.name.lower():6}  counter {counter}")
+        print(f"card        {card.to_text()}")
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    return asyncio.run(
+        run_vehicle(_state_dir(args), args.transport, adv_interval_ms=args.adv_interval)
+    )
+
+
+def default_adv_interval(spec: str) -> float:
+    from .runtime import HARDWARE_ADV_INTERVAL_MS, VIRTUAL_ADV_INTERVAL_MS
+
+    if spec == "virtual" or spec.startswith(_SOFTWARE_SPECS):
+        return VIRTUAL_ADV_INTERVAL_MS
+    return HARDWARE_ADV_INTERVAL_MS
+
+
+async def run_vehicle(
+    state_dir: Path,
+    spec: str,
+    *,
+    adv_interval_ms: float | None = None,
+    stop: asyncio.Event | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Run the vehicle until ``stop`` is set or SIGINT/SIGTERM arrives.
+
+    Raises ``VehicleStateError`` (busy, missing, corrupt) and
+    ``TransportOpenError``; the store's lock is released on every path.
+    """
+    from ble_stack.transports import open_device
+
+    from .display import describe_event
+    from .runtime import VehicleRuntime
+    from .state_store import open_store
+
+    stream = out if out is not None else sys.stdout
+
+    def say(line: str) -> None:
+        print(line, file=stream, flush=True)  # flushed: tests and demos read a pipe
+
+    def on_event(peer: str, event: CommandExecuted | RequestRejected) -> None:
+        say(describe_event(event, peer))
+
+    interval = adv_interval_ms if adv_interval_ms is not None else default_adv_interval(spec)
+    stop = stop if stop is not None else asyncio.Event()
+    # Handlers go in first, so a signal during start-up still stops cleanly.
+    with _stop_on_signals(stop), open_store(state_dir) as store:
+        vin = store.identity.vin
+        opened = await open_device(spec, name=f"phonekey vehicle {vin}")
+        try:
+            runtime = VehicleRuntime(
+                store, opened.device, adv_interval_ms=interval, on_event=on_event
+            )
+            try:
+                await runtime.start()  # cleans up after itself if it fails
+            except Exception as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ControllerStartError(
+                    f"cannot start the vehicle on {spec}: {reason}"
+                ) from exc
+            try:
+                say(f"vehicle {vin} advertising on {spec}")
+                await stop.wait()
+            finally:
+                await runtime.stop()
+        finally:
+            await opened.close()
+    say(f"vehicle {vin} stopped")
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into ``stop.set()`` while inside."""
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # Windows, or not the main thread: Ctrl-C raises KeyboardInterrupt instead
+    try:
+        yield
+    finally:
+        for sig in installed:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"

@@ -1,0 +1,271 @@
+"""The vehicle's persistent state: a directory behind protocol's ``VehicleStore``.
+
+Layout of a state directory::
+
+    identity.pem   the vehicle's P-256 private key, PKCS#8 PEM, mode 0600
+    vehicle.json   VIN, whitelist, per-key counters, recent spent nonces, lock state
+    vehicle.lock   lock file of the single writer; holds the writer's pid
+
+Everything that changes lives in one JSON file so that a command's counter,
+spent nonce and lock state are replaced together by one atomic rename: no
+crash can persist one without the others. Every change is durable before the
+method returns (see ``atomic_file``). The identity never changes after
+``init_vehicle`` and sits apart so it can be 0600.
+
+A later issue replaces this with emulated flash; the public surface is kept to
+``init_vehicle``, ``open_store`` and ``FileVehicleStore``.
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+from types import TracebackType
+
+from cryptography.exceptions import UnsupportedAlgorithm
+
+from protocol import crypto
+from protocol.card import VehicleCard, validate_vin
+from protocol.store import WhitelistEntry
+from protocol.types import LockState, Role
+from protocol.vehicle import VehicleIdentity
+
+from .atomic_file import fsync_directory, write_atomic
+from .state_lock import LockHeld, StateLock
+from .state_schema import StateFileCorrupt, StoredState, dump_state, load_state
+
+STATE_FILE_NAME = "vehicle.json"
+IDENTITY_FILE_NAME = "identity.pem"
+
+
+class VehicleStateError(Exception):
+    """The vehicle's state directory is missing, corrupt, unreadable or unwritable.
+
+    ``str()`` is one line that says what is wrong and what to do.
+    """
+
+
+class VehicleStateBusy(VehicleStateError):
+    """Another process (a running vehicle) holds the state open for writing."""
+
+    def __init__(self, state_dir: Path, pid: int | None) -> None:
+        holder = f"pid {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"vehicle state {state_dir} is in use by a running vehicle ({holder}); "
+            "stop it first"
+        )
+        self.pid = pid
+
+
+class FileVehicleStore:
+    """A ``protocol.VehicleStore`` kept in a state directory.
+
+    Opened for writing it holds the directory's lock until ``close``; opened
+    read-only it holds no lock and refuses every change.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        identity: VehicleIdentity,
+        state: StoredState,
+        lock: StateLock | None,
+    ) -> None:
+        self.state_dir = state_dir
+        self._identity = identity
+        self._state = state
+        self._lock = lock
+
+    # --- identity ----------------------------------------------------------------
+    @property
+    def identity(self) -> VehicleIdentity:
+        return self._identity
+
+    @property
+    def card(self) -> VehicleCard:
+        return VehicleCard(self._identity.vin, self._identity.public_key)
+
+    @property
+    def read_only(self) -> bool:
+        return self._lock is None
+
+    # --- protocol.VehicleStore ---------------------------------------------------
+    def lock_state(self) -> LockState:
+        return self._state.lock_state
+
+    def whitelist_entry(self, key_id: bytes) -> WhitelistEntry | None:
+        return self._state.whitelist.get(key_id)
+
+    def last_counter(self, key_id: bytes) -> int:
+        return self._state.counters.get(key_id, 0)
+
+    def nonce_spent(self, nonce: bytes) -> bool:
+        return nonce in self._state.spent_nonces
+
+    def commit_command(
+        self, *, key_id: bytes, counter: int, nonce: bytes, lock_state: LockState
+    ) -> None:
+        new = self._state.copy()
+        new.counters[key_id] = counter
+        new.spent_nonces.append(nonce)
+        new.lock_state = lock_state
+        self._commit(new)
+
+    # --- key management ------------------------------------------------------------
+    def keys(self) -> list[WhitelistEntry]:
+        return list(self._state.whitelist.values())
+
+    def add_key(self, public_key: crypto.PublicKey, role: Role) -> WhitelistEntry:
+        """Whitelist a phone key, or change the role of one already there."""
+        entry = WhitelistEntry(crypto.public_bytes(public_key), role)
+        new = self._state.copy()
+        new.whitelist[entry.key_id] = entry
+        self._commit(new)
+        return entry
+
+    def remove_key(self, key_id: bytes) -> WhitelistEntry | None:
+        """Take a key off the whitelist; return it, or None if it was not there.
+
+        Its counter is kept, so a key that comes back can never reuse old counters.
+        """
+        if key_id not in self._state.whitelist:
+            return None
+        new = self._state.copy()
+        entry = new.whitelist.pop(key_id)
+        self._commit(new)
+        return entry
+
+    # --- lifetime ----------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the writer's lock (idempotent)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def __enter__(self) -> FileVehicleStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _commit(self, new: StoredState) -> None:
+        """Persist ``new`` durably, then adopt it; on failure memory keeps the old state."""
+        if self._lock is None or not self._lock.held:
+            raise VehicleStateError(f"vehicle state {self.state_dir} is not open for writing")
+        path = self.state_dir / STATE_FILE_NAME
+        try:
+            write_atomic(path, dump_state(new))
+        except OSError as exc:
+            raise VehicleStateError(f"cannot write {path}: {_os_reason(exc)}") from exc
+        self._state = new
+
+
+def init_vehicle(state_dir: Path | str, vin: str) -> VehicleCard:
+    """Create a vehicle with a fresh identity key in ``state_dir``; return its card.
+
+    Raises ``ValueError`` for a bad VIN and ``VehicleStateError`` if the
+    directory already holds a vehicle (its identity is never overwritten).
+    """
+    vin = validate_vin(vin)
+    state_dir = Path(state_dir)
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VehicleStateError(f"cannot create {state_dir}: {_os_reason(exc)}") from exc
+    lock = _take_lock(state_dir)
+    try:
+        for name in (STATE_FILE_NAME, IDENTITY_FILE_NAME):
+            if (state_dir / name).exists():
+                raise VehicleStateError(
+                    f"{state_dir} already holds a vehicle ({name} exists); "
+                    "refusing to overwrite its identity: choose another --state directory"
+                )
+        private_key = crypto.generate_private_key()
+        try:
+            # Identity first: vehicle.json is what marks a vehicle as complete.
+            write_atomic(
+                state_dir / IDENTITY_FILE_NAME, crypto.private_key_to_pem(private_key), mode=0o600
+            )
+            write_atomic(state_dir / STATE_FILE_NAME, dump_state(StoredState(vin=vin)))
+            fsync_directory(state_dir)
+        except OSError as exc:
+            raise VehicleStateError(f"cannot write to {state_dir}: {_os_reason(exc)}") from exc
+    finally:
+        lock.release()
+    return VehicleCard(vin, private_key.public_key())
+
+
+def open_store(state_dir: Path | str, *, read_only: bool = False) -> FileVehicleStore:
+    """Open a vehicle's state: for writing (takes the lock) or read-only (no lock).
+
+    Raises ``VehicleStateBusy`` if a writer already holds it, and
+    ``VehicleStateError`` if the state is missing or corrupt.
+    """
+    state_dir = Path(state_dir)
+    if not (state_dir / STATE_FILE_NAME).is_file():
+        raise VehicleStateError(
+            f"no vehicle in {state_dir}: create one with "
+            f"`phonekey vehicle init --vin VIN --state {state_dir}`"
+        )
+    lock = None if read_only else _take_lock(state_dir)
+    try:
+        state = _read_state(state_dir / STATE_FILE_NAME)
+        private_key = _read_identity(state_dir / IDENTITY_FILE_NAME)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return FileVehicleStore(state_dir, VehicleIdentity(private_key, state.vin), state, lock)
+
+
+def _take_lock(state_dir: Path) -> StateLock:
+    lock = StateLock(state_dir)
+    try:
+        lock.acquire()
+    except LockHeld as held:
+        raise VehicleStateBusy(state_dir, held.pid) from None
+    except OSError as exc:
+        raise VehicleStateError(f"cannot lock {lock.path}: {_os_reason(exc)}") from exc
+    return lock
+
+
+def _read_state(path: Path) -> StoredState:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise VehicleStateError(f"cannot read {path}: {_os_reason(exc)}") from exc
+    try:
+        return load_state(data)
+    except StateFileCorrupt as exc:
+        raise VehicleStateError(
+            f"{path} is corrupt ({exc}); restore it from a backup or create a new vehicle"
+        ) from None
+
+
+def _read_identity(path: Path) -> crypto.PrivateKey:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise VehicleStateError(
+            f"{path} is missing: this vehicle has no identity key; create a new vehicle"
+        ) from None
+    except OSError as exc:
+        raise VehicleStateError(f"cannot read {path}: {_os_reason(exc)}") from exc
+    try:
+        return crypto.private_key_from_pem(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        # Say nothing of the contents: the file is (or was meant to be) a private key.
+        raise VehicleStateError(
+            f"{path} is corrupt: it does not hold a P-256 private key in PEM; "
+            "create a new vehicle"
+        ) from None
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.strerror:
+        return exc.strerror
+    return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
