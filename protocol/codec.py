@@ -98,8 +98,11 @@ def encode(message: Message) -> bytes:
     except c.ConstructError as exc:
         raise ValueError(f"cannot encode {type(message).__name__}: {exc}") from None
     data = bytes([WIRE_VERSION, msg_type]) + body
-    if len(data) > MAX_MESSAGE_SIZE:
-        raise ValueError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
+    # Never send what a peer must refuse: the decoder is the one definition of valid.
+    try:
+        decode(data)
+    except DecodeError as exc:
+        raise ValueError(f"cannot encode {type(message).__name__}: {exc}") from None
     return data
 
 

@@ -109,11 +109,9 @@ class Reassembler:
     def check_timeout(self) -> None:
         """Raise ``ReassemblyTimeout`` if a partial message has gone stale."""
         if self.in_progress and self._clock() - self._last_frame_at > self._timeout:
+            progress = f"{len(self._buffer)} of {self._expected} bytes"
             self._fail()
-            raise ReassemblyTimeout(
-                f"message incomplete: {len(self._buffer)} of {self._expected} bytes "
-                f"after {self._timeout:g} s"
-            )
+            raise ReassemblyTimeout(f"message incomplete: {progress} after {self._timeout:g} s")
 
     def feed(self, frame: bytes) -> bytes | None:
         """Add one frame; return the message once its last frame arrived."""

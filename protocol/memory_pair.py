@@ -35,6 +35,9 @@ class ConnectionPair:
         errors propagate to the caller, as they would to the phone's app."""
         while True:
             moved = False
+            # Drain first: a frame injected straight into either side must be answered.
+            while (vehicle_event := self.vehicle.next_event()) is not None:
+                self.vehicle_events.append(vehicle_event)
             for frame in self.vehicle.data_to_send():
                 moved = True
                 self.sent_to_phone.append(frame)

@@ -125,6 +125,10 @@ class PhoneConnection:
         every counter this key used with this vehicle (persist it first)."""
         if self.state is not PhoneState.READY or self._held is None:
             raise LocalProtocolError(f"no challenge held (state {self.state.value})")
+        try:
+            command = Command(command)
+        except ValueError:
+            raise LocalProtocolError(f"undefined command {command!r}") from None
         if not 0 < counter < 2**64:
             raise LocalProtocolError("counter must be in 1..2**64-1")
         held, self._held = self._held, None

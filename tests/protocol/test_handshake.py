@@ -468,13 +468,22 @@ def test_every_single_byte_change_of_a_request_is_refused(mtu: int) -> None:
             ResultCode.STALE_COUNTER, ResultCode.BAD_SIGNATURE} <= seen
 
 
-def _answer_frames(mtu: int) -> tuple[Rig, list[bytes]]:
-    """A rig whose vehicle executed an UNLOCK, and the response frames not yet delivered."""
+def _answer(mtu: int) -> tuple[Rig, list[bytes], list[bytes]]:
+    """A rig whose vehicle executed an UNLOCK, with its answer not yet delivered: the
+    response frames and the next challenge's frames."""
     rig = make_rig(mtu)
     rig.to_vehicle(_request_frames(rig))
     answer = rig.vehicle.data_to_send()
     owners = _frame_owners(answer)
-    return rig, [f for f, m in zip(answer, owners, strict=True) if isinstance(m, CommandResponse)]
+    response = [f for f, m in zip(answer, owners, strict=True) if isinstance(m, CommandResponse)]
+    challenge = [f for f, m in zip(answer, owners, strict=True) if isinstance(m, Challenge)]
+    assert response + challenge == answer
+    return rig, response, challenge
+
+
+def _answer_frames(mtu: int) -> tuple[Rig, list[bytes]]:
+    rig, response, _ = _answer(mtu)
+    return rig, response
 
 
 @mtus
@@ -1065,3 +1074,15 @@ def test_fuzz_mutated_responses_never_complete(mtu: int) -> None:
             assert events == []
             assert rig.phone.state is PhoneState.AWAIT_RESPONSE
         _assert_phone_reports_no_state(rig)
+
+
+@mtus
+def test_phone_waits_for_the_next_challenge_after_a_response(mtu: int) -> None:
+    rig, response, challenge = _answer(mtu)
+    assert [type(e) for e in rig.to_phone(response)] == [CommandCompleted]
+    assert rig.phone.state is PhoneState.WAIT_CHALLENGE  # the spent challenge is gone
+    with pytest.raises(LocalProtocolError):
+        rig.phone.send_command(Command.LOCK, 2)
+    assert rig.phone.data_to_send() == []
+    assert rig.to_phone(challenge) == [ChallengeReceived(1)]
+    assert rig.phone.state is PhoneState.READY
