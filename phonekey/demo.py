@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -170,7 +171,21 @@ async def run_demo(say: Callable[[str], None]) -> list[Step]:
         return await Demo(Path(tmp), say).run()
 
 
+def _configure_logging(verbose: bool) -> None:
+    # The demo's own account goes to stdout; library logs go to stderr and,
+    # unless asked for, only when something is badly wrong. bumble's virtual
+    # controller logs races it recovers from at ERROR, which would drown the account.
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:
+        logging.getLogger("bumble").setLevel(logging.CRITICAL)
+
+
 def _main(args: argparse.Namespace) -> int:
+    _configure_logging(args.verbose)
+
     def say(line: str) -> None:
         if not args.json:
             print(line, flush=True)
@@ -203,6 +218,9 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show BLE stack logs on stderr"
+    )
     parser.set_defaults(handler=_main)
 
 

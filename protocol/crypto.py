@@ -103,9 +103,16 @@ def public_key_from_text(text: str) -> PublicKey:
 
 
 def sign(key: PrivateKey, message: bytes) -> bytes:
-    """Deterministic (RFC 6979) ECDSA-SHA256 signature as raw r || s."""
+    """Deterministic (RFC 6979) ECDSA-SHA256 signature as raw r || s, low-S form.
+
+    (r, s) and (r, n - s) both verify; we always emit the smaller s and
+    ``verify`` refuses the larger, so a signature has exactly one encoding and
+    nobody can alter a signed message's bytes without invalidating it.
+    """
     der = key.sign(message, ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
     r, s = decode_dss_signature(der)
+    if s > _P256_ORDER // 2:
+        s = _P256_ORDER - s
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
@@ -115,6 +122,8 @@ def verify(key: PublicKey, signature: bytes, message: bytes) -> None:
         raise InvalidSignature("signature must be 64 bytes")
     r = int.from_bytes(signature[:32], "big")
     s = int.from_bytes(signature[32:], "big")
+    if s > _P256_ORDER // 2:
+        raise InvalidSignature("high-S signature (only the low-S form is accepted)")
     # Range checks (1 <= r, s < n) happen inside OpenSSL's verify.
     key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
 

@@ -9,8 +9,11 @@ A frame is one ATT write or notification payload::
 fits one frame; at MTU 23 (20-byte payloads) it takes about nine.
 
 Reassembly is bounded in size (``MAX_MESSAGE_SIZE``) and time: a message whose
-fragments stop arriving for ``timeout`` seconds is dropped with an error, so a
-peer cannot park a half-sent message in the vehicle's memory forever.
+fragments stop arriving for ``timeout`` seconds, or that is not complete
+``deadline`` seconds after its first frame, is dropped with an error, and a
+frame must carry at least one byte of the message. So a peer cannot park a
+half-sent message in the vehicle's memory forever, not even by trickling
+bytes.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ _LAST: Final = 0x40
 _INDEX_MASK: Final = 0x3F
 _FRAME_HEADER_LEN: Final = 2
 _LENGTH_LEN: Final = 2
-DEFAULT_REASSEMBLY_TIMEOUT: Final = 2.0
+DEFAULT_REASSEMBLY_TIMEOUT: Final = 2.0  # longest gap between two frames
+DEFAULT_REASSEMBLY_DEADLINE: Final = 5.0  # longest time for a whole message
 
 
 def payload_size(att_mtu: int) -> int:
@@ -92,10 +96,13 @@ class Reassembler:
         *,
         max_size: int = MAX_MESSAGE_SIZE,
         timeout: float = DEFAULT_REASSEMBLY_TIMEOUT,
+        deadline: float = DEFAULT_REASSEMBLY_DEADLINE,
     ) -> None:
         self._clock = clock
         self._max_size = max_size
         self._timeout = timeout
+        self._deadline = deadline
+        self._started_at = 0.0
         self._buffer = bytearray()
         self._expected = 0
         self._next_index = 0
@@ -108,10 +115,20 @@ class Reassembler:
 
     def check_timeout(self) -> None:
         """Raise ``ReassemblyTimeout`` if a partial message has gone stale."""
-        if self.in_progress and self._clock() - self._last_frame_at > self._timeout:
-            progress = f"{len(self._buffer)} of {self._expected} bytes"
+        if not self.in_progress:
+            return
+        now = self._clock()
+        progress = f"{len(self._buffer)} of {self._expected} bytes"
+        if now - self._last_frame_at > self._timeout:
             self._fail()
-            raise ReassemblyTimeout(f"message incomplete: {progress} after {self._timeout:g} s")
+            raise ReassemblyTimeout(
+                f"message incomplete: {progress}, no frame for {self._timeout:g} s"
+            )
+        if now - self._started_at > self._deadline:
+            self._fail()
+            raise ReassemblyTimeout(
+                f"message incomplete: {progress} after the {self._deadline:g} s deadline"
+            )
 
     def feed(self, frame: bytes) -> bytes | None:
         """Add one frame; return the message once its last frame arrived."""
@@ -146,9 +163,13 @@ class Reassembler:
                 raise ReassemblyError("announced an empty message")
             self._expected = total
             self._next_index = 0
+            self._started_at = self._clock()
         elif not self.in_progress:
             self._fail()
             raise ReassemblyError("continuation frame without a first frame")
+        if not body:
+            self._fail()
+            raise ReassemblyError("a frame must carry at least one byte of the message")
         if index != self._next_index & _INDEX_MASK:
             self._fail()
             raise ReassemblyError(f"frame {index} arrived, expected {self._next_index}")

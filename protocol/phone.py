@@ -39,7 +39,7 @@ from .messages import (
 from .states import PhoneState, phone_next_state
 from .transcript import request_transcript_hash, response_key, response_mac
 from .types import Command
-from .vehicle import SUPPORTED_VERSIONS
+from .vehicle import SUPPORTED_VERSIONS, check_versions
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class PhoneConnection:
         att_mtu: int = 23,
         versions: tuple[int, ...] = SUPPORTED_VERSIONS,
     ) -> None:
+        check_versions(versions)
         self._private_key = private_key
         self._key_id = crypto.key_id(private_key.public_key())
         self._vehicle_key = vehicle_public_key

@@ -14,6 +14,8 @@ vehicle no public-key operation.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
+from typing import TypeVar
 from dataclasses import dataclass, replace
 
 from . import crypto
@@ -45,6 +47,8 @@ from .states import VehicleState, vehicle_next_state
 from .store import VehicleStore
 from .transcript import request_transcript_hash, response_key, response_mac
 from .types import Command, LockState, ResultCode
+
+_T = TypeVar("_T")
 
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 DEFAULT_CHALLENGE_LIFETIME = 30.0
@@ -87,6 +91,7 @@ class VehicleConnection:
         versions: tuple[int, ...] = SUPPORTED_VERSIONS,
         challenge_lifetime: float = DEFAULT_CHALLENGE_LIFETIME,
     ) -> None:
+        check_versions(versions)
         self._identity = identity
         self._store = store
         self._clock = clock
@@ -165,10 +170,10 @@ class VehicleConnection:
             )
         if request.version not in outstanding.challenge.versions:
             raise UnsupportedVersion(f"version {request.version} was not offered")
-        entry = self._store.whitelist_entry(request.key_id)
+        entry = self._read_store(lambda: self._store.whitelist_entry(request.key_id))
         if entry is None:
             raise UnknownKey("key id not on the whitelist")
-        if request.counter <= self._store.last_counter(request.key_id):
+        if request.counter <= self._read_store(lambda: self._store.last_counter(request.key_id)):
             raise StaleCounter("counter not above the last accepted one")
         try:
             ephemeral = crypto.public_key_from_bytes(request.ephemeral_key)
@@ -182,7 +187,7 @@ class VehicleConnection:
             raise BadSignature("signature does not verify over the transcript") from None
 
         # Authenticated from here on.
-        before = self._store.lock_state()
+        before = self._read_store(self._store.lock_state)
         if entry.role.permits(request.command):
             result = ResultCode.OK
             after = _lock_state_after(request.command, before)
@@ -225,11 +230,18 @@ class VehicleConnection:
             request.nonce, outstanding.challenge.nonce
         ):
             raise UnknownChallenge("nonce was not issued on this session or is spent")
-        if self._store.nonce_spent(request.nonce):
+        if self._read_store(lambda: self._store.nonce_spent(request.nonce)):
             raise UnknownChallenge("nonce already spent")
         if self._clock() - outstanding.issued_at > self._lifetime:
             raise ChallengeExpired(f"challenge older than {self._lifetime:g} s")
         return outstanding
+
+    def _read_store(self, read: Callable[[], _T]) -> _T:
+        """A store read that fails must end the session with INTERNAL, not crash it."""
+        try:
+            return read()
+        except Exception as exc:
+            raise _StorageFailure(f"could not read the vehicle state: {exc}") from exc
 
     def _issue_challenge(self) -> None:
         challenge = Challenge(
@@ -257,6 +269,14 @@ class VehicleConnection:
         self._events.append(
             RequestRejected(code=code, reason=str(exc), key_id=self._claimed_key_id)
         )
+
+
+def check_versions(versions: tuple[int, ...]) -> None:
+    """Refuse at construction a version list no Challenge could carry."""
+    if not versions or len(set(versions)) != len(versions) or not all(
+        0 < v < 256 for v in versions
+    ):
+        raise ValueError(f"versions must be distinct values in 1..255, got {versions!r}")
 
 
 class _StorageFailure(LocalProtocolError):

@@ -519,3 +519,18 @@ def test_reassembly_timeout_reports_how_far_the_message_got() -> None:
     clock.advance(2.5)
     with pytest.raises(ReassemblyTimeout, match="16 of 40 bytes"):
         reassembler.check_timeout()
+
+
+def test_a_partial_message_cannot_be_kept_alive_forever() -> None:
+    """framing.py promises that "a peer cannot park a half-sent message in the vehicle's
+    memory forever". Today a continuation frame may carry no bytes at all, so a peer
+    that sends an empty frame every 1.9 s keeps a message in progress indefinitely
+    (the index wraps at 64). Either refuse empty continuation chunks or bound a
+    message's total assembly time."""
+    clock = FakeClock()
+    reassembler = Reassembler(clock)
+    reassembler.feed(F40[0])
+    with pytest.raises(ReassemblyError):
+        for index in range(1, 200):
+            clock.advance(1.9)
+            reassembler.feed(bytes([WIRE_VERSION, index & 0x3F]))

@@ -1086,3 +1086,27 @@ def test_phone_waits_for_the_next_challenge_after_a_response(mtu: int) -> None:
     assert rig.phone.data_to_send() == []
     assert rig.to_phone(challenge) == [ChallengeReceived(1)]
     assert rig.phone.state is PhoneState.READY
+
+
+@pytest.mark.parametrize("method", ["whitelist_entry", "last_counter", "nonce_spent",
+                                    "lock_state"])
+def test_failed_store_read_answers_internal(method: str) -> None:
+    """A store that cannot be read (corrupt or unreadable file) must end the exchange
+    like a failed commit: an INTERNAL Error to the phone, the session in ERROR, nothing
+    executed. Today the store's exception escapes ``VehicleConnection.next_event``
+    (crashing the driver's loop), the session stays CHALLENGED with its challenge
+    spent, and the phone never gets an answer."""
+
+    class UnreadableStore(MemoryStore):
+        pass
+
+    def fail(*args: object, **kwargs: object) -> object:
+        raise OSError("store unreadable")
+
+    store = UnreadableStore()
+    rig = make_rig(store=store)
+    setattr(store, method, fail)
+    frames = _request_frames(rig)
+    code, exc = _rejected(rig, frames)
+    assert code is ResultCode.INTERNAL and isinstance(exc, RejectedInternal)
+    assert store.state is LockState.LOCKED and store.commits == 0
