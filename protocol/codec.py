@@ -32,6 +32,7 @@ from .messages import (
     ChallengeRequest,
     CommandRequest,
     CommandResponse,
+    CredentialPresentation,
     ErrorMessage,
     Message,
 )
@@ -47,6 +48,8 @@ _MSG_CHALLENGE_REQUEST = 0x02
 _MSG_COMMAND_REQUEST = 0x03
 _MSG_COMMAND_RESPONSE = 0x04
 _MSG_ERROR = 0x05
+_MSG_CREDENTIAL = 0x06
+MAX_CREDENTIAL_SIZE: Final = 300
 
 _Header = c.Struct("version" / c.Int8ub, "type" / c.Int8ub)
 _Versions = c.PrefixedArray(c.Int8ub, c.Int8ub)
@@ -76,6 +79,7 @@ _BODIES: dict[int, c.Construct] = {
         "mac" / c.Bytes(crypto.MAC_LEN),
     ),
     _MSG_ERROR: c.Struct("code" / c.Int8ub),
+    _MSG_CREDENTIAL: c.Struct("credential" / c.Prefixed(c.Int16ub, c.GreedyBytes)),
 }
 
 _TYPE_OF: dict[type, int] = {
@@ -84,6 +88,7 @@ _TYPE_OF: dict[type, int] = {
     CommandRequest: _MSG_COMMAND_REQUEST,
     CommandResponse: _MSG_COMMAND_RESPONSE,
     ErrorMessage: _MSG_ERROR,
+    CredentialPresentation: _MSG_CREDENTIAL,
 }
 
 _RESPONSE_RESULTS = frozenset({ResultCode.OK, ResultCode.FORBIDDEN})
@@ -200,6 +205,11 @@ def _to_message(msg_type: int, p: Any) -> Message:
             lock_state=_enum(LockState, p.lock_state, "lock_state"),
             mac=bytes(p.mac),
         )
+    if msg_type == _MSG_CREDENTIAL:
+        credential = bytes(p.credential)
+        if not 0 < len(credential) <= MAX_CREDENTIAL_SIZE:
+            raise FieldValueError(f"credential of {len(credential)} bytes (1..{MAX_CREDENTIAL_SIZE})")
+        return CredentialPresentation(credential)
     code = _enum(ResultCode, p.code, "code")
     if code in _RESPONSE_RESULTS:
         raise FieldValueError(f"an error message cannot carry {code.name}")

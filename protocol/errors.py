@@ -110,6 +110,24 @@ class BadPublicKey(HandshakeError):
     code = ResultCode.BAD_KEY
 
 
+class CredentialRefused(HandshakeError):
+    """A presented credential does not authorise its holder here and now."""
+
+    code = ResultCode.CREDENTIAL_INVALID
+
+
+class CredentialRefusedExpired(CredentialRefused):
+    code = ResultCode.CREDENTIAL_EXPIRED
+
+
+class CredentialRefusedNotYetValid(CredentialRefused):
+    code = ResultCode.CREDENTIAL_NOT_YET_VALID
+
+
+class CredentialRefusedRevoked(CredentialRefused):
+    code = ResultCode.CREDENTIAL_REVOKED
+
+
 class WrongVehicle(HandshakeError):
     """The challenge names a vehicle other than the one the phone expects."""
 
@@ -191,6 +209,22 @@ class RejectedInternal(VehicleRejected):
     code = ResultCode.INTERNAL
 
 
+class RejectedCredential(VehicleRejected):
+    code = ResultCode.CREDENTIAL_INVALID
+
+
+class RejectedCredentialExpired(RejectedCredential):
+    code = ResultCode.CREDENTIAL_EXPIRED
+
+
+class RejectedCredentialNotYetValid(RejectedCredential):
+    code = ResultCode.CREDENTIAL_NOT_YET_VALID
+
+
+class RejectedCredentialRevoked(RejectedCredential):
+    code = ResultCode.CREDENTIAL_REVOKED
+
+
 _REJECTION_TEXT: dict[ResultCode, str] = {
     ResultCode.FORBIDDEN: "the vehicle refused: this key's role does not permit the command",
     ResultCode.MALFORMED: "the vehicle could not decode our message",
@@ -205,6 +239,10 @@ _REJECTION_TEXT: dict[ResultCode, str] = {
     ResultCode.BAD_KEY: "the vehicle rejected the ephemeral key",
     ResultCode.BUSY: "the vehicle is busy",
     ResultCode.INTERNAL: "the vehicle failed internally; nothing was executed",
+    ResultCode.CREDENTIAL_INVALID: "the vehicle refused the credential (not valid for this key)",
+    ResultCode.CREDENTIAL_EXPIRED: "the vehicle says the credential has expired",
+    ResultCode.CREDENTIAL_NOT_YET_VALID: "the vehicle says the credential is not valid yet",
+    ResultCode.CREDENTIAL_REVOKED: "the vehicle says this key has been revoked",
 }
 
 _BY_CODE: dict[ResultCode, type[VehicleRejected]] = {
@@ -223,6 +261,10 @@ _BY_CODE: dict[ResultCode, type[VehicleRejected]] = {
         RejectedKey,
         RejectedBusy,
         RejectedInternal,
+        RejectedCredential,
+        RejectedCredentialExpired,
+        RejectedCredentialNotYetValid,
+        RejectedCredentialRevoked,
     )
 }
 

@@ -43,6 +43,7 @@ class CommandExecuted:
     lock_state_before: LockState
     lock_state: LockState
     counter: int
+    credential_serial: int | None = None  # set when an issuer credential authorised it
 
 
 @dataclass(frozen=True)

@@ -61,4 +61,20 @@ class ErrorMessage:
     code: ResultCode
 
 
-Message = Challenge | ChallengeRequest | CommandRequest | CommandResponse | ErrorMessage
+@dataclass(frozen=True)
+class CredentialPresentation:
+    """Phone -> vehicle: an issuer-signed credential for the phone's key, sent
+    just before the CommandRequest it authorises (no answer of its own, so it
+    adds no round trip). The request's transcript then binds its digest."""
+
+    credential: bytes  # encoded protocol.credentials.Credential
+
+
+Message = (
+    Challenge
+    | ChallengeRequest
+    | CommandRequest
+    | CommandResponse
+    | ErrorMessage
+    | CredentialPresentation
+)

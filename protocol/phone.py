@@ -13,6 +13,7 @@ Either way the session is in ERROR for good: make a new connection.
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from dataclasses import dataclass, replace
 
@@ -33,6 +34,7 @@ from .messages import (
     ChallengeRequest,
     CommandRequest,
     CommandResponse,
+    CredentialPresentation,
     ErrorMessage,
     Message,
 )
@@ -80,6 +82,7 @@ class PhoneConnection:
         self._outgoing: list[bytes] = []
         self._held: _Held | None = None
         self._pending: _Pending | None = None
+        self._credential_digest: bytes | None = None
         self.state = PhoneState.WAIT_CHALLENGE
         self.error: ProtocolError | None = None
 
@@ -121,6 +124,15 @@ class PhoneConnection:
         self.state = PhoneState.WAIT_CHALLENGE
         self._send(ChallengeRequest())
 
+    def present_credential(self, credential: bytes) -> None:
+        """Send an issuer-signed credential for our key; every later request on
+        this session binds its digest. Needs no answer, so it adds no round trip:
+        call it right after connecting, even before the first challenge."""
+        if self.state is PhoneState.ERROR:
+            raise LocalProtocolError("session is in ERROR; reconnect")
+        self._send(CredentialPresentation(credential))
+        self._credential_digest = hashlib.sha256(credential).digest()
+
     def send_command(self, command: Command, counter: int) -> None:
         """Sign ``command`` over the held challenge. ``counter`` must be above
         every counter this key used with this vehicle (persist it first)."""
@@ -144,7 +156,9 @@ class PhoneConnection:
             ephemeral_key=crypto.public_bytes(ephemeral.public_key()),
             signature=b"",
         )
-        th = request_transcript_hash(held.encoded, self._vehicle_key, unsigned)
+        th = request_transcript_hash(
+            held.encoded, self._vehicle_key, unsigned, self._credential_digest
+        )
         request = replace(unsigned, signature=crypto.sign(self._private_key, th))
         key = response_key(
             crypto.ecdh(ephemeral, self._vehicle_key), request.nonce, request.version, th

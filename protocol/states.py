@@ -11,7 +11,14 @@ from __future__ import annotations
 import enum
 
 from .errors import UnexpectedMessage
-from .messages import Challenge, ChallengeRequest, CommandRequest, CommandResponse, ErrorMessage
+from .messages import (
+    Challenge,
+    ChallengeRequest,
+    CommandRequest,
+    CommandResponse,
+    CredentialPresentation,
+    ErrorMessage,
+)
 
 
 class VehicleState(enum.Enum):
@@ -29,12 +36,17 @@ class PhoneState(enum.Enum):
 
 # Vehicle: what the phone may send in each state. After a CommandRequest the
 # vehicle answers and immediately issues a new challenge, so it stays
-# CHALLENGED.
+# CHALLENGED. A CredentialPresentation has no answer; it may even arrive before
+# the first challenge, because the phone sends it without waiting.
 VEHICLE_TRANSITIONS: dict[VehicleState, dict[type, VehicleState]] = {
-    VehicleState.IDLE: {ChallengeRequest: VehicleState.CHALLENGED},
+    VehicleState.IDLE: {
+        ChallengeRequest: VehicleState.CHALLENGED,
+        CredentialPresentation: VehicleState.IDLE,
+    },
     VehicleState.CHALLENGED: {
         ChallengeRequest: VehicleState.CHALLENGED,
         CommandRequest: VehicleState.CHALLENGED,
+        CredentialPresentation: VehicleState.CHALLENGED,
     },
     VehicleState.ERROR: {},
 }

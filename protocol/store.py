@@ -14,7 +14,9 @@ in-memory connection pair.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Protocol
 
 from . import crypto
@@ -51,6 +53,42 @@ class VehicleStore(Protocol):
     ) -> None:
         """Atomically and durably record an accepted command; raise on failure."""
         ...
+
+
+class CredentialTrust(Protocol):
+    """What a vehicle needs to verify issuer-signed credentials offline."""
+
+    def issuer_keys(self) -> Mapping[bytes, crypto.PublicKey]:
+        """Trusted issuer public keys by key id; empty if none is provisioned."""
+        ...
+
+    def is_revoked(self, key_id: bytes) -> bool: ...
+
+    def now(self) -> int:
+        """The vehicle's wall-clock time in unix seconds, never below its
+        persisted time floor."""
+        ...
+
+
+@dataclass
+class MemoryTrust:
+    """A ``CredentialTrust`` in RAM, for tests; ``clock`` gives unix seconds."""
+
+    issuers: dict[bytes, crypto.PublicKey] = field(default_factory=dict)
+    revoked: set[bytes] = field(default_factory=set)
+    clock: Callable[[], float] = field(default=lambda: 0.0)
+
+    def add_issuer(self, public_key: crypto.PublicKey) -> None:
+        self.issuers[crypto.key_id(public_key)] = public_key
+
+    def issuer_keys(self) -> Mapping[bytes, crypto.PublicKey]:
+        return self.issuers
+
+    def is_revoked(self, key_id: bytes) -> bool:
+        return key_id in self.revoked
+
+    def now(self) -> int:
+        return int(self.clock())
 
 
 @dataclass

@@ -7,6 +7,10 @@ Request transcript hash (what the phone signs)::
                   || vehicle identity public key, uncompressed (65 bytes)
                   || u16 len || request bytes without the signature )
 
+When the phone presented a credential on the session (and only then), the
+hash input continues with ``|| u16 len || SHA-256(credential bytes)``, so the
+signature binds the credential it relies on.
+
 The request bytes hold the chosen version, the version offer as received,
 the nonce, the key id, the counter, the command and the phone's ephemeral key,
 so the signature covers all of them. The phone signs TH with ECDSA-P256-SHA256.
@@ -40,13 +44,18 @@ def _framed(data: bytes) -> bytes:
 
 
 def request_transcript_hash(
-    challenge_bytes: bytes, vehicle_public_key: crypto.PublicKey, request: CommandRequest
+    challenge_bytes: bytes,
+    vehicle_public_key: crypto.PublicKey,
+    request: CommandRequest,
+    credential_digest: bytes | None = None,
 ) -> bytes:
     h = hashlib.sha256()
     h.update(_label(request.version, "request"))
     h.update(_framed(challenge_bytes))
     h.update(crypto.public_bytes(vehicle_public_key, compressed=False))
     h.update(_framed(request_signed_part(request)))
+    if credential_digest is not None:
+        h.update(_framed(credential_digest))
     return h.digest()
 
 

@@ -14,16 +14,20 @@ vehicle no public-key operation.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 from dataclasses import dataclass, replace
 
-from . import crypto
+from . import credentials, crypto
 from .codec import NONCE_LEN, decode, encode
 from .errors import (
     BadPublicKey,
     BadSignature,
     ChallengeExpired,
+    CredentialRefused,
+    CredentialRefusedExpired,
+    CredentialRefusedNotYetValid,
+    CredentialRefusedRevoked,
     HandshakeError,
     LocalProtocolError,
     ProtocolError,
@@ -40,11 +44,12 @@ from .messages import (
     ChallengeRequest,
     CommandRequest,
     CommandResponse,
+    CredentialPresentation,
     ErrorMessage,
     Message,
 )
 from .states import VehicleState, vehicle_next_state
-from .store import VehicleStore
+from .store import CredentialTrust, VehicleStore, WhitelistEntry
 from .transcript import request_transcript_hash, response_key, response_mac
 from .types import Command, LockState, ResultCode
 
@@ -90,8 +95,13 @@ class VehicleConnection:
         att_mtu: int = 23,
         versions: tuple[int, ...] = SUPPORTED_VERSIONS,
         challenge_lifetime: float = DEFAULT_CHALLENGE_LIFETIME,
+        trust: CredentialTrust | None = None,
+        credential_leeway: int = credentials.MAX_LEEWAY,
     ) -> None:
         check_versions(versions)
+        self._trust = trust
+        self._leeway = credential_leeway
+        self._presented: credentials.Credential | None = None
         self._identity = identity
         self._store = store
         self._clock = clock
@@ -156,6 +166,8 @@ class VehicleConnection:
         next_state = vehicle_next_state(self.state, message)
         if isinstance(message, ChallengeRequest):
             self._issue_challenge()
+        elif isinstance(message, CredentialPresentation):
+            self._presented = self._check_presented(message.credential)
         elif isinstance(message, CommandRequest):
             self._claimed_key_id = message.key_id
             self._handle_request(message)
@@ -170,7 +182,15 @@ class VehicleConnection:
             )
         if request.version not in outstanding.challenge.versions:
             raise UnsupportedVersion(f"version {request.version} was not offered")
+        presented = self._presented
+        credential_digest = None
         entry = self._read_store(lambda: self._store.whitelist_entry(request.key_id))
+        if presented is not None:
+            if not crypto.constant_time_equal(presented.holder_key_id, request.key_id):
+                raise CredentialRefused("the presented credential names another key")
+            credential_digest = presented.digest()
+            if entry is None:  # a whitelisted key keeps its (higher) whitelist role
+                entry = WhitelistEntry(presented.holder_key, presented.role)
         if entry is None:
             raise UnknownKey("key id not on the whitelist")
         if request.counter <= self._read_store(lambda: self._store.last_counter(request.key_id)):
@@ -179,7 +199,16 @@ class VehicleConnection:
             ephemeral = crypto.public_key_from_bytes(request.ephemeral_key)
         except crypto.InvalidKeyEncoding as exc:
             raise BadPublicKey(str(exc)) from None
-        th = request_transcript_hash(outstanding.encoded, self._identity.public_key, request)
+        if presented is not None:
+            # Claims again (time moved since the presentation), then the issuer's signature.
+            self._check_claims(presented)
+            try:
+                credentials.verify_credential_signature(presented, issuers=self._issuers())
+            except credentials.CredentialError as exc:
+                raise CredentialRefused(f"credential refused: {exc}") from None
+        th = request_transcript_hash(
+            outstanding.encoded, self._identity.public_key, request, credential_digest
+        )
         phone_key = crypto.public_key_from_bytes(entry.public_key)
         try:
             crypto.verify(phone_key, request.signature, th)
@@ -219,6 +248,7 @@ class VehicleConnection:
                 lock_state_before=before,
                 lock_state=after,
                 counter=request.counter,
+                credential_serial=presented.serial if presented is not None else None,
             )
         )
         self._issue_challenge()
@@ -235,6 +265,42 @@ class VehicleConnection:
         if self._clock() - outstanding.issued_at > self._lifetime:
             raise ChallengeExpired(f"challenge older than {self._lifetime:g} s")
         return outstanding
+
+    def _issuers(self) -> Mapping[bytes, crypto.PublicKey]:
+        if self._trust is None:
+            return {}
+        return self._read_store(self._trust.issuer_keys)
+
+    def _check_presented(self, data: bytes) -> credentials.Credential:
+        """Decode and run the cheap checks now; the signature waits for the request."""
+        try:
+            credential = credentials.Credential.from_bytes(data)
+        except credentials.CredentialMalformed as exc:
+            raise CredentialRefused(f"credential malformed: {exc}") from None
+        self._check_claims(credential)
+        return credential
+
+    def _check_claims(self, credential: credentials.Credential) -> None:
+        trust = self._trust
+        if trust is None:
+            raise CredentialRefused("this vehicle trusts no credential issuer")
+        try:
+            credentials.check_credential_claims_at_time(
+                credential,
+                issuers=self._issuers(),
+                vehicle_id=self._identity.vehicle_id,
+                now=self._read_store(trust.now),
+                leeway=self._leeway,
+                is_revoked=lambda key_id: self._read_store(lambda: trust.is_revoked(key_id)),
+            )
+        except credentials.CredentialExpired as exc:
+            raise CredentialRefusedExpired(str(exc)) from None
+        except credentials.CredentialNotYetValid as exc:
+            raise CredentialRefusedNotYetValid(str(exc)) from None
+        except credentials.CredentialRevoked as exc:
+            raise CredentialRefusedRevoked(str(exc)) from None
+        except credentials.CredentialError as exc:
+            raise CredentialRefused(f"credential refused: {exc}") from None
 
     def _read_store(self, read: Callable[[], _T]) -> _T:
         """A store read that fails must end the session with INTERNAL, not crash it."""

@@ -1,0 +1,391 @@
+"""Issuer-signed objects the vehicle verifies offline: credentials, revocation
+lists and signed time.
+
+All three are compact binary (construct), start with a format version and an
+object type, and end with an ECDSA-P256-SHA256 signature (raw r||s, low-S)
+by the issuer over ``"phonekey/v1 <object>" || body``. Verification raises a
+``CredentialError`` subclass and never returns False. Functions that depend
+on the time take it as an argument (``*_at_time``), like cryptography's.
+
+Authority: the cloud issuer may grant at most ``Role.DRIVER``. A credential
+naming ``Role.OWNER`` is refused by the vehicle whatever its signature, so a
+stolen cloud account or a compromised issuer key cannot mint an owner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+import construct as c
+
+from . import crypto
+from .types import Role
+
+FORMAT_VERSION: Final = 1
+DEFAULT_VALIDITY: Final = 7 * 24 * 3600  # seconds
+MAX_LEEWAY: Final = 300  # the most clock skew a vehicle may forgive, seconds
+MAX_REVOKED: Final = 100_000
+SIGNED_TIME_NONCE_LEN: Final = 16
+HIGHEST_CLOUD_ROLE: Final = Role.DRIVER
+
+_OBJ_CREDENTIAL: Final = 0x41
+_OBJ_REVOCATIONS: Final = 0x42
+_OBJ_SIGNED_TIME: Final = 0x43
+_HEADER_LEN: Final = 2
+
+
+class CredentialError(Exception):
+    """Base of every refusal of an issuer-signed object."""
+
+
+class CredentialMalformed(CredentialError):
+    pass
+
+
+class UnknownIssuer(CredentialError):
+    pass
+
+
+class CredentialSignatureInvalid(CredentialError):
+    pass
+
+
+class CredentialWrongVehicle(CredentialError):
+    pass
+
+
+class CredentialWrongHolder(CredentialError):
+    pass
+
+
+class CredentialNotYetValid(CredentialError):
+    pass
+
+
+class CredentialExpired(CredentialError):
+    pass
+
+
+class CredentialRevoked(CredentialError):
+    pass
+
+
+class CredentialRoleNotAllowed(CredentialError):
+    """The issuer may not grant this role (e.g. a cloud credential naming an owner)."""
+
+
+class StaleRevocationList(CredentialError):
+    """A revocation list whose version is not newer than the one held."""
+
+
+class SignedTimeRejected(CredentialError):
+    """Signed time not bound to the nonce we chose, or otherwise unusable."""
+
+
+_Credential = c.Struct(
+    "vehicle_id" / c.Bytes(crypto.KEY_ID_LEN),
+    "holder_key" / c.Bytes(crypto.COMPRESSED_POINT_LEN),
+    "role" / c.Int8ub,
+    "not_before" / c.Int64ub,
+    "not_after" / c.Int64ub,
+    "serial" / c.Int64ub,
+    "issuer_key_id" / c.Bytes(crypto.KEY_ID_LEN),
+)
+_Revocations = c.Struct(
+    "issuer_key_id" / c.Bytes(crypto.KEY_ID_LEN),
+    "version" / c.Int64ub,
+    "issued_at" / c.Int64ub,
+    "revoked" / c.PrefixedArray(c.Int32ub, c.Bytes(crypto.KEY_ID_LEN)),
+)
+_SignedTime = c.Struct(
+    "issuer_key_id" / c.Bytes(crypto.KEY_ID_LEN),
+    "nonce" / c.Bytes(SIGNED_TIME_NONCE_LEN),
+    "time" / c.Int64ub,
+)
+
+_LABELS = {
+    _OBJ_CREDENTIAL: b"phonekey/v1 credential",
+    _OBJ_REVOCATIONS: b"phonekey/v1 revocation list",
+    _OBJ_SIGNED_TIME: b"phonekey/v1 signed time",
+}
+
+
+@dataclass(frozen=True)
+class Credential:
+    vehicle_id: bytes  # key id of the vehicle identity key
+    holder_key: bytes  # compressed SEC1 point of the phone key it authorises
+    role: Role
+    not_before: int  # unix seconds, inclusive
+    not_after: int  # unix seconds, inclusive
+    serial: int
+    issuer_key_id: bytes
+    signature: bytes = b""
+
+    @property
+    def holder_key_id(self) -> bytes:
+        return crypto.key_id(crypto.public_key_from_bytes(self.holder_key))
+
+    def to_bytes(self) -> bytes:
+        return _encode(_OBJ_CREDENTIAL, _Credential, self, self.signature)
+
+    def digest(self) -> bytes:
+        """SHA-256 of the encoded credential: what a command transcript binds."""
+        return hashlib.sha256(self.to_bytes()).digest()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Credential:
+        fields, signature = _decode(_OBJ_CREDENTIAL, _Credential, data)
+        try:
+            role = Role(fields["role"])
+            crypto.public_key_from_bytes(fields["holder_key"])
+        except (ValueError, crypto.InvalidKeyEncoding) as exc:
+            raise CredentialMalformed(f"credential field invalid: {exc}") from None
+        fields["role"] = role
+        return cls(**fields, signature=signature)
+
+
+@dataclass(frozen=True)
+class RevocationList:
+    """Key ids the issuer revoked; ``version`` only ever grows."""
+
+    issuer_key_id: bytes
+    version: int
+    issued_at: int
+    revoked: tuple[bytes, ...]  # sorted, distinct
+    signature: bytes = b""
+
+    def to_bytes(self) -> bytes:
+        return _encode(_OBJ_REVOCATIONS, _Revocations, self, self.signature)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RevocationList:
+        fields, signature = _decode(_OBJ_REVOCATIONS, _Revocations, data)
+        revoked = tuple(bytes(k) for k in fields["revoked"])
+        if len(revoked) > MAX_REVOKED or list(revoked) != sorted(set(revoked)):
+            raise CredentialMalformed("revoked key ids must be sorted, distinct and bounded")
+        fields["revoked"] = revoked
+        return cls(**fields, signature=signature)
+
+    def is_revoked(self, key_id: bytes) -> bool:
+        return _sorted_contains(self.revoked, key_id)
+
+
+@dataclass(frozen=True)
+class SignedTime:
+    """The issuer's clock reading, bound to a nonce the vehicle chose."""
+
+    issuer_key_id: bytes
+    nonce: bytes
+    time: int
+    signature: bytes = b""
+
+    def to_bytes(self) -> bytes:
+        return _encode(_OBJ_SIGNED_TIME, _SignedTime, self, self.signature)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SignedTime:
+        fields, signature = _decode(_OBJ_SIGNED_TIME, _SignedTime, data)
+        return cls(**fields, signature=signature)
+
+
+# --- issuing ------------------------------------------------------------------
+def issue_credential(
+    issuer: crypto.PrivateKey,
+    *,
+    vehicle_id: bytes,
+    holder_key: crypto.PublicKey,
+    role: Role,
+    not_before: int,
+    not_after: int,
+    serial: int,
+) -> Credential:
+    if not_after < not_before:
+        raise ValueError("not_after is before not_before")
+    unsigned = Credential(
+        vehicle_id=vehicle_id,
+        holder_key=crypto.public_bytes(holder_key),
+        role=role,
+        not_before=not_before,
+        not_after=not_after,
+        serial=serial,
+        issuer_key_id=crypto.key_id(issuer.public_key()),
+    )
+    return replace(unsigned, signature=_sign(issuer, _OBJ_CREDENTIAL, _Credential, unsigned))
+
+
+def issue_revocation_list(
+    issuer: crypto.PrivateKey, *, version: int, issued_at: int, revoked: list[bytes]
+) -> RevocationList:
+    unsigned = RevocationList(
+        issuer_key_id=crypto.key_id(issuer.public_key()),
+        version=version,
+        issued_at=issued_at,
+        revoked=tuple(sorted(set(revoked))),
+    )
+    return replace(unsigned, signature=_sign(issuer, _OBJ_REVOCATIONS, _Revocations, unsigned))
+
+
+def issue_signed_time(issuer: crypto.PrivateKey, *, nonce: bytes, time: int) -> SignedTime:
+    if len(nonce) != SIGNED_TIME_NONCE_LEN:
+        raise ValueError(f"nonce must be {SIGNED_TIME_NONCE_LEN} bytes")
+    unsigned = SignedTime(crypto.key_id(issuer.public_key()), nonce, time)
+    return replace(unsigned, signature=_sign(issuer, _OBJ_SIGNED_TIME, _SignedTime, unsigned))
+
+
+# --- verifying ----------------------------------------------------------------
+IssuerKeys = Mapping[bytes, crypto.PublicKey]
+"""Trusted issuer public keys by key id (a vehicle holds one, or two during rotation)."""
+
+
+def verify_credential_at_time(
+    credential: Credential,
+    *,
+    issuers: IssuerKeys,
+    vehicle_id: bytes,
+    now: int,
+    leeway: int = MAX_LEEWAY,
+    holder_key_id: bytes | None = None,
+    is_revoked: Callable[[bytes], bool] | None = None,
+) -> None:
+    """Raise a ``CredentialError`` unless ``credential`` authorises its holder
+    on ``vehicle_id`` at ``now`` (unix seconds), forgiving ``leeway`` seconds
+    of clock skew at both ends of the window."""
+    check_credential_claims_at_time(
+        credential, issuers=issuers, vehicle_id=vehicle_id, now=now, leeway=leeway,
+        holder_key_id=holder_key_id, is_revoked=is_revoked,
+    )
+    verify_credential_signature(credential, issuers=issuers)
+
+
+def check_credential_claims_at_time(
+    credential: Credential,
+    *,
+    issuers: IssuerKeys,
+    vehicle_id: bytes,
+    now: int,
+    leeway: int = MAX_LEEWAY,
+    holder_key_id: bytes | None = None,
+    is_revoked: Callable[[bytes], bool] | None = None,
+) -> None:
+    """Every check but the signature: cheap, so a vehicle runs these first and
+    spends a signature verification only on a credential that could pass."""
+    if not 0 <= leeway <= MAX_LEEWAY:
+        raise ValueError(f"leeway must be 0..{MAX_LEEWAY} s")
+    if credential.issuer_key_id not in issuers:
+        raise UnknownIssuer("signed by an issuer key this side does not trust")
+    if credential.vehicle_id != vehicle_id:
+        raise CredentialWrongVehicle("credential is for another vehicle")
+    if holder_key_id is not None and not crypto.constant_time_equal(
+        credential.holder_key_id, holder_key_id
+    ):
+        raise CredentialWrongHolder("credential names another holder key")
+    if credential.role.value < HIGHEST_CLOUD_ROLE.value:
+        raise CredentialRoleNotAllowed(
+            f"an issuer may grant at most {HIGHEST_CLOUD_ROLE.name.lower()}, "
+            f"not {credential.role.name.lower()}"
+        )
+    if now + leeway < credential.not_before:
+        raise CredentialNotYetValid(f"credential valid from {credential.not_before}, now {now}")
+    if now - leeway > credential.not_after:
+        raise CredentialExpired(f"credential expired at {credential.not_after}, now {now}")
+    if is_revoked is not None and is_revoked(credential.holder_key_id):
+        raise CredentialRevoked("the holder's key is revoked")
+
+
+def verify_credential_signature(credential: Credential, *, issuers: IssuerKeys) -> None:
+    _verify_signature(issuers, credential.issuer_key_id, _OBJ_CREDENTIAL, _Credential,
+                      credential, credential.signature)
+
+
+def verify_revocation_list(
+    revocations: RevocationList, *, issuers: IssuerKeys, newer_than: int | None = None
+) -> None:
+    _verify_signature(issuers, revocations.issuer_key_id, _OBJ_REVOCATIONS, _Revocations,
+                      revocations, revocations.signature)
+    if newer_than is not None and revocations.version <= newer_than:
+        raise StaleRevocationList(
+            f"revocation list version {revocations.version} is not newer than {newer_than}"
+        )
+
+
+def verify_signed_time(signed: SignedTime, *, issuers: IssuerKeys, expected_nonce: bytes) -> int:
+    """Return the signed time if it answers our nonce; raise otherwise."""
+    _verify_signature(issuers, signed.issuer_key_id, _OBJ_SIGNED_TIME, _SignedTime,
+                      signed, signed.signature)
+    if not crypto.constant_time_equal(signed.nonce, expected_nonce):
+        raise SignedTimeRejected("signed time answers another nonce (replayed?)")
+    return signed.time
+
+
+# --- encoding helpers ---------------------------------------------------------
+def _body_fields(obj: Any) -> dict[str, Any]:
+    fields = {k: v for k, v in obj.__dict__.items() if k != "signature"}
+    if "revoked" in fields:
+        fields["revoked"] = list(fields["revoked"])
+    if "role" in fields:
+        fields["role"] = int(fields["role"])
+    return fields
+
+
+def _body(obj_type: int, struct: c.Construct, obj: Any) -> bytes:
+    try:
+        body: bytes = struct.build(_body_fields(obj))
+    except c.ConstructError as exc:
+        raise ValueError(f"cannot encode {type(obj).__name__}: {exc}") from None
+    return bytes([FORMAT_VERSION, obj_type]) + body
+
+
+def _encode(obj_type: int, struct: c.Construct, obj: Any, signature: bytes) -> bytes:
+    if len(signature) != crypto.SIGNATURE_LEN:
+        raise ValueError(f"{type(obj).__name__} is not signed")
+    return _body(obj_type, struct, obj) + signature
+
+
+def _sign(issuer: crypto.PrivateKey, obj_type: int, struct: c.Construct, obj: Any) -> bytes:
+    return crypto.sign(issuer, _LABELS[obj_type] + _body(obj_type, struct, obj))
+
+
+def _verify_signature(
+    issuers: IssuerKeys, issuer_key_id: bytes, obj_type: int, struct: c.Construct, obj: Any,
+    signature: bytes,
+) -> None:
+    issuer = issuers.get(issuer_key_id)
+    if issuer is None:
+        raise UnknownIssuer("signed by an issuer key this side does not trust")
+    try:
+        crypto.verify(issuer, signature, _LABELS[obj_type] + _body(obj_type, struct, obj))
+    except (crypto.InvalidSignature, ValueError):
+        raise CredentialSignatureInvalid("issuer signature does not verify") from None
+
+
+def _decode(obj_type: int, struct: c.Construct, data: bytes) -> tuple[dict[str, Any], bytes]:
+    if len(data) < _HEADER_LEN + crypto.SIGNATURE_LEN:
+        raise CredentialMalformed("too short")
+    if data[0] != FORMAT_VERSION:
+        raise CredentialMalformed(f"format version {data[0]} (this side reads {FORMAT_VERSION})")
+    if data[1] != obj_type:
+        raise CredentialMalformed(f"object type 0x{data[1]:02x}, expected 0x{obj_type:02x}")
+    body, signature = data[_HEADER_LEN : -crypto.SIGNATURE_LEN], data[-crypto.SIGNATURE_LEN :]
+    stream = io.BytesIO(body)
+    try:
+        parsed = struct.parse_stream(stream)
+    except c.ConstructError:
+        raise CredentialMalformed("truncated") from None
+    if stream.tell() != len(body):
+        raise CredentialMalformed("trailing bytes")
+    fields = {k: v for k, v in parsed.items() if not k.startswith("_")}
+    for key, value in fields.items():
+        if isinstance(value, bytes | bytearray):
+            fields[key] = bytes(value)
+    return fields, bytes(signature)
+
+
+def _sorted_contains(items: tuple[bytes, ...], key: bytes) -> bool:
+    import bisect
+
+    index = bisect.bisect_left(items, key)
+    return index < len(items) and items[index] == key
