@@ -208,7 +208,9 @@ def _to_message(msg_type: int, p: Any) -> Message:
     if msg_type == _MSG_CREDENTIAL:
         credential = bytes(p.credential)
         if not 0 < len(credential) <= MAX_CREDENTIAL_SIZE:
-            raise FieldValueError(f"credential of {len(credential)} bytes (1..{MAX_CREDENTIAL_SIZE})")
+            raise FieldValueError(
+                f"credential of {len(credential)} bytes (allowed 1..{MAX_CREDENTIAL_SIZE})"
+            )
         return CredentialPresentation(credential)
     code = _enum(ResultCode, p.code, "code")
     if code in _RESPONSE_RESULTS:

@@ -255,8 +255,13 @@ def verify_credential_at_time(
     on ``vehicle_id`` at ``now`` (unix seconds), forgiving ``leeway`` seconds
     of clock skew at both ends of the window."""
     check_credential_claims_at_time(
-        credential, issuers=issuers, vehicle_id=vehicle_id, now=now, leeway=leeway,
-        holder_key_id=holder_key_id, is_revoked=is_revoked,
+        credential,
+        issuers=issuers,
+        vehicle_id=vehicle_id,
+        now=now,
+        leeway=leeway,
+        holder_key_id=holder_key_id,
+        is_revoked=is_revoked,
     )
     verify_credential_signature(credential, issuers=issuers)
 
@@ -297,15 +302,27 @@ def check_credential_claims_at_time(
 
 
 def verify_credential_signature(credential: Credential, *, issuers: IssuerKeys) -> None:
-    _verify_signature(issuers, credential.issuer_key_id, _OBJ_CREDENTIAL, _Credential,
-                      credential, credential.signature)
+    _verify_signature(
+        issuers,
+        credential.issuer_key_id,
+        _OBJ_CREDENTIAL,
+        _Credential,
+        credential,
+        credential.signature,
+    )
 
 
 def verify_revocation_list(
     revocations: RevocationList, *, issuers: IssuerKeys, newer_than: int | None = None
 ) -> None:
-    _verify_signature(issuers, revocations.issuer_key_id, _OBJ_REVOCATIONS, _Revocations,
-                      revocations, revocations.signature)
+    _verify_signature(
+        issuers,
+        revocations.issuer_key_id,
+        _OBJ_REVOCATIONS,
+        _Revocations,
+        revocations,
+        revocations.signature,
+    )
     if newer_than is not None and revocations.version <= newer_than:
         raise StaleRevocationList(
             f"revocation list version {revocations.version} is not newer than {newer_than}"
@@ -314,8 +331,9 @@ def verify_revocation_list(
 
 def verify_signed_time(signed: SignedTime, *, issuers: IssuerKeys, expected_nonce: bytes) -> int:
     """Return the signed time if it answers our nonce; raise otherwise."""
-    _verify_signature(issuers, signed.issuer_key_id, _OBJ_SIGNED_TIME, _SignedTime,
-                      signed, signed.signature)
+    _verify_signature(
+        issuers, signed.issuer_key_id, _OBJ_SIGNED_TIME, _SignedTime, signed, signed.signature
+    )
     if not crypto.constant_time_equal(signed.nonce, expected_nonce):
         raise SignedTimeRejected("signed time answers another nonce (replayed?)")
     return signed.time
@@ -350,7 +368,11 @@ def _sign(issuer: crypto.PrivateKey, obj_type: int, struct: c.Construct, obj: An
 
 
 def _verify_signature(
-    issuers: IssuerKeys, issuer_key_id: bytes, obj_type: int, struct: c.Construct, obj: Any,
+    issuers: IssuerKeys,
+    issuer_key_id: bytes,
+    obj_type: int,
+    struct: c.Construct,
+    obj: Any,
     signature: bytes,
 ) -> None:
     issuer = issuers.get(issuer_key_id)

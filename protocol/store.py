@@ -14,9 +14,8 @@ in-memory connection pair.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from collections.abc import Mapping
 from typing import Protocol
 
 from . import crypto

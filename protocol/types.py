@@ -72,7 +72,8 @@ class ResultCode(enum.IntEnum):
     BAD_SIGNATURE = 0x18  # signature does not verify over the transcript
     BAD_KEY = 0x19  # ephemeral public key not a valid P-256 point
     BUSY = 0x1A  # the vehicle cannot take the request now
-    CREDENTIAL_INVALID = 0x20  # malformed, untrusted issuer, bad signature, wrong vehicle/holder/role
+    # malformed, untrusted issuer, bad signature, wrong vehicle, holder or role:
+    CREDENTIAL_INVALID = 0x20
     CREDENTIAL_EXPIRED = 0x21  # past not_after (beyond the leeway) by the vehicle's clock
     CREDENTIAL_NOT_YET_VALID = 0x22  # before not_before (beyond the leeway)
     CREDENTIAL_REVOKED = 0x23  # the holder's key id is on the vehicle's revocation list

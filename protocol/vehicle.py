@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import TypeVar
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from . import credentials, crypto
 from .codec import NONCE_LEN, decode, encode
@@ -339,8 +339,10 @@ class VehicleConnection:
 
 def check_versions(versions: tuple[int, ...]) -> None:
     """Refuse at construction a version list no Challenge could carry."""
-    if not versions or len(set(versions)) != len(versions) or not all(
-        0 < v < 256 for v in versions
+    if (
+        not versions
+        or len(set(versions)) != len(versions)
+        or not all(0 < v < 256 for v in versions)
     ):
         raise ValueError(f"versions must be distinct values in 1..255, got {versions!r}")
 
