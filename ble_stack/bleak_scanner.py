@@ -74,15 +74,12 @@ class BumbleBleakScanner(BaseBleakScanner):
         fields.update(AdvertisementFields.from_ad_structures(advertisement.data.ad_structures))
         if not self.is_allowed_uuid(fields.service_uuids):
             return
-        tx_power = fields.tx_power
-        if tx_power is None and advertisement.tx_power != Advertisement.TX_POWER_NOT_AVAILABLE:
-            tx_power = advertisement.tx_power
         data = AdvertisementData(
             local_name=fields.local_name,
             manufacturer_data=dict(fields.manufacturer_data),
             service_data=dict(fields.service_data),
             service_uuids=list(fields.service_uuids),
-            tx_power=tx_power,
+            tx_power=fields.tx_power,  # the AD field only, as other backends report it
             rssi=advertisement.rssi,
             platform_data=(advertisement,),
         )

@@ -25,6 +25,7 @@ from ble_stack.virtual_link import VirtualRadio
 
 if TYPE_CHECKING:
     from bumble.device import Device
+    from bumble.transport.common import Transport
 
 DEFAULT_OPEN_TIMEOUT = 10.0
 _RADIO_FIX = "is `phonekey radio` running and listening there?"
@@ -53,22 +54,36 @@ def default_radio() -> VirtualRadio:
 
 
 class OpenedDevice:
-    """A bumble Device plus what must be released with it."""
+    """A bumble Device plus what must be released with it.
+
+    `transport` is the bumble transport for non-virtual specs (None for
+    `virtual`); `transport.source.terminated` completes if the far end goes
+    away, e.g. when `phonekey radio` exits.
+    """
 
     def __init__(
-        self, device: Device, spec: str, closers: list[Callable[[], Awaitable[None]]]
+        self,
+        device: Device,
+        spec: str,
+        closers: list[Callable[[], Awaitable[None]]],
+        transport: Transport | None = None,
     ) -> None:
         self.device = device
         self.spec = spec
+        self.transport = transport
         self._closers = closers
         self._closed = False
+
+    @property
+    def transport_lost(self) -> bool:
+        return self.transport is not None and self.transport.source.terminated.done()
 
     async def close(self) -> None:
         """Drop the device's connections, then release its transport. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        if self.device.powered_on:
+        if self.device.powered_on and not self.transport_lost:
             # Tell peers we are leaving, but never hang on a dead controller.
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
@@ -110,6 +125,7 @@ async def open_device(
     from bumble.host import Host
 
     closers: list[Callable[[], Awaitable[None]]] = []
+    transport: Transport | None = None
     static_address = hci.Address(address) if address else None
     if spec == "virtual":
         radio = radio or default_radio()
@@ -134,7 +150,7 @@ async def open_device(
 
     if capture is not None:
         _attach_capture(device, capture, closers)
-    return OpenedDevice(device, spec, closers)
+    return OpenedDevice(device, spec, closers, transport)
 
 
 def _attach_capture(

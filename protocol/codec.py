@@ -35,6 +35,9 @@ from .messages import (
     CredentialPresentation,
     ErrorMessage,
     Message,
+    RevocationUpdate,
+    TimeUpdate,
+    VehicleStatus,
 )
 from .types import Command, LockState, ResultCode
 
@@ -49,6 +52,10 @@ _MSG_COMMAND_REQUEST = 0x03
 _MSG_COMMAND_RESPONSE = 0x04
 _MSG_ERROR = 0x05
 _MSG_CREDENTIAL = 0x06
+_MSG_VEHICLE_STATUS = 0x07
+_MSG_REVOCATION_UPDATE = 0x08
+_MSG_TIME_UPDATE = 0x09
+MAX_SIGNED_OBJECT_SIZE: Final = 400
 MAX_CREDENTIAL_SIZE: Final = 300
 
 _Header = c.Struct("version" / c.Int8ub, "type" / c.Int8ub)
@@ -80,6 +87,11 @@ _BODIES: dict[int, c.Construct] = {
     ),
     _MSG_ERROR: c.Struct("code" / c.Int8ub),
     _MSG_CREDENTIAL: c.Struct("credential" / c.Prefixed(c.Int16ub, c.GreedyBytes)),
+    _MSG_VEHICLE_STATUS: c.Struct(
+        "revocation_version" / c.Int64ub, "time_nonce" / c.Bytes(NONCE_LEN)
+    ),
+    _MSG_REVOCATION_UPDATE: c.Struct("delta" / c.Prefixed(c.Int16ub, c.GreedyBytes)),
+    _MSG_TIME_UPDATE: c.Struct("signed_time" / c.Prefixed(c.Int16ub, c.GreedyBytes)),
 }
 
 _TYPE_OF: dict[type, int] = {
@@ -89,6 +101,9 @@ _TYPE_OF: dict[type, int] = {
     CommandResponse: _MSG_COMMAND_RESPONSE,
     ErrorMessage: _MSG_ERROR,
     CredentialPresentation: _MSG_CREDENTIAL,
+    VehicleStatus: _MSG_VEHICLE_STATUS,
+    RevocationUpdate: _MSG_REVOCATION_UPDATE,
+    TimeUpdate: _MSG_TIME_UPDATE,
 }
 
 _RESPONSE_RESULTS = frozenset({ResultCode.OK, ResultCode.FORBIDDEN})
@@ -212,6 +227,15 @@ def _to_message(msg_type: int, p: Any) -> Message:
                 f"credential of {len(credential)} bytes (allowed 1..{MAX_CREDENTIAL_SIZE})"
             )
         return CredentialPresentation(credential)
+    if msg_type == _MSG_VEHICLE_STATUS:
+        return VehicleStatus(p.revocation_version, bytes(p.time_nonce))
+    if msg_type in (_MSG_REVOCATION_UPDATE, _MSG_TIME_UPDATE):
+        blob = bytes(p.delta if msg_type == _MSG_REVOCATION_UPDATE else p.signed_time)
+        if not 0 < len(blob) <= MAX_SIGNED_OBJECT_SIZE:
+            raise FieldValueError(
+                f"signed object of {len(blob)} bytes (allowed 1..{MAX_SIGNED_OBJECT_SIZE})"
+            )
+        return RevocationUpdate(blob) if msg_type == _MSG_REVOCATION_UPDATE else TimeUpdate(blob)
     code = _enum(ResultCode, p.code, "code")
     if code in _RESPONSE_RESULTS:
         raise FieldValueError(f"an error message cannot carry {code.name}")

@@ -35,6 +35,8 @@ HIGHEST_CLOUD_ROLE: Final = Role.DRIVER
 _OBJ_CREDENTIAL: Final = 0x41
 _OBJ_REVOCATIONS: Final = 0x42
 _OBJ_SIGNED_TIME: Final = 0x43
+_OBJ_REVOCATION_DELTA: Final = 0x44
+MAX_DELTA_ENTRIES: Final = 16  # keeps a delta inside one protocol message
 _HEADER_LEN: Final = 2
 
 
@@ -101,6 +103,12 @@ _Revocations = c.Struct(
     "issued_at" / c.Int64ub,
     "revoked" / c.PrefixedArray(c.Int32ub, c.Bytes(crypto.KEY_ID_LEN)),
 )
+_RevocationDelta = c.Struct(
+    "issuer_key_id" / c.Bytes(crypto.KEY_ID_LEN),
+    "from_version" / c.Int64ub,
+    "to_version" / c.Int64ub,
+    "added" / c.PrefixedArray(c.Int8ub, c.Bytes(crypto.KEY_ID_LEN)),
+)
 _SignedTime = c.Struct(
     "issuer_key_id" / c.Bytes(crypto.KEY_ID_LEN),
     "nonce" / c.Bytes(SIGNED_TIME_NONCE_LEN),
@@ -111,6 +119,7 @@ _LABELS = {
     _OBJ_CREDENTIAL: b"phonekey/v1 credential",
     _OBJ_REVOCATIONS: b"phonekey/v1 revocation list",
     _OBJ_SIGNED_TIME: b"phonekey/v1 signed time",
+    _OBJ_REVOCATION_DELTA: b"phonekey/v1 revocation delta",
 }
 
 
@@ -175,6 +184,32 @@ class RevocationList:
 
 
 @dataclass(frozen=True)
+class RevocationDelta:
+    """The key ids revoked between two versions of the revocation list.
+
+    Small enough for one BLE message, so a phone can hand a vehicle the news
+    after an unlock; a vehicle applies it only on top of ``from_version``."""
+
+    issuer_key_id: bytes
+    from_version: int
+    to_version: int
+    added: tuple[bytes, ...]
+    signature: bytes = b""
+
+    def to_bytes(self) -> bytes:
+        return _encode(_OBJ_REVOCATION_DELTA, _RevocationDelta, self, self.signature)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RevocationDelta:
+        fields, signature = _decode(_OBJ_REVOCATION_DELTA, _RevocationDelta, data)
+        added = tuple(bytes(k) for k in fields["added"])
+        if len(added) > MAX_DELTA_ENTRIES or fields["to_version"] <= fields["from_version"]:
+            raise CredentialMalformed("a delta moves the version forward by at most 16 keys")
+        fields["added"] = added
+        return cls(**fields, signature=signature)
+
+
+@dataclass(frozen=True)
 class SignedTime:
     """The issuer's clock reading, bound to a nonce the vehicle chose."""
 
@@ -227,6 +262,22 @@ def issue_revocation_list(
         revoked=tuple(sorted(set(revoked))),
     )
     return replace(unsigned, signature=_sign(issuer, _OBJ_REVOCATIONS, _Revocations, unsigned))
+
+
+def issue_revocation_delta(
+    issuer: crypto.PrivateKey, *, from_version: int, to_version: int, added: list[bytes]
+) -> RevocationDelta:
+    if to_version <= from_version or len(added) > MAX_DELTA_ENTRIES:
+        raise ValueError("a delta moves the version forward by at most 16 keys")
+    unsigned = RevocationDelta(
+        issuer_key_id=crypto.key_id(issuer.public_key()),
+        from_version=from_version,
+        to_version=to_version,
+        added=tuple(added),
+    )
+    return replace(
+        unsigned, signature=_sign(issuer, _OBJ_REVOCATION_DELTA, _RevocationDelta, unsigned)
+    )
 
 
 def issue_signed_time(issuer: crypto.PrivateKey, *, nonce: bytes, time: int) -> SignedTime:
@@ -329,6 +380,17 @@ def verify_revocation_list(
         )
 
 
+def verify_revocation_delta(delta: RevocationDelta, *, issuers: IssuerKeys) -> None:
+    _verify_signature(
+        issuers,
+        delta.issuer_key_id,
+        _OBJ_REVOCATION_DELTA,
+        _RevocationDelta,
+        delta,
+        delta.signature,
+    )
+
+
 def verify_signed_time(signed: SignedTime, *, issuers: IssuerKeys, expected_nonce: bytes) -> int:
     """Return the signed time if it answers our nonce; raise otherwise."""
     _verify_signature(
@@ -342,8 +404,9 @@ def verify_signed_time(signed: SignedTime, *, issuers: IssuerKeys, expected_nonc
 # --- encoding helpers ---------------------------------------------------------
 def _body_fields(obj: Any) -> dict[str, Any]:
     fields = {k: v for k, v in obj.__dict__.items() if k != "signature"}
-    if "revoked" in fields:
-        fields["revoked"] = list(fields["revoked"])
+    for name in ("revoked", "added"):
+        if name in fields:
+            fields[name] = list(fields[name])
     if "role" in fields:
         fields["role"] = int(fields["role"])
     return fields

@@ -128,6 +128,12 @@ class CredentialRefusedRevoked(CredentialRefused):
     code = ResultCode.CREDENTIAL_REVOKED
 
 
+class UpdateRefused(HandshakeError):
+    """A revocation delta or signed time that fails verification."""
+
+    code = ResultCode.UPDATE_REJECTED
+
+
 class WrongVehicle(HandshakeError):
     """The challenge names a vehicle other than the one the phone expects."""
 
@@ -209,6 +215,10 @@ class RejectedInternal(VehicleRejected):
     code = ResultCode.INTERNAL
 
 
+class RejectedUpdate(VehicleRejected):
+    code = ResultCode.UPDATE_REJECTED
+
+
 class RejectedCredential(VehicleRejected):
     code = ResultCode.CREDENTIAL_INVALID
 
@@ -243,6 +253,7 @@ _REJECTION_TEXT: dict[ResultCode, str] = {
     ResultCode.CREDENTIAL_EXPIRED: "the vehicle says the credential has expired",
     ResultCode.CREDENTIAL_NOT_YET_VALID: "the vehicle says the credential is not valid yet",
     ResultCode.CREDENTIAL_REVOKED: "the vehicle says this key has been revoked",
+    ResultCode.UPDATE_REJECTED: "the vehicle refused a revocation or time update",
 }
 
 _BY_CODE: dict[ResultCode, type[VehicleRejected]] = {
@@ -261,6 +272,7 @@ _BY_CODE: dict[ResultCode, type[VehicleRejected]] = {
         RejectedKey,
         RejectedBusy,
         RejectedInternal,
+        RejectedUpdate,
         RejectedCredential,
         RejectedCredentialExpired,
         RejectedCredentialNotYetValid,

@@ -55,5 +55,29 @@ class RequestRejected:
     key_id: bytes | None  # claimed key id, if the message got that far
 
 
-PhoneEvent = ChallengeReceived | CommandCompleted
-VehicleEvent = ChallengeIssued | CommandExecuted | RequestRejected
+@dataclass(frozen=True)
+class VehicleStatusReceived:
+    """Unauthenticated hint from the vehicle: its revocation list version and a
+    nonce for signed time. Use it only to decide what signed news to send."""
+
+    revocation_version: int
+    time_nonce: bytes
+
+
+@dataclass(frozen=True)
+class RevocationsUpdated:
+    from_version: int
+    to_version: int
+    added: int
+
+
+@dataclass(frozen=True)
+class ClockCorrected:
+    before: int
+    after: int
+
+
+PhoneEvent = ChallengeReceived | CommandCompleted | VehicleStatusReceived
+VehicleEvent = (
+    ChallengeIssued | CommandExecuted | RequestRejected | RevocationsUpdated | ClockCorrected
+)

@@ -70,6 +70,32 @@ class CredentialPresentation:
     credential: bytes  # encoded protocol.credentials.Credential
 
 
+@dataclass(frozen=True)
+class VehicleStatus:
+    """Vehicle -> phone, unauthenticated, sent after each response and update,
+    off the critical path: the revocation list version the vehicle holds (so a
+    phone knows whether it carries newer news) and a fresh nonce for the
+    issuer to sign the time against. A liar gains nothing: deltas and time are
+    issuer-signed and checked by the vehicle."""
+
+    revocation_version: int
+    time_nonce: bytes  # 16 bytes
+
+
+@dataclass(frozen=True)
+class RevocationUpdate:
+    """Phone -> vehicle: an issuer-signed ``RevocationDelta`` carried offline."""
+
+    delta: bytes
+
+
+@dataclass(frozen=True)
+class TimeUpdate:
+    """Phone -> vehicle: issuer-signed time bound to the vehicle's time nonce."""
+
+    signed_time: bytes
+
+
 Message = (
     Challenge
     | ChallengeRequest
@@ -77,4 +103,7 @@ Message = (
     | CommandResponse
     | ErrorMessage
     | CredentialPresentation
+    | VehicleStatus
+    | RevocationUpdate
+    | TimeUpdate
 )

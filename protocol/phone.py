@@ -27,7 +27,7 @@ from .errors import (
     WrongVehicle,
     rejection_for,
 )
-from .events import ChallengeReceived, CommandCompleted, PhoneEvent
+from .events import ChallengeReceived, CommandCompleted, PhoneEvent, VehicleStatusReceived
 from .framing import Clock, Reassembler, fragment
 from .messages import (
     Challenge,
@@ -37,6 +37,9 @@ from .messages import (
     CredentialPresentation,
     ErrorMessage,
     Message,
+    RevocationUpdate,
+    TimeUpdate,
+    VehicleStatus,
 )
 from .states import PhoneState, phone_next_state
 from .transcript import request_transcript_hash, response_key, response_mac
@@ -133,6 +136,19 @@ class PhoneConnection:
         self._send(CredentialPresentation(credential))
         self._credential_digest = hashlib.sha256(credential).digest()
 
+    def send_revocation_update(self, delta: bytes) -> None:
+        """Hand the vehicle an issuer-signed revocation delta (after a command)."""
+        self._send_update(RevocationUpdate(delta))
+
+    def send_time_update(self, signed_time: bytes) -> None:
+        """Hand the vehicle issuer-signed time bound to its latest time nonce."""
+        self._send_update(TimeUpdate(signed_time))
+
+    def _send_update(self, message: RevocationUpdate | TimeUpdate) -> None:
+        if self.state not in (PhoneState.WAIT_CHALLENGE, PhoneState.READY):
+            raise LocalProtocolError(f"cannot send an update in state {self.state.value}")
+        self._send(message)
+
     def send_command(self, command: Command, counter: int) -> None:
         """Sign ``command`` over the held challenge. ``counter`` must be above
         every counter this key used with this vehicle (persist it first)."""
@@ -180,6 +196,8 @@ class PhoneConnection:
             raise rejection_for(message.code)
         if isinstance(message, Challenge):
             event = self._accept_challenge(message, data)
+        elif isinstance(message, VehicleStatus):
+            event = VehicleStatusReceived(message.revocation_version, message.time_nonce)
         elif isinstance(message, CommandResponse):
             event = self._accept_response(message)
         self.state = next_state

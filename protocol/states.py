@@ -18,6 +18,9 @@ from .messages import (
     CommandResponse,
     CredentialPresentation,
     ErrorMessage,
+    RevocationUpdate,
+    TimeUpdate,
+    VehicleStatus,
 )
 
 
@@ -47,6 +50,8 @@ VEHICLE_TRANSITIONS: dict[VehicleState, dict[type, VehicleState]] = {
         ChallengeRequest: VehicleState.CHALLENGED,
         CommandRequest: VehicleState.CHALLENGED,
         CredentialPresentation: VehicleState.CHALLENGED,
+        RevocationUpdate: VehicleState.CHALLENGED,
+        TimeUpdate: VehicleState.CHALLENGED,
     },
     VehicleState.ERROR: {},
 }
@@ -54,10 +59,19 @@ VEHICLE_TRANSITIONS: dict[VehicleState, dict[type, VehicleState]] = {
 # Phone: what the vehicle may send in each state. An ErrorMessage is accepted
 # in every live state and always leads to ERROR.
 PHONE_TRANSITIONS: dict[PhoneState, dict[type, PhoneState]] = {
-    PhoneState.WAIT_CHALLENGE: {Challenge: PhoneState.READY, ErrorMessage: PhoneState.ERROR},
-    PhoneState.READY: {Challenge: PhoneState.READY, ErrorMessage: PhoneState.ERROR},
+    PhoneState.WAIT_CHALLENGE: {
+        Challenge: PhoneState.READY,
+        VehicleStatus: PhoneState.WAIT_CHALLENGE,
+        ErrorMessage: PhoneState.ERROR,
+    },
+    PhoneState.READY: {
+        Challenge: PhoneState.READY,
+        VehicleStatus: PhoneState.READY,
+        ErrorMessage: PhoneState.ERROR,
+    },
     PhoneState.AWAIT_RESPONSE: {
         CommandResponse: PhoneState.WAIT_CHALLENGE,
+        VehicleStatus: PhoneState.AWAIT_RESPONSE,
         ErrorMessage: PhoneState.ERROR,
     },
     PhoneState.ERROR: {},

@@ -68,6 +68,16 @@ class CredentialTrust(Protocol):
         persisted time floor."""
         ...
 
+    def revocation_version(self) -> int: ...
+
+    def apply_revocations(self, to_version: int, key_ids: tuple[bytes, ...]) -> None:
+        """Durably add ``key_ids`` and move the version to ``to_version``."""
+        ...
+
+    def correct_clock(self, issuer_time: int) -> None:
+        """Set the clock (and its floor) to fresh issuer-signed time, durably."""
+        ...
+
 
 @dataclass
 class MemoryTrust:
@@ -76,6 +86,9 @@ class MemoryTrust:
     issuers: dict[bytes, crypto.PublicKey] = field(default_factory=dict)
     revoked: set[bytes] = field(default_factory=set)
     clock: Callable[[], float] = field(default=lambda: 0.0)
+    version: int = 0
+    offset: int = 0
+    floor: int = 0
 
     def add_issuer(self, public_key: crypto.PublicKey) -> None:
         self.issuers[crypto.key_id(public_key)] = public_key
@@ -87,7 +100,18 @@ class MemoryTrust:
         return key_id in self.revoked
 
     def now(self) -> int:
-        return int(self.clock())
+        return max(int(self.clock()) + self.offset, self.floor)
+
+    def revocation_version(self) -> int:
+        return self.version
+
+    def apply_revocations(self, to_version: int, key_ids: tuple[bytes, ...]) -> None:
+        self.revoked.update(key_ids)
+        self.version = to_version
+
+    def correct_clock(self, issuer_time: int) -> None:
+        self.offset = issuer_time - int(self.clock())
+        self.floor = issuer_time
 
 
 @dataclass

@@ -77,4 +77,5 @@ class ResultCode(enum.IntEnum):
     CREDENTIAL_EXPIRED = 0x21  # past not_after (beyond the leeway) by the vehicle's clock
     CREDENTIAL_NOT_YET_VALID = 0x22  # before not_before (beyond the leeway)
     CREDENTIAL_REVOKED = 0x23  # the holder's key id is on the vehicle's revocation list
+    UPDATE_REJECTED = 0x24  # a revocation delta or signed time failed verification
     INTERNAL = 0x1F  # the vehicle failed; nothing was executed

@@ -35,9 +35,17 @@ from .errors import (
     UnknownChallenge,
     UnknownKey,
     UnsupportedVersion,
+    UpdateRefused,
     VersionMismatch,
 )
-from .events import ChallengeIssued, CommandExecuted, RequestRejected, VehicleEvent
+from .events import (
+    ChallengeIssued,
+    ClockCorrected,
+    CommandExecuted,
+    RequestRejected,
+    RevocationsUpdated,
+    VehicleEvent,
+)
 from .framing import Clock, Reassembler, fragment
 from .messages import (
     Challenge,
@@ -47,6 +55,9 @@ from .messages import (
     CredentialPresentation,
     ErrorMessage,
     Message,
+    RevocationUpdate,
+    TimeUpdate,
+    VehicleStatus,
 )
 from .states import VehicleState, vehicle_next_state
 from .store import CredentialTrust, VehicleStore, WhitelistEntry
@@ -56,6 +67,8 @@ from .types import Command, LockState, ResultCode
 _T = TypeVar("_T")
 
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+TIME_NONCE_LIFETIME = 60.0
+"""Seconds a time nonce stays fresh: enough for the phone to ask the issuer."""
 DEFAULT_CHALLENGE_LIFETIME = 30.0
 """Seconds a challenge stays valid: long enough for a phone at MTU 23 on a slow
 link, short enough that a captured challenge is useless soon after."""
@@ -102,6 +115,7 @@ class VehicleConnection:
         self._trust = trust
         self._leeway = credential_leeway
         self._presented: credentials.Credential | None = None
+        self._time_nonce: tuple[bytes, float] | None = None
         self._identity = identity
         self._store = store
         self._clock = clock
@@ -168,6 +182,10 @@ class VehicleConnection:
             self._issue_challenge()
         elif isinstance(message, CredentialPresentation):
             self._presented = self._check_presented(message.credential)
+        elif isinstance(message, RevocationUpdate):
+            self._apply_revocation_update(message.delta)
+        elif isinstance(message, TimeUpdate):
+            self._apply_time_update(message.signed_time)
         elif isinstance(message, CommandRequest):
             self._claimed_key_id = message.key_id
             self._handle_request(message)
@@ -252,6 +270,7 @@ class VehicleConnection:
             )
         )
         self._issue_challenge()
+        self._send_status()
 
     def _take_outstanding(self, request: CommandRequest) -> _Outstanding:
         """Consume the session's challenge: whatever happens next, it is spent."""
@@ -265,6 +284,56 @@ class VehicleConnection:
         if self._clock() - outstanding.issued_at > self._lifetime:
             raise ChallengeExpired(f"challenge older than {self._lifetime:g} s")
         return outstanding
+
+    def _send_status(self) -> None:
+        """Tell the phone, after the answer, what signed news the vehicle could use."""
+        trust = self._trust
+        if trust is None:
+            return
+        nonce = self._rng(NONCE_LEN)
+        self._time_nonce = (nonce, self._clock())
+        self._send(VehicleStatus(self._read_store(trust.revocation_version), nonce))
+
+    def _apply_revocation_update(self, data: bytes) -> None:
+        trust = self._require_trust()
+        try:
+            delta = credentials.RevocationDelta.from_bytes(data)
+            credentials.verify_revocation_delta(delta, issuers=self._issuers())
+        except credentials.CredentialError as exc:
+            raise UpdateRefused(f"revocation delta refused: {exc}") from None
+        current = self._read_store(trust.revocation_version)
+        if delta.from_version == current:  # anything else is old news or a gap: ignore
+            try:
+                trust.apply_revocations(delta.to_version, delta.added)
+            except Exception as exc:
+                raise _StorageFailure(f"could not persist revocations: {exc}") from exc
+            self._events.append(RevocationsUpdated(current, delta.to_version, len(delta.added)))
+        self._send_status()
+
+    def _apply_time_update(self, data: bytes) -> None:
+        trust = self._require_trust()
+        pending, self._time_nonce = self._time_nonce, None
+        try:
+            signed = credentials.SignedTime.from_bytes(data)
+            if pending is None or self._clock() - pending[1] > TIME_NONCE_LIFETIME:
+                raise credentials.SignedTimeRejected("no fresh time nonce outstanding")
+            issuer_time = credentials.verify_signed_time(
+                signed, issuers=self._issuers(), expected_nonce=pending[0]
+            )
+        except credentials.CredentialError as exc:
+            raise UpdateRefused(f"signed time refused: {exc}") from None
+        before = self._read_store(trust.now)
+        try:
+            trust.correct_clock(issuer_time)
+        except Exception as exc:
+            raise _StorageFailure(f"could not persist the clock: {exc}") from exc
+        self._events.append(ClockCorrected(before, issuer_time))
+        self._send_status()
+
+    def _require_trust(self) -> CredentialTrust:
+        if self._trust is None:
+            raise UpdateRefused("this vehicle trusts no issuer")
+        return self._trust
 
     def _issuers(self) -> Mapping[bytes, crypto.PublicKey]:
         if self._trust is None:

@@ -1,0 +1,251 @@
+"""bleak's public API over the bumble backend, against a real bumble GATT server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from ble_testkit import (
+    ADV_PAYLOAD,
+    EVENT_INITIAL_VALUE,
+    VEHICLE_NAME,
+    EchoPeripheral,
+    find_vehicle,
+    wait_for,
+)
+from bleak import BleakClient, BleakScanner
+from bleak.backends.characteristic import BleakGATTCharacteristic
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
+from bleak.exc import BleakError, BleakGATTProtocolError
+from bumble.device import Device
+
+from ble_stack.bleak_backend import BumbleBleakClient, BumbleBleakScanner
+from ble_stack.uuids import (
+    ADV_COMPANY_ID,
+    COMMAND_CHAR_UUID,
+    EVENT_CHAR_UUID,
+    PHONEKEY_SERVICE_UUID,
+)
+from ble_stack.virtual_link import VirtualRadio
+
+
+def client_for(target: BLEDevice | str, phone: Device, **kwargs: object) -> BleakClient:
+    return BleakClient(target, backend=BumbleBleakClient, bumble_device=phone, timeout=5, **kwargs)
+
+
+async def test_scanner_finds_vehicle_by_service_uuid_and_manufacturer_data(
+    phone: Device, vehicle: EchoPeripheral
+) -> None:
+    found = await find_vehicle(phone)
+    assert found.address == vehicle.address
+    assert found.name == VEHICLE_NAME
+
+
+async def test_advertisement_data_merges_scan_response_without_duplicates(
+    phone: Device, vehicle: EchoPeripheral
+) -> None:
+    seen: list[AdvertisementData] = []
+
+    def on_adv(_device: BLEDevice, adv: AdvertisementData) -> None:
+        seen.append(adv)
+
+    async with BleakScanner(on_adv, backend=BumbleBleakScanner, bumble_device=phone):
+        async with asyncio.timeout(2):
+            while not any(adv.local_name for adv in seen):
+                await asyncio.sleep(0.01)
+    last = seen[-1]
+    # The name only travels in the scan response; the rest in the advertisement.
+    assert last.local_name == VEHICLE_NAME
+    assert last.service_uuids == [PHONEKEY_SERVICE_UUID]
+    assert last.manufacturer_data == {ADV_COMPANY_ID: ADV_PAYLOAD}
+    assert last.service_data == {}
+    assert last.tx_power is None
+    assert last.rssi == -50
+
+
+async def test_service_uuid_filter_drops_other_advertisers(
+    radio: VirtualRadio, phone: Device, vehicle: EchoPeripheral
+) -> None:
+    other = await radio.create_device("other")
+    await other.power_on()
+    await other.start_advertising(
+        advertising_data=bytes([0x06, 0x09]) + b"Other", advertising_interval_min=20
+    )
+    unfiltered: set[str | None] = set()
+    filtered: set[str | None] = set()
+    async with (
+        BleakScanner(
+            lambda _d, ad: unfiltered.add(ad.local_name),
+            backend=BumbleBleakScanner,
+            bumble_device=phone,
+        ),
+    ):
+        await asyncio.sleep(0.2)
+    async with BleakScanner(
+        lambda _d, ad: filtered.add(ad.local_name),
+        service_uuids=[PHONEKEY_SERVICE_UUID.upper()],
+        backend=BumbleBleakScanner,
+        bumble_device=phone,
+    ):
+        await asyncio.sleep(0.2)
+    radio.remove_device(other)
+    assert {"Other", VEHICLE_NAME} <= unfiltered
+    assert "Other" not in filtered
+    assert VEHICLE_NAME in filtered
+
+
+async def test_services_are_discovered_with_bleak_properties(
+    phone: Device, vehicle: EchoPeripheral
+) -> None:
+    async with client_for(await find_vehicle(phone), phone) as client:
+        service = client.services.get_service(PHONEKEY_SERVICE_UUID)
+        assert service is not None
+        assert service.uuid == PHONEKEY_SERVICE_UUID
+        command = service.get_characteristic(COMMAND_CHAR_UUID)
+        event = service.get_characteristic(EVENT_CHAR_UUID)
+        assert command is not None and event is not None
+        assert command.uuid == COMMAND_CHAR_UUID
+        assert sorted(command.properties) == ["write", "write-without-response"]
+        assert sorted(event.properties) == ["notify", "read"]
+        cccd = event.get_descriptor("00002902-0000-1000-8000-00805f9b34fb")
+        assert cccd is not None
+        assert client.services.get_descriptor(cccd.handle) is cccd
+        # bumble's own GAP and GATT services are there too, with 128-bit UUIDs.
+        assert client.services.get_service("1800") is not None
+
+
+@pytest.mark.parametrize("response", [True, False])
+async def test_write_is_echoed_reversed_as_notification(
+    phone: Device, vehicle: EchoPeripheral, response: bool
+) -> None:
+    received: asyncio.Queue[tuple[str, bytearray]] = asyncio.Queue()
+
+    def on_event(sender: BleakGATTCharacteristic, data: bytearray) -> None:
+        received.put_nowait((sender.uuid, data))
+
+    async with client_for(await find_vehicle(phone), phone) as client:
+        await client.start_notify(EVENT_CHAR_UUID, on_event)
+        await client.write_gatt_char(COMMAND_CHAR_UUID, b"unlock", response=response)
+        async with asyncio.timeout(2):
+            sender, data = await received.get()
+        assert (sender, data) == (EVENT_CHAR_UUID, bytearray(b"kcolnu"))
+        assert isinstance(data, bytearray)
+        assert vehicle.writes == [b"unlock"]
+
+        await client.stop_notify(EVENT_CHAR_UUID)
+        await client.write_gatt_char(COMMAND_CHAR_UUID, b"again", response=True)
+        await asyncio.sleep(0.05)
+        assert received.empty()
+
+
+async def test_async_notify_callback_is_supported(phone: Device, vehicle: EchoPeripheral) -> None:
+    got = asyncio.Event()
+
+    async def on_event(_sender: BleakGATTCharacteristic, data: bytearray) -> None:
+        if data == b"ba":
+            got.set()
+
+    async with client_for(await find_vehicle(phone), phone) as client:
+        await client.start_notify(EVENT_CHAR_UUID, on_event)
+        await client.write_gatt_char(COMMAND_CHAR_UUID, b"ab", response=False)
+        await wait_for(got)
+
+
+async def test_reads_descriptors_and_protocol_errors(
+    phone: Device, vehicle: EchoPeripheral
+) -> None:
+    async with client_for(await find_vehicle(phone), phone) as client:
+        assert await client.read_gatt_char(EVENT_CHAR_UUID) == EVENT_INITIAL_VALUE
+        event = client.services.get_characteristic(EVENT_CHAR_UUID)
+        assert event is not None
+        cccd = event.descriptors[0]
+        assert await client.read_gatt_descriptor(cccd.handle) == b"\x00\x00"
+        await client.start_notify(event, lambda _s, _d: None)
+        assert await client.read_gatt_descriptor(cccd.handle) == b"\x01\x00"
+        await client.write_gatt_descriptor(cccd.handle, b"\x00\x00")
+        assert await client.read_gatt_descriptor(cccd.handle) == b"\x00\x00"
+        with pytest.raises(BleakGATTProtocolError):
+            await client.write_gatt_char(EVENT_CHAR_UUID, b"x", response=True)
+        with pytest.raises(BleakError):
+            await client.start_notify(COMMAND_CHAR_UUID, lambda _s, _d: None)
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [({}, 247), ({"mtu": 23}, 23), ({"mtu": 100}, 100)])
+async def test_mtu_negotiation(
+    phone: Device, vehicle: EchoPeripheral, kwargs: dict[str, int], expected: int
+) -> None:
+    async with client_for(await find_vehicle(phone), phone, **kwargs) as client:
+        assert client.mtu_size == expected
+        command = client.services.get_characteristic(COMMAND_CHAR_UUID)
+        assert command is not None
+        assert command.max_write_without_response_size == expected - 3
+        # A full-size write without response still round-trips.
+        got = asyncio.Event()
+        await client.start_notify(EVENT_CHAR_UUID, lambda _s, _d: got.set())
+        await client.write_gatt_char(command, bytes(expected - 3), response=False)
+        await wait_for(got)
+        with pytest.raises(BleakError):
+            await client.write_gatt_char(command, bytes(expected - 2), response=False)
+
+
+async def test_disconnected_callback_fires_when_vehicle_disconnects(
+    phone: Device, vehicle: EchoPeripheral
+) -> None:
+    dropped = asyncio.Event()
+    client = client_for(await find_vehicle(phone), phone, disconnected_callback=lambda _c: dropped.set())
+    await client.connect()
+    assert client.is_connected
+    (connection,) = vehicle.device.connections.values()
+    await connection.disconnect()
+    await wait_for(dropped)
+    assert not client.is_connected
+    with pytest.raises(BleakError):
+        await client.write_gatt_char(COMMAND_CHAR_UUID, b"x", response=True)
+    await client.disconnect()  # a no-op once the link is gone
+
+
+async def test_disconnected_callback_fires_when_vehicle_radio_vanishes(
+    radio: VirtualRadio, phone: Device, vehicle: EchoPeripheral
+) -> None:
+    dropped = asyncio.Event()
+    client = client_for(await find_vehicle(phone), phone, disconnected_callback=lambda _c: dropped.set())
+    await client.connect()
+    radio.remove_device(vehicle.device)
+    await wait_for(dropped)
+    assert not client.is_connected
+
+
+async def test_client_disconnect_also_reports(phone: Device, vehicle: EchoPeripheral) -> None:
+    dropped = asyncio.Event()
+    client = client_for(await find_vehicle(phone), phone, disconnected_callback=lambda _c: dropped.set())
+    await client.connect()
+    await client.disconnect()
+    assert dropped.is_set()
+    assert not client.is_connected
+    assert client.mtu_size == 23
+    # and the same client object can connect again
+    await client.connect()
+    assert client.is_connected
+    await client.disconnect()
+
+
+async def test_connect_timeout_then_connect_works(phone: Device, vehicle: EchoPeripheral) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await BleakClient(
+            "C1:22:33:44:55:66", backend=BumbleBleakClient, bumble_device=phone, timeout=0.2
+        ).connect()
+    assert loop.time() - started < 1.0
+    # The virtual controller really dropped the attempt: a new one succeeds.
+    async with client_for(vehicle.address, phone) as client:
+        assert client.is_connected
+
+
+async def test_pairing_is_refused_clearly(phone: Device, vehicle: EchoPeripheral) -> None:
+    async with client_for(await find_vehicle(phone), phone) as client:
+        with pytest.raises(NotImplementedError, match="does not pair"):
+            await client.pair()
+        with pytest.raises(NotImplementedError):
+            await client.unpair()
