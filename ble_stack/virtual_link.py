@@ -45,6 +45,7 @@ class VirtualController(Controller):
       scannable advertising and active scans. Stock bumble repeats the
       advertising data instead, so a name sent in the scan response (where
       the 31-byte limit pushes it) would never be seen.
+    - Disconnecting an unknown handle fails at once instead of hanging.
     - HCI Reset really resets: connections drop and advertising and scanning
       stop, so a host that (re)attaches starts from a clean controller.
     """
@@ -108,6 +109,23 @@ class VirtualController(Controller):
             # loop turn keeps that order because the caller sends it on return.
             asyncio.get_running_loop().call_soon(self.send_hci_packet, failure)
         return hci.HCI_StatusReturnParameters(hci.HCI_ErrorCode.SUCCESS)
+
+    def on_hci_disconnect_command(self, command: hci.HCI_Disconnect_Command) -> None:
+        # For an unknown handle stock bumble says "pending" and then nothing,
+        # so the host waits forever; a real controller rejects it at once.
+        handle = command.connection_handle
+        known = (
+            self.find_connection_by_handle(handle) is not None
+            or self.find_classic_sco_link_by_handle(handle) is not None
+            or handle in self.central_cis_links
+            or handle in self.peripheral_cis_links
+        )
+        if not known:
+            self._send_hci_command_status(
+                hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR, command.op_code
+            )
+            return
+        super().on_hci_disconnect_command(command)
 
     def on_hci_le_set_extended_scan_parameters_command(
         self, command: hci.HCI_LE_Set_Extended_Scan_Parameters_Command

@@ -9,8 +9,9 @@ import asyncio
 
 from bleak import BleakScanner
 from bleak.backends.device import BLEDevice
+from bumble import att
 from bumble.device import Connection, Device
-from bumble.gatt import Characteristic, CharacteristicValue, Service
+from bumble.gatt import Characteristic, CharacteristicValue, Descriptor, Service
 
 from ble_stack.advertising import build_advertisement
 from ble_stack.bleak_backend import BumbleBleakScanner
@@ -24,6 +25,8 @@ from ble_stack.uuids import (
 ADV_PAYLOAD = b"\x01\x02"
 VEHICLE_NAME = "Vehicle-1"
 EVENT_INITIAL_VALUE = b"ready"
+USER_DESCRIPTION_UUID = "00002901-0000-1000-8000-00805f9b34fb"
+CCCD_UUID = "00002902-0000-1000-8000-00805f9b34fb"
 
 
 class EchoPeripheral:
@@ -41,6 +44,13 @@ class EchoPeripheral:
             Characteristic.Properties.NOTIFY | Characteristic.Properties.READ,
             Characteristic.READABLE,
             EVENT_INITIAL_VALUE,
+            descriptors=[
+                Descriptor(
+                    USER_DESCRIPTION_UUID,
+                    Descriptor.READABLE | Descriptor.WRITEABLE,
+                    b"events",
+                )
+            ],
         )
         self.command = Characteristic(
             COMMAND_CHAR_UUID,
@@ -51,6 +61,9 @@ class EchoPeripheral:
         device.add_service(Service(PHONEKEY_SERVICE_UUID, [self.command, self.event]))
 
     async def _on_write(self, connection: Connection, value: bytes) -> None:
+        if not value:
+            # What a real command handler does with a bad frame.
+            raise att.ATT_Error(att.ATT_INVALID_ATTRIBUTE_LENGTH_ERROR)
         self.writes.append(value)
         await self.device.notify_subscriber(connection, self.event, bytes(reversed(value)))
 

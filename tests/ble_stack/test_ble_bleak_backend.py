@@ -7,6 +7,8 @@ import asyncio
 import pytest
 from ble_testkit import (
     ADV_PAYLOAD,
+    CCCD_UUID,
+    USER_DESCRIPTION_UUID,
     EVENT_INITIAL_VALUE,
     VEHICLE_NAME,
     EchoPeripheral,
@@ -17,7 +19,7 @@ from bleak import BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
-from bleak.exc import BleakError, BleakGATTProtocolError
+from bleak.exc import BleakError, BleakGATTProtocolError, BleakGATTProtocolErrorCode
 from bumble.device import Device
 
 from ble_stack.bleak_backend import BumbleBleakClient, BumbleBleakScanner
@@ -108,7 +110,7 @@ async def test_services_are_discovered_with_bleak_properties(
         assert command.uuid == COMMAND_CHAR_UUID
         assert sorted(command.properties) == ["write", "write-without-response"]
         assert sorted(event.properties) == ["notify", "read"]
-        cccd = event.get_descriptor("00002902-0000-1000-8000-00805f9b34fb")
+        cccd = event.get_descriptor(CCCD_UUID)
         assert cccd is not None
         assert client.services.get_descriptor(cccd.handle) is cccd
         # bumble's own GAP and GATT services are there too, with 128-bit UUIDs.
@@ -159,14 +161,22 @@ async def test_reads_descriptors_and_protocol_errors(
         assert await client.read_gatt_char(EVENT_CHAR_UUID) == EVENT_INITIAL_VALUE
         event = client.services.get_characteristic(EVENT_CHAR_UUID)
         assert event is not None
-        cccd = event.descriptors[0]
+        cccd = event.get_descriptor(CCCD_UUID)
+        description = event.get_descriptor(USER_DESCRIPTION_UUID)
+        assert cccd is not None and description is not None
         assert await client.read_gatt_descriptor(cccd.handle) == b"\x00\x00"
         await client.start_notify(event, lambda _s, _d: None)
         assert await client.read_gatt_descriptor(cccd.handle) == b"\x01\x00"
-        await client.write_gatt_descriptor(cccd.handle, b"\x00\x00")
+        await client.stop_notify(event)
         assert await client.read_gatt_descriptor(cccd.handle) == b"\x00\x00"
-        with pytest.raises(BleakGATTProtocolError):
-            await client.write_gatt_char(EVENT_CHAR_UUID, b"x", response=True)
+        assert await client.read_gatt_descriptor(description) == b"events"
+        await client.write_gatt_descriptor(description, b"renamed")
+        assert await client.read_gatt_descriptor(description) == b"renamed"
+        # (bumble's GATT server does not check write permissions, so an
+        # error has to come from the application's write handler.)
+        with pytest.raises(BleakGATTProtocolError) as raised:
+            await client.write_gatt_char(COMMAND_CHAR_UUID, b"", response=True)
+        assert raised.value.args[0] == BleakGATTProtocolErrorCode.INVALID_ATTRIBUTE_VALUE_LENGTH
         with pytest.raises(BleakError):
             await client.start_notify(COMMAND_CHAR_UUID, lambda _s, _d: None)
 
