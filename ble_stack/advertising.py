@@ -174,9 +174,7 @@ def build_advertisement(
 
     packets = [bytearray(), bytearray()]
     for structure in required + optional:
-        target = next(
-            (p for p in packets if len(p) + len(structure) <= LEGACY_PAYLOAD_MAX), None
-        )
+        target = next((p for p in packets if len(p) + len(structure) <= LEGACY_PAYLOAD_MAX), None)
         if target is None:
             raise ValueError(f"advertising fields exceed 2 x {LEGACY_PAYLOAD_MAX} bytes")
         target += structure

@@ -9,6 +9,7 @@ Phone code keeps using bleak's public API; only the backend and the extra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -122,9 +123,13 @@ class BumbleBleakClient(BaseBleakClient):
             connection = await self._device.connect(self._peer_address, timeout=timeout)
         except core.TimeoutError as error:
             raise TimeoutError(f"no connection to {self.address} within {timeout:g} s") from error
-        except core.ConnectionError as error:
+        except (core.ConnectionError, core.InvalidStateError, hci.HCI_Error) as error:
             raise BleakError(f"connection to {self.address} failed: {error}") from error
 
+        if self._device.connections.get(connection.handle) is not connection:
+            # The link failed between bumble reporting it and us resuming, e.g.
+            # another central won the same advertisement (HCI 0x3E).
+            raise BleakError(f"connection to {self.address} failed to be established")
         self._connection = connection
         self._peer = peer = Peer(connection)
         connection.on(connection.EVENT_DISCONNECTION, self._on_disconnection)
@@ -135,7 +140,8 @@ class BumbleBleakClient(BaseBleakClient):
                 await self._discover(peer)
             self.services = self._build_services(peer)
         except BaseException:
-            await self.disconnect()
+            with contextlib.suppress(Exception):
+                await self.disconnect()  # the original error is the one to report
             raise
 
     async def disconnect(self) -> None:

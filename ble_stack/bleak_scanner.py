@@ -12,10 +12,18 @@ AdvertisementData in both cases.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Literal
 
-from bleak.backends.scanner import AdvertisementData, AdvertisementDataCallback, BaseBleakScanner
+from bleak import BleakScanner
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import (
+    AdvertisementData,
+    AdvertisementDataCallback,
+    AdvertisementDataFilter,
+    BaseBleakScanner,
+)
 from bumble.device import Advertisement, Device
 
 from ble_stack.advertising import AdvertisementFields
@@ -86,3 +94,32 @@ class BumbleBleakScanner(BaseBleakScanner):
         # details carries the typed address, which the client needs to connect.
         device = self.create_or_update_device(key, key, fields.local_name, address, data)
         self.call_detection_callbacks(device, data)
+
+
+async def find_device_by_filter(
+    filterfunc: AdvertisementDataFilter,
+    *,
+    bumble_device: Device,
+    timeout: float = 10.0,
+    service_uuids: list[str] | None = None,
+    scanning_mode: Literal["active", "passive"] = "active",
+) -> BLEDevice | None:
+    """`BleakScanner.find_device_by_filter` on this backend, for type-checked callers.
+
+    bleak types that classmethod's extra arguments as a closed TypedDict, so
+    mypy rejects `bumble_device=` there although it works at run time.
+    """
+    async with BleakScanner(
+        service_uuids=service_uuids,
+        scanning_mode=scanning_mode,
+        backend=BumbleBleakScanner,
+        bumble_device=bumble_device,
+    ) as scanner:
+        try:
+            async with asyncio.timeout(timeout):
+                async for device, advertisement in scanner.advertisement_data():
+                    if filterfunc(device, advertisement):
+                        return device
+        except TimeoutError:
+            pass
+    return None

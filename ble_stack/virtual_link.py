@@ -9,6 +9,7 @@ pieces to put controllers of several processes on one link.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from typing import TypeVar
 
@@ -26,9 +27,7 @@ _ReportT = TypeVar(
 )
 _LEGACY_SCAN_RSP = hci.HCI_LE_Advertising_Report_Event.EventType.SCAN_RSP
 _EXT_SCAN_RSP = hci.HCI_LE_Extended_Advertising_Report_Event.EventType.SCAN_RESPONSE
-_EXT_SCANNABLE = (
-    hci.HCI_LE_Set_Extended_Advertising_Parameters_Command.AdvertisingProperties.SCANNABLE_ADVERTISING
-)
+_EXT_SCANNABLE = hci.HCI_LE_Set_Extended_Advertising_Parameters_Command.AdvertisingProperties.SCANNABLE_ADVERTISING
 _POWER_OFF = hci.HCI_ErrorCode.REMOTE_DEVICE_TERMINATED_CONNECTION_DUE_TO_POWER_OFF_ERROR
 _LEGACY_SCANNABLE_TYPES = (
     hci.HCI_LE_Set_Advertising_Parameters_Command.AdvertisingType.ADV_IND,
@@ -45,6 +44,8 @@ class VirtualController(Controller):
       scannable advertising and active scans. Stock bumble repeats the
       advertising data instead, so a name sent in the scan response (where
       the 31-byte limit pushes it) would never be seen.
+    - A CONNECT_IND it can no longer accept fails the initiator's link
+      (0x3E) instead of leaving it believing it is connected.
     - Disconnecting an unknown handle fails at once instead of hanging.
     - HCI Reset really resets: connections drop and advertising and scanning
       stop, so a host that (re)attaches starts from a clean controller.
@@ -109,6 +110,32 @@ class VirtualController(Controller):
             # loop turn keeps that order because the caller sends it on return.
             asyncio.get_running_loop().call_soon(self.send_hci_packet, failure)
         return hci.HCI_StatusReturnParameters(hci.HCI_ErrorCode.SUCCESS)
+
+    def on_le_connect_ind(self, packet: ll.ConnectInd) -> None:
+        # Every controller on the link hears every CONNECT_IND. Stock bumble
+        # silently ignores one for an address it no longer advertises on, e.g.
+        # the second of two centrals racing for one advertisement, while the
+        # loser's controller has already reported the connection as made.
+        # On air the loser's link never gets a reply and fails with 0x3E.
+        was_connected = packet.initiator_address in self.le_connections
+        super().on_le_connect_ind(packet)
+        accepted = not was_connected and packet.initiator_address in self.le_connections
+        if not accepted and self._owns_address(packet.advertiser_address):
+            with contextlib.suppress(core.InvalidArgumentError):  # initiator already gone
+                self.link.send_ll_control_pdu(
+                    sender_address=packet.advertiser_address,
+                    receiver_address=packet.initiator_address,
+                    packet=ll.TerminateInd(
+                        error_code=hci.HCI_ErrorCode.CONNECTION_FAILED_TO_BE_ESTABLISHED_ERROR
+                    ),
+                )
+
+    def _owns_address(self, address: hci.Address) -> bool:
+        return (
+            address in (self.random_address, self.public_address)
+            or address == self.le_legacy_advertiser.address
+            or any(s.address == address for s in self.advertising_sets.values())
+        )
 
     def on_hci_disconnect_command(self, command: hci.HCI_Disconnect_Command) -> None:
         # For an unknown handle stock bumble says "pending" and then nothing,

@@ -156,8 +156,12 @@ def _describe(step: Step, result: CommandOutcome | None) -> str:
         lat = result.latency
         parts = [
             f"{label} {value * 1000:.1f} ms"
-            for label, value in (("scan", lat.scan), ("connect", lat.connect),
-                                 ("challenge", lat.challenge), ("command", lat.command))
+            for label, value in (
+                ("scan", lat.scan),
+                ("connect", lat.connect),
+                ("challenge", lat.challenge),
+                ("command", lat.command),
+            )
             if value is not None
         ]
         line += f"  ({', '.join(parts)}; MTU {result.att_mtu}, {result.frames_written} write)"

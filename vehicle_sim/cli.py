@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
 
 if TYPE_CHECKING:
-    from protocol.events import CommandExecuted, RequestRejected
+    from protocol import crypto
+
+    from .display import ReportedEvent
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -45,6 +47,10 @@ class ControllerStartError(Exception):
     """The transport opened but its controller would not power on or advertise (exit 4)."""
 
 
+class Refused(Exception):
+    """The operation is refused for a reason the user should hear as is (exit 1)."""
+
+
 def default_state_dir() -> Path:
     import platformdirs
 
@@ -54,28 +60,52 @@ def default_state_dir() -> Path:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     vehicle = subparsers.add_parser(
         "vehicle",
-        help="the simulated vehicle: create, add keys, show, run",
+        help="the simulated vehicle: create, add keys, trust an issuer, show, run",
         description="The vehicle side of phonekey: its identity, whitelist and BLE service.",
     )
     commands = vehicle.add_subparsers(dest="vehicle_command", metavar="SUBCOMMAND", required=True)
 
     p = _sub(commands, "init", "create a vehicle with a new identity key", _init)
     p.add_argument("--vin", required=True, help="the VIN: 1-17 of A-Z, 0-9 without I, O, Q")
+    p.add_argument(
+        "--issuer",
+        metavar="PUBKEY",
+        help="trust cloud credentials signed by this issuer key, p256:<hex> (optional)",
+    )
 
     p = _sub(commands, "add-key", "whitelist a phone key (the vehicle must be stopped)", _add_key)
     p.add_argument("--key", required=True, metavar="PUBKEY", help="the phone's key, p256:<hex>")
     p.add_argument("--role", required=True, choices=ROLES, help="what the key may do")
 
-    _sub(commands, "show", "print the vehicle's VIN, id, lock state and keys", _show)
+    p = _sub(
+        commands,
+        "provision",
+        "trust cloud credentials signed by an issuer key (the vehicle must be stopped)",
+        _provision,
+    )
+    p.add_argument(
+        "--issuer", required=True, metavar="PUBKEY", help="the issuer's public key, p256:<hex>"
+    )
+
+    _sub(
+        commands,
+        "show",
+        "print the vehicle's VIN, id, lock state, keys, issuers, revocations and clock",
+        _show,
+    )
 
     p = _sub(commands, "run", "advertise and serve phones until SIGINT/SIGTERM", _run)
     p.add_argument(
-        "--transport", metavar="SPEC", default=DEFAULT_TRANSPORT,
+        "--transport",
+        metavar="SPEC",
+        default=DEFAULT_TRANSPORT,
         help=f"bumble transport of the vehicle's controller (default {DEFAULT_TRANSPORT}; "
         "virtual, tcp-client:HOST:PORT, unix:PATH, serial:..., hci-socket:0)",
     )
     p.add_argument(
-        "--adv-interval", type=_interval_arg, metavar="MS",
+        "--adv-interval",
+        type=_interval_arg,
+        metavar="MS",
         help="advertising interval in ms, 20-10240 (default 20 on software "
         "controllers, 100 on radios)",
     )
@@ -89,7 +119,10 @@ def _sub(
 ) -> argparse.ArgumentParser:
     parser = commands.add_parser(name, help=help_text, description=help_text)
     parser.add_argument(
-        "--state", type=Path, metavar="DIR", default=None,
+        "--state",
+        type=Path,
+        metavar="DIR",
+        default=None,
         help="the vehicle's state directory (default: the per-user data directory)",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -147,6 +180,8 @@ def _explain(exc: Exception) -> tuple[int, str]:
     first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, UsageError):
         return EXIT_USAGE, str(exc)
+    if isinstance(exc, Refused):
+        return EXIT_FAILED, str(exc)
     if isinstance(exc, VehicleStateError | ControllerStartError):
         return EXIT_LOCAL, str(exc)
     if isinstance(exc, TransportOpenError):
@@ -155,17 +190,31 @@ def _explain(exc: Exception) -> tuple[int, str]:
 
 
 # --- handlers --------------------------------------------------------------------------
+def _public_key_arg(text: str, option: str) -> crypto.PublicKey:
+    from protocol import crypto
+
+    try:
+        return crypto.public_key_from_text(text)
+    except crypto.InvalidKeyEncoding as exc:
+        raise UsageError(f"invalid {option}: {exc}") from None
+
+
 def _init(args: argparse.Namespace) -> int:
+    from protocol import crypto
+
     from .display import short_id
     from .state_store import init_vehicle
 
     state_dir = _state_dir(args)
+    issuers = [] if args.issuer is None else [_public_key_arg(args.issuer, "--issuer")]
     try:
-        card = init_vehicle(state_dir, args.vin)
+        card = init_vehicle(state_dir, args.vin, issuers=issuers)
     except ValueError as exc:  # the VIN
         raise UsageError(str(exc)) from None
     print(f"created vehicle {card.vin} in {state_dir}")
     print(f"vehicle id {card.vehicle_id.hex()} ({short_id(card.vehicle_id)}), doors locked")
+    for issuer in issuers:
+        print(f"trusting cloud credentials from issuer {crypto.key_id(issuer).hex()}")
     print(
         "whitelist a phone with: phonekey vehicle add-key "
         f"--state {state_dir} --key p256:<hex> --role owner"
@@ -182,13 +231,16 @@ def _add_key(args: argparse.Namespace) -> int:
     from .display import short_id
     from .state_store import open_store
 
-    try:
-        public_key = crypto.public_key_from_text(args.key)
-    except crypto.InvalidKeyEncoding as exc:
-        raise UsageError(f"invalid --key: {exc}") from None
+    public_key = _public_key_arg(args.key, "--key")
     role = Role.from_name(args.role)
     with open_store(_state_dir(args)) as store:
         key_id = crypto.key_id(public_key)
+        if store.is_revoked(key_id):
+            # Revocation also covers whitelisted keys, and revocation lists only grow.
+            raise Refused(
+                f"key {short_id(key_id)} is on the issuer's revocation list; "
+                "the vehicle would refuse it, so it is not added"
+            )
         previous = store.whitelist_entry(key_id)
         if previous is not None and previous.role is role:
             print(f"key {short_id(key_id)} is already whitelisted as {args.role}")
@@ -207,8 +259,30 @@ def _add_key(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _provision(args: argparse.Namespace) -> int:
+    """Trust an issuer key. Like add-key it needs the stopped vehicle's state
+    (physical access): a running vehicle holds the lock and this is refused."""
+    from protocol import crypto
+
+    from .state_store import open_store
+
+    issuer = _public_key_arg(args.issuer, "--issuer")
+    issuer_id = crypto.key_id(issuer).hex()
+    with open_store(_state_dir(args)) as store:
+        vin = store.identity.vin
+        if not store.add_issuer(issuer):
+            print(f"issuer {issuer_id} is already trusted by vehicle {vin}")
+            return EXIT_OK
+        count = len(store.issuer_keys())
+        print(
+            f"vehicle {vin} now trusts cloud credentials from issuer {issuer_id} "
+            f"({_plural(count, 'issuer key')})"
+        )
+    return EXIT_OK
+
+
 def _show(args: argparse.Namespace) -> int:
-    from .display import lock_word, short_id
+    from .display import iso_utc, lock_word, short_id
     from .state_store import open_store
 
     # Read-only: works while a vehicle runs on this state (no lock taken).
@@ -221,7 +295,20 @@ def _show(args: argparse.Namespace) -> int:
         print(f"keys        {len(keys)}")
         for entry in keys:
             counter = store.last_counter(entry.key_id)
-            print(f"  {short_id(entry.key_id)}  {entry.role.name.lower():6}  counter {counter}")
+            revoked = "  revoked" if store.is_revoked(entry.key_id) else ""
+            print(
+                f"  {short_id(entry.key_id)}  {entry.role.name.lower():6}  "
+                f"counter {counter}{revoked}"
+            )
+        issuers = list(store.issuer_keys())
+        print(f"issuers     {len(issuers)}")
+        for issuer_id in issuers:
+            print(f"  {issuer_id.hex()}")
+        print(
+            f"revocations version {store.revocation_version()}, "
+            f"{_plural(store.revoked_count(), 'key')} revoked"
+        )
+        print(f"time floor  {iso_utc(store.time_floor)}")
         print(f"card        {card.to_text()}")
     return EXIT_OK
 
@@ -264,7 +351,7 @@ async def run_vehicle(
     def say(line: str) -> None:
         print(line, file=stream, flush=True)  # flushed: tests and demos read a pipe
 
-    def on_event(peer: str, event: CommandExecuted | RequestRejected) -> None:
+    def on_event(peer: str, event: ReportedEvent) -> None:
         say(describe_event(event, peer))
 
     interval = adv_interval_ms if adv_interval_ms is not None else default_adv_interval(spec)
@@ -281,9 +368,7 @@ async def run_vehicle(
                 await runtime.start()  # cleans up after itself if it fails
             except Exception as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise ControllerStartError(
-                    f"cannot start the vehicle on {spec}: {reason}"
-                ) from exc
+                raise ControllerStartError(f"cannot start the vehicle on {spec}: {reason}") from exc
             try:
                 say(f"vehicle {vin} advertising on {spec}")
                 await stop.wait()

@@ -6,10 +6,15 @@ phones apart, and never a key. Nothing here ever formats private keys.
 
 from __future__ import annotations
 
-from protocol.events import CommandExecuted, RequestRejected
+import datetime
+
+from protocol.events import ClockCorrected, CommandExecuted, RequestRejected, RevocationsUpdated
 from protocol.types import LockState, ResultCode
 
 SHORT_ID_BYTES = 4
+
+ReportedEvent = CommandExecuted | RequestRejected | RevocationsUpdated | ClockCorrected
+"""What the vehicle decided or learnt: the events worth a log line."""
 
 
 def short_id(key_id: bytes) -> str:
@@ -20,11 +25,30 @@ def lock_word(state: LockState) -> str:
     return state.name.lower()
 
 
-def describe_event(event: CommandExecuted | RequestRejected, peer: str | None = None) -> str:
-    """One line for an executed command or a refused request."""
+def iso_utc(unix_seconds: int) -> str:
+    """``2025-06-01T12:00:00Z``; the raw number if it is beyond what a date can show."""
+    try:
+        moment = datetime.datetime.fromtimestamp(unix_seconds, tz=datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        return f"unix time {unix_seconds}"
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def describe_key(event: CommandExecuted) -> str:
+    """``key ab12cd34 (driver)``, or ``key ab12cd34 (driver, cloud credential #7)``
+    when an issuer credential, not the whitelist, authorised the command."""
+    role = event.role.name.lower()
+    if event.credential_serial is not None:
+        return f"key {short_id(event.key_id)} ({role}, cloud credential #{event.credential_serial})"
+    return f"key {short_id(event.key_id)} ({role})"
+
+
+def describe_event(event: ReportedEvent, peer: str | None = None) -> str:
+    """One line for an executed command, a refused request, or signed news
+    (revocations, time) that a phone carried to the vehicle."""
     origin = f" from {peer}" if peer else ""
     if isinstance(event, CommandExecuted):
-        who = f"key {short_id(event.key_id)} ({event.role.name.lower()})"
+        who = describe_key(event)
         command = event.command.name.lower()
         if event.result is ResultCode.OK:
             change = (
@@ -36,6 +60,18 @@ def describe_event(event: CommandExecuted | RequestRejected, peer: str | None = 
         return (
             f"{command} by {who}{origin}: {event.result.name.lower()}, "
             f"{lock_word(event.lock_state)} (counter {event.counter})"
+        )
+    if isinstance(event, RevocationsUpdated):
+        added = "1 key" if event.added == 1 else f"{event.added} keys"
+        return (
+            f"revocations updated{origin}: version {event.from_version} -> "
+            f"{event.to_version}, {added} revoked"
+        )
+    if isinstance(event, ClockCorrected):
+        delta = event.after - event.before
+        return (
+            f"clock corrected{origin} by issuer-signed time: {iso_utc(event.after)} "
+            f"(was {iso_utc(event.before)}, {delta:+d} s)"
         )
     who = f" key {short_id(event.key_id)}" if event.key_id is not None else ""
     code = event.code.name.lower().replace("_", "-")

@@ -10,6 +10,11 @@ fragments of a message in order.
 A session that rejects a request has sent an unauthenticated Error and is
 dead (the protocol's ERROR state is final), so the connection is dropped
 right after the Error leaves: the phone reconnects for a fresh session.
+
+Given a ``trust`` (the vehicle's ``CredentialTrust``) that holds at least one
+issuer key, sessions also accept issuer-signed credentials, revocation deltas
+and signed time; without one they behave exactly as before (no VehicleStatus
+is sent, and any such message is refused).
 """
 
 from __future__ import annotations
@@ -26,19 +31,26 @@ from bumble import gatt, l2cap
 from bumble.device import Connection, Device
 
 from ble_stack.uuids import COMMAND_CHAR_UUID, EVENT_CHAR_UUID, PHONEKEY_SERVICE_UUID
-from protocol import crypto
-from protocol.events import CommandExecuted, RequestRejected, VehicleEvent
+from protocol import credentials, crypto
+from protocol.events import (
+    ClockCorrected,
+    CommandExecuted,
+    RequestRejected,
+    RevocationsUpdated,
+    VehicleEvent,
+)
 from protocol.framing import ATT_MTU_MAX, ATT_MTU_MIN, Clock
 from protocol.states import VehicleState
-from protocol.store import VehicleStore
+from protocol.store import CredentialTrust, VehicleStore
 from protocol.vehicle import DEFAULT_CHALLENGE_LIFETIME, VehicleConnection, VehicleIdentity
 
-from .display import describe_event
+from .display import ReportedEvent, describe_event
 
 logger = logging.getLogger(__name__)
 
-EventHook = Callable[[str, CommandExecuted | RequestRejected], None]
+EventHook = Callable[[str, ReportedEvent], None]
 """Observer of what the vehicle decided: ``hook(peer_address, event)``."""
+_REPORTED: Final = (CommandExecuted, RequestRejected, RevocationsUpdated, ClockCorrected)
 
 TICK_SECONDS: Final = 0.5
 """How often an idle session checks for a stalled partial message (the
@@ -85,10 +97,14 @@ class PhonekeyGattServer:
         challenge_lifetime: float = DEFAULT_CHALLENGE_LIFETIME,
         tick: float = TICK_SECONDS,
         reject_grace: float = REJECT_GRACE_SECONDS,
+        trust: CredentialTrust | None = None,
+        credential_leeway: int = credentials.MAX_LEEWAY,
     ) -> None:
         self.device = device
         self._identity = identity
         self._store = store
+        self._trust = trust
+        self._leeway = credential_leeway
         self._on_event = on_event
         self._clock = clock
         self._rng = rng
@@ -122,9 +138,7 @@ class PhonekeyGattServer:
         """Add the service to the device and start following its connections."""
         self.device.add_service(self.service)
         self.device.on(Device.EVENT_CONNECTION, self._on_connection)
-        self.event_characteristic.on(
-            gatt.Characteristic.EVENT_SUBSCRIPTION, self._on_subscription
-        )
+        self.event_characteristic.on(gatt.Characteristic.EVENT_SUBSCRIPTION, self._on_subscription)
 
     async def close(self) -> None:
         """Stop following the device and stop every session's worker; the
@@ -168,8 +182,9 @@ class PhonekeyGattServer:
         if session is not None and session.connection is connection:
             return session
         if self.device.connections.get(connection.handle) is not connection:
-            logger.debug("ignoring ATT traffic of a closed connection to %s",
-                         connection.peer_address)
+            logger.debug(
+                "ignoring ATT traffic of a closed connection to %s", connection.peer_address
+            )
             return None
         protocol = VehicleConnection(
             self._identity,
@@ -178,6 +193,8 @@ class PhonekeyGattServer:
             rng=self._rng,
             att_mtu=_clamp_mtu(connection.att_mtu),
             challenge_lifetime=self._lifetime,
+            trust=self._session_trust(),
+            credential_leeway=self._leeway,
         )
         session = _Session(connection, protocol)
         self._sessions[connection.handle] = session
@@ -191,6 +208,13 @@ class PhonekeyGattServer:
         )
         logger.debug("session opened for %s (ATT MTU %d)", session.peer, connection.att_mtu)
         return session
+
+    def _session_trust(self) -> CredentialTrust | None:
+        """The trust for a new session: none unless an issuer key is provisioned,
+        so a vehicle without one keeps the plain whitelist behaviour."""
+        if self._trust is None or not self._trust.issuer_keys():
+            return None
+        return self._trust
 
     def _drop(self, session: _Session) -> None:
         """Forget a disconnected connection's session so no state outlives it."""
@@ -243,12 +267,12 @@ class PhonekeyGattServer:
             )
         rejected = False
         for event in events:
-            if isinstance(event, CommandExecuted | RequestRejected):
+            if isinstance(event, _REPORTED):
                 rejected |= isinstance(event, RequestRejected)
                 self._report(session.peer, event)
         return rejected
 
-    def _report(self, peer: str, event: CommandExecuted | RequestRejected) -> None:
+    def _report(self, peer: str, event: ReportedEvent) -> None:
         # INFO even for refusals: a stranger's phone probing the car is routine.
         logger.info("%s", describe_event(event, peer))
         if self._on_event is not None:

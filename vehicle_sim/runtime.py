@@ -28,10 +28,10 @@ from bumble import hci
 from bumble.core import BaseBumbleError
 from bumble.device import AdvertisingType, Connection, Device
 
-from protocol.events import CommandExecuted, RequestRejected
+from protocol.events import CommandExecuted
 
 from .advertising import build_vehicle_advertisement
-from .display import lock_word, short_id
+from .display import ReportedEvent, describe_key, iso_utc, lock_word, short_id
 from .gatt_server import EventHook, PhonekeyGattServer
 from .state_store import FileVehicleStore
 
@@ -68,8 +68,10 @@ class VehicleRuntime:
         self.advertising_data, self.scan_response_data = build_vehicle_advertisement(
             store.identity.vin
         )
+        # The store is also the vehicle's CredentialTrust; the GATT server uses
+        # it only while at least one issuer key is provisioned.
         self.gatt = PhonekeyGattServer(
-            device, store.identity, store, on_event=self._handle_event
+            device, store.identity, store, on_event=self._handle_event, trust=store
         )
         self._adv_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -99,6 +101,16 @@ class VehicleRuntime:
             self.device.random_address,
             lock_word(self.store.lock_state()),
         )
+        issuers = self.store.issuer_keys()
+        if issuers:
+            logger.info(
+                "accepting cloud credentials from issuer %s; revocation list version %d "
+                "(%d revoked); clock %s",
+                ", ".join(short_id(key_id) for key_id in issuers),
+                self.store.revocation_version(),
+                self.store.revoked_count(),
+                iso_utc(self.store.now()),
+            )
 
     async def stop(self) -> None:
         """Stop advertising, drop every phone and end all sessions. Idempotent."""
@@ -173,14 +185,15 @@ class VehicleRuntime:
         connection.once(Connection.EVENT_DISCONNECTION, on_disconnection)
         self._spawn(self._ensure_advertising())
 
-    def _handle_event(self, peer: str, event: CommandExecuted | RequestRejected) -> None:
+    def _handle_event(self, peer: str, event: ReportedEvent) -> None:
         if isinstance(event, CommandExecuted) and event.lock_state is not event.lock_state_before:
-            # The actuator of this simulated car is this log line.
+            # The actuator of this simulated car is this log line, e.g.
+            # "doors unlocked (were locked) by key ab12cd34 (driver, cloud credential #7)".
             logger.info(
-                "doors %s (were %s) by key %s",
+                "doors %s (were %s) by %s",
                 lock_word(event.lock_state),
                 lock_word(event.lock_state_before),
-                short_id(event.key_id),
+                describe_key(event),
             )
         if self._on_event is not None:
             self._on_event(peer, event)

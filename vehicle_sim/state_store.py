@@ -3,7 +3,9 @@
 Layout of a state directory::
 
     identity.pem   the vehicle's P-256 private key, PKCS#8 PEM, mode 0600
-    vehicle.json   VIN, whitelist, per-key counters, recent spent nonces, lock state
+    vehicle.json   VIN, whitelist, per-key counters, recent spent nonces, lock state,
+                   trusted issuer keys, revocation list (version and key ids),
+                   time floor and clock offset (see ``state_schema``)
     vehicle.lock   lock file of the single writer; holds the writer's pid
 
 Everything that changes lives in one JSON file so that a command's counter,
@@ -12,6 +14,14 @@ crash can persist one without the others. Every change is durable before the
 method returns (see ``atomic_file``). The identity never changes after
 ``init_vehicle`` and sits apart so it can be 0600.
 
+The store is also protocol's ``CredentialTrust``, for issuer-signed
+credentials verified offline. Its clock is ``now() = max(wall clock + offset,
+floor)``: the floor is persisted and moves up on every write (opening for
+writing is one, every command is one), so setting the wall clock back, or
+booting with a dead RTC, never makes an expired credential valid again. Fresh
+issuer-signed time (``correct_clock``) sets both the offset and the floor: it
+is authoritative, so it may also pull a fast clock back.
+
 A later issue replaces this with emulated flash; the public surface is kept to
 ``init_vehicle``, ``open_store`` and ``FileVehicleStore``.
 """
@@ -19,23 +29,36 @@ A later issue replaces this with emulated flash; the public surface is kept to
 from __future__ import annotations
 
 import errno
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from protocol import crypto
 from protocol.card import VehicleCard, validate_vin
-from protocol.store import WhitelistEntry
+from protocol.store import CredentialTrust, VehicleStore, WhitelistEntry
 from protocol.types import LockState, Role
 from protocol.vehicle import VehicleIdentity
 
 from .atomic_file import fsync_directory, write_atomic
 from .state_lock import LockHeld, StateLock
-from .state_schema import StateFileCorrupt, StoredState, dump_state, load_state
+from .state_schema import (
+    MAX_ISSUERS,
+    StateFileCorrupt,
+    StoredState,
+    dump_state,
+    load_state,
+)
 
 STATE_FILE_NAME = "vehicle.json"
 IDENTITY_FILE_NAME = "identity.pem"
+_MAX_U64 = 2**64 - 1
+
+WallClock = Callable[[], float]
+"""Unix time in seconds, like ``time.time`` (injectable so tests can set it back)."""
 
 
 class VehicleStateError(Exception):
@@ -51,14 +74,22 @@ class VehicleStateBusy(VehicleStateError):
     def __init__(self, state_dir: Path, pid: int | None) -> None:
         holder = f"pid {pid}" if pid is not None else "another process"
         super().__init__(
-            f"vehicle state {state_dir} is in use by a running vehicle ({holder}); "
-            "stop it first"
+            f"vehicle state {state_dir} is in use by a running vehicle ({holder}); stop it first"
         )
         self.pid = pid
 
 
+class TooManyIssuers(VehicleStateError):
+    """The vehicle already trusts as many issuer keys as it may hold."""
+
+
+class StaleRevocations(ValueError):
+    """A revocation version that does not move forward."""
+
+
 class FileVehicleStore:
-    """A ``protocol.VehicleStore`` kept in a state directory.
+    """A ``protocol.VehicleStore`` and ``protocol.CredentialTrust`` kept in a
+    state directory.
 
     Opened for writing it holds the directory's lock until ``close``; opened
     read-only it holds no lock and refuses every change.
@@ -70,11 +101,14 @@ class FileVehicleStore:
         identity: VehicleIdentity,
         state: StoredState,
         lock: StateLock | None,
+        *,
+        wall_clock: WallClock = time.time,
     ) -> None:
         self.state_dir = state_dir
         self._identity = identity
         self._state = state
         self._lock = lock
+        self._wall_clock = wall_clock
 
     # --- identity ----------------------------------------------------------------
     @property
@@ -94,6 +128,16 @@ class FileVehicleStore:
         return self._state.lock_state
 
     def whitelist_entry(self, key_id: bytes) -> WhitelistEntry | None:
+        # Revocation applies to whitelisted keys too. The protocol core checks
+        # the revocation list only for credentials, so without this a phone key
+        # the issuer revoked (say, a stolen phone reported through the cloud)
+        # would keep opening the car for as long as it sits on the local
+        # whitelist. A revoked key therefore reads as not whitelisted: the
+        # vehicle answers UNKNOWN_KEY before any signature work. It stays in
+        # ``keys()`` (and `phonekey vehicle show` marks it revoked) so the owner
+        # can see it; revocation lists only grow, so it never comes back.
+        if key_id in self._state.revoked:
+            return None
         return self._state.whitelist.get(key_id)
 
     def last_counter(self, key_id: bytes) -> int:
@@ -109,7 +153,87 @@ class FileVehicleStore:
         new.counters[key_id] = counter
         new.spent_nonces.append(nonce)
         new.lock_state = lock_state
+        self._commit(new)  # also moves the time floor up to now
+
+    # --- protocol.CredentialTrust --------------------------------------------------
+    def issuer_keys(self) -> Mapping[bytes, crypto.PublicKey]:
+        return MappingProxyType(self._state.issuers)
+
+    def is_revoked(self, key_id: bytes) -> bool:
+        return key_id in self._state.revoked
+
+    def now(self) -> int:
+        return _clock_reading(self._state, int(self._wall_clock()))
+
+    def revocation_version(self) -> int:
+        return self._state.revocation_version
+
+    def apply_revocations(self, to_version: int, key_ids: Iterable[bytes]) -> None:
+        """Durably add ``key_ids`` to the revocation list and move it to ``to_version``.
+
+        Raises ``StaleRevocations`` unless ``to_version`` is above the version
+        held: the version never goes backwards, so an old list cannot be replayed.
+        """
+        current = self._state.revocation_version
+        if to_version <= current:
+            raise StaleRevocations(
+                f"revocation version {to_version} is not above the held version {current}"
+            )
+        if to_version > _MAX_U64:
+            raise ValueError("revocation version out of range")
+        added = frozenset(key_ids)
+        if any(len(key_id) != crypto.KEY_ID_LEN for key_id in added):
+            raise ValueError(f"revoked key ids must be {crypto.KEY_ID_LEN} bytes")
+        new = self._state.copy()
+        new.revocation_version = to_version
+        new.revoked = self._state.revoked | added
         self._commit(new)
+
+    def correct_clock(self, issuer_time: int) -> None:
+        """Durably set the clock to fresh issuer-signed time: offset and floor.
+
+        The floor is set to ``issuer_time`` even when that is below the old
+        floor: the issuer's time is authoritative, so it also corrects a clock
+        that ran fast (which would otherwise expire every credential early).
+        """
+        if not 0 <= issuer_time <= _MAX_U64:
+            raise ValueError("issuer time out of range")
+        wall = int(self._wall_clock())
+        new = self._state.copy()
+        new.clock_offset = issuer_time - wall
+        new.time_floor = issuer_time
+        self._commit(new, wall=wall)
+
+    # --- issuers ---------------------------------------------------------------------
+    def add_issuer(self, public_key: crypto.PublicKey) -> bool:
+        """Trust credentials signed by ``public_key``; False if it already was trusted.
+
+        Raises ``TooManyIssuers`` if the vehicle already holds ``MAX_ISSUERS`` keys.
+        """
+        key_id = crypto.key_id(public_key)
+        if key_id in self._state.issuers:
+            return False
+        if len(self._state.issuers) >= MAX_ISSUERS:
+            raise TooManyIssuers(
+                f"vehicle {self._identity.vin} already trusts {MAX_ISSUERS} issuer keys, "
+                "the most it holds (one, or two during an issuer key rotation)"
+            )
+        new = self._state.copy()
+        new.issuers[key_id] = public_key
+        self._commit(new)
+        return True
+
+    def revoked_count(self) -> int:
+        return len(self._state.revoked)
+
+    @property
+    def time_floor(self) -> int:
+        """The persisted floor of ``now()``, in unix seconds."""
+        return self._state.time_floor
+
+    def advance_time_floor(self) -> None:
+        """Durably move the time floor up to ``now()`` (done on every write)."""
+        self._commit(self._state.copy())
 
     # --- key management ------------------------------------------------------------
     def keys(self) -> list[WhitelistEntry]:
@@ -152,10 +276,16 @@ class FileVehicleStore:
     ) -> None:
         self.close()
 
-    def _commit(self, new: StoredState) -> None:
-        """Persist ``new`` durably, then adopt it; on failure memory keeps the old state."""
+    def _commit(self, new: StoredState, *, wall: int | None = None) -> None:
+        """Persist ``new`` durably, then adopt it; on failure memory keeps the old state.
+
+        Every write also moves the time floor up to the clock reading of ``new``.
+        """
         if self._lock is None or not self._lock.held:
             raise VehicleStateError(f"vehicle state {self.state_dir} is not open for writing")
+        if wall is None:
+            wall = int(self._wall_clock())
+        new.time_floor = min(_clock_reading(new, wall), _MAX_U64)
         path = self.state_dir / STATE_FILE_NAME
         try:
             write_atomic(path, dump_state(new))
@@ -164,13 +294,33 @@ class FileVehicleStore:
         self._state = new
 
 
-def init_vehicle(state_dir: Path | str, vin: str) -> VehicleCard:
+def _clock_reading(state: StoredState, wall: int) -> int:
+    return max(wall + state.clock_offset, state.time_floor)
+
+
+def init_vehicle(
+    state_dir: Path | str,
+    vin: str,
+    *,
+    issuers: Iterable[crypto.PublicKey] = (),
+    wall_clock: WallClock = time.time,
+) -> VehicleCard:
     """Create a vehicle with a fresh identity key in ``state_dir``; return its card.
 
-    Raises ``ValueError`` for a bad VIN and ``VehicleStateError`` if the
-    directory already holds a vehicle (its identity is never overwritten).
+    ``issuers`` are the credential issuer keys it trusts from the start (at
+    most ``MAX_ISSUERS``); its time floor starts at ``wall_clock()``.
+
+    Raises ``ValueError`` for a bad VIN or too many issuers and
+    ``VehicleStateError`` if the directory already holds a vehicle (its
+    identity is never overwritten).
     """
     vin = validate_vin(vin)
+    trusted = {crypto.key_id(key): key for key in issuers}
+    if len(trusted) > MAX_ISSUERS:
+        raise ValueError(f"a vehicle trusts at most {MAX_ISSUERS} issuer keys")
+    initial = StoredState(
+        vin=vin, issuers=trusted, time_floor=min(max(int(wall_clock()), 0), _MAX_U64)
+    )
     state_dir = Path(state_dir)
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -190,7 +340,7 @@ def init_vehicle(state_dir: Path | str, vin: str) -> VehicleCard:
             write_atomic(
                 state_dir / IDENTITY_FILE_NAME, crypto.private_key_to_pem(private_key), mode=0o600
             )
-            write_atomic(state_dir / STATE_FILE_NAME, dump_state(StoredState(vin=vin)))
+            write_atomic(state_dir / STATE_FILE_NAME, dump_state(initial))
             fsync_directory(state_dir)
         except OSError as exc:
             raise VehicleStateError(f"cannot write to {state_dir}: {_os_reason(exc)}") from exc
@@ -199,11 +349,16 @@ def init_vehicle(state_dir: Path | str, vin: str) -> VehicleCard:
     return VehicleCard(vin, private_key.public_key())
 
 
-def open_store(state_dir: Path | str, *, read_only: bool = False) -> FileVehicleStore:
+def open_store(
+    state_dir: Path | str, *, read_only: bool = False, wall_clock: WallClock = time.time
+) -> FileVehicleStore:
     """Open a vehicle's state: for writing (takes the lock) or read-only (no lock).
 
+    Opening for writing moves the persisted time floor up to ``now()`` (and so
+    writes an older format back as the current one).
+
     Raises ``VehicleStateBusy`` if a writer already holds it, and
-    ``VehicleStateError`` if the state is missing or corrupt.
+    ``VehicleStateError`` if the state is missing, corrupt or unwritable.
     """
     state_dir = Path(state_dir)
     if not (state_dir / STATE_FILE_NAME).is_file():
@@ -215,11 +370,20 @@ def open_store(state_dir: Path | str, *, read_only: bool = False) -> FileVehicle
     try:
         state = _read_state(state_dir / STATE_FILE_NAME)
         private_key = _read_identity(state_dir / IDENTITY_FILE_NAME)
+        store = FileVehicleStore(
+            state_dir,
+            VehicleIdentity(private_key, state.vin),
+            state,
+            lock,
+            wall_clock=wall_clock,
+        )
+        if not read_only:
+            store.advance_time_floor()
     except BaseException:
         if lock is not None:
             lock.release()
         raise
-    return FileVehicleStore(state_dir, VehicleIdentity(private_key, state.vin), state, lock)
+    return store
 
 
 def _take_lock(state_dir: Path) -> StateLock:
@@ -260,8 +424,7 @@ def _read_identity(path: Path) -> crypto.PrivateKey:
     except (ValueError, TypeError, UnsupportedAlgorithm):
         # Say nothing of the contents: the file is (or was meant to be) a private key.
         raise VehicleStateError(
-            f"{path} is corrupt: it does not hold a P-256 private key in PEM; "
-            "create a new vehicle"
+            f"{path} is corrupt: it does not hold a P-256 private key in PEM; create a new vehicle"
         ) from None
 
 
@@ -269,3 +432,9 @@ def _os_reason(exc: OSError) -> str:
     if exc.strerror:
         return exc.strerror
     return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+
+
+if TYPE_CHECKING:
+    # mypy checks that the store is what the protocol core expects of it.
+    def _conforms(store: FileVehicleStore) -> tuple[VehicleStore, CredentialTrust]:
+        return store, store

@@ -52,7 +52,7 @@ class EchoPeripheral:
                 )
             ],
         )
-        self.command = Characteristic(
+        self.command: Characteristic[bytes] = Characteristic(
             COMMAND_CHAR_UUID,
             Characteristic.Properties.WRITE | Characteristic.Properties.WRITE_WITHOUT_RESPONSE,
             Characteristic.WRITEABLE,
@@ -90,7 +90,9 @@ class EchoPeripheral:
 
 async def find_vehicle(central: Device, timeout: float = 2.0) -> BLEDevice:
     """Scan like the phone does: by service UUID, then manufacturer data."""
-    found = await BleakScanner.find_device_by_filter(
+    # bleak's own classmethod, as the phone may call it (bleak's stubs reject
+    # the backend's keyword; ble_stack.bleak_backend.find_device_by_filter doesn't).
+    found = await BleakScanner.find_device_by_filter(  # type: ignore[call-arg]
         lambda _d, ad: ad.manufacturer_data.get(ADV_COMPANY_ID) == ADV_PAYLOAD,
         timeout=timeout,
         service_uuids=[PHONEKEY_SERVICE_UUID],

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from ble_testkit import (
     ADV_PAYLOAD,
     CCCD_UUID,
-    USER_DESCRIPTION_UUID,
     EVENT_INITIAL_VALUE,
+    USER_DESCRIPTION_UUID,
     VEHICLE_NAME,
     EchoPeripheral,
     find_vehicle,
@@ -22,7 +23,7 @@ from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError, BleakGATTProtocolError, BleakGATTProtocolErrorCode
 from bumble.device import Device
 
-from ble_stack.bleak_backend import BumbleBleakClient, BumbleBleakScanner
+from ble_stack.bleak_backend import BumbleBleakClient, BumbleBleakScanner, find_device_by_filter
 from ble_stack.uuids import (
     ADV_COMPANY_ID,
     COMMAND_CHAR_UUID,
@@ -32,7 +33,7 @@ from ble_stack.uuids import (
 from ble_stack.virtual_link import VirtualRadio
 
 
-def client_for(target: BLEDevice | str, phone: Device, **kwargs: object) -> BleakClient:
+def client_for(target: BLEDevice | str, phone: Device, **kwargs: Any) -> BleakClient:
     return BleakClient(target, backend=BumbleBleakClient, bumble_device=phone, timeout=5, **kwargs)
 
 
@@ -42,6 +43,17 @@ async def test_scanner_finds_vehicle_by_service_uuid_and_manufacturer_data(
     found = await find_vehicle(phone)
     assert found.address == vehicle.address
     assert found.name == VEHICLE_NAME
+
+
+async def test_typed_find_helper_finds_and_times_out(
+    phone: Device, vehicle: EchoPeripheral
+) -> None:
+    found = await find_device_by_filter(
+        lambda _d, ad: ad.local_name == VEHICLE_NAME, bumble_device=phone, timeout=2
+    )
+    assert found is not None and found.address == vehicle.address
+    nothing = await find_device_by_filter(lambda _d, _a: False, bumble_device=phone, timeout=0.1)
+    assert nothing is None
 
 
 async def test_advertisement_data_merges_scan_response_without_duplicates(
@@ -181,7 +193,9 @@ async def test_reads_descriptors_and_protocol_errors(
             await client.start_notify(COMMAND_CHAR_UUID, lambda _s, _d: None)
 
 
-@pytest.mark.parametrize(("kwargs", "expected"), [({}, 247), ({"mtu": 23}, 23), ({"mtu": 100}, 100)])
+@pytest.mark.parametrize(
+    ("kwargs", "expected"), [({}, 247), ({"mtu": 23}, 23), ({"mtu": 100}, 100)]
+)
 async def test_mtu_negotiation(
     phone: Device, vehicle: EchoPeripheral, kwargs: dict[str, int], expected: int
 ) -> None:
@@ -203,7 +217,9 @@ async def test_disconnected_callback_fires_when_vehicle_disconnects(
     phone: Device, vehicle: EchoPeripheral
 ) -> None:
     dropped = asyncio.Event()
-    client = client_for(await find_vehicle(phone), phone, disconnected_callback=lambda _c: dropped.set())
+    client = client_for(
+        await find_vehicle(phone), phone, disconnected_callback=lambda _c: dropped.set()
+    )
     await client.connect()
     assert client.is_connected
     (connection,) = vehicle.device.connections.values()
@@ -219,7 +235,9 @@ async def test_disconnected_callback_fires_when_vehicle_radio_vanishes(
     radio: VirtualRadio, phone: Device, vehicle: EchoPeripheral
 ) -> None:
     dropped = asyncio.Event()
-    client = client_for(await find_vehicle(phone), phone, disconnected_callback=lambda _c: dropped.set())
+    client = client_for(
+        await find_vehicle(phone), phone, disconnected_callback=lambda _c: dropped.set()
+    )
     await client.connect()
     radio.remove_device(vehicle.device)
     await wait_for(dropped)
@@ -228,7 +246,9 @@ async def test_disconnected_callback_fires_when_vehicle_radio_vanishes(
 
 async def test_client_disconnect_also_reports(phone: Device, vehicle: EchoPeripheral) -> None:
     dropped = asyncio.Event()
-    client = client_for(await find_vehicle(phone), phone, disconnected_callback=lambda _c: dropped.set())
+    client = client_for(
+        await find_vehicle(phone), phone, disconnected_callback=lambda _c: dropped.set()
+    )
     await client.connect()
     await client.disconnect()
     assert dropped.is_set()
@@ -251,6 +271,25 @@ async def test_connect_timeout_then_connect_works(phone: Device, vehicle: EchoPe
     # The virtual controller really dropped the attempt: a new one succeeds.
     async with client_for(vehicle.address, phone) as client:
         assert client.is_connected
+
+
+async def test_two_centrals_racing_for_one_advertisement(
+    radio: VirtualRadio, phone: Device, vehicle: EchoPeripheral
+) -> None:
+    other_phone = await radio.create_device("other phone")
+    try:
+        clients = [client_for(vehicle.address, device) for device in (phone, other_phone)]
+        outcomes = await asyncio.gather(*(c.connect() for c in clients), return_exceptions=True)
+        # One wins; the loser is told its link failed (0x3E) instead of hanging.
+        assert sorted(type(o).__name__ for o in outcomes) == ["BleakError", "NoneType"]
+        winner, loser = clients if outcomes[0] is None else clients[::-1]
+        assert winner.is_connected and not loser.is_connected
+        await winner.disconnect()
+        await loser.connect()  # the vehicle advertises again and the loser gets in
+        assert loser.is_connected
+        await loser.disconnect()
+    finally:
+        radio.remove_device(other_phone)
 
 
 async def test_pairing_is_refused_clearly(phone: Device, vehicle: EchoPeripheral) -> None:

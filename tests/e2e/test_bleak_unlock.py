@@ -17,15 +17,13 @@ from typing import Any
 import pytest
 from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
-from bumble.controller import Controller
 from bumble.device import Device
 
 from ble_stack.bleak_backend import BumbleBleakClient, BumbleBleakScanner
 from ble_stack.uuids import COMMAND_CHAR_UUID, EVENT_CHAR_UUID
-from ble_stack.virtual_link import VirtualController, VirtualRadio
+from ble_stack.virtual_link import VirtualRadio
 from phone_client import (
     CommandOutcome,
-    CommandTimeout,
     ConnectionLost,
     KeyStore,
     PhoneKey,
@@ -114,9 +112,7 @@ async def make_phone(
 ) -> AsyncIterator[PhoneFactory]:
     devices: list[Device] = []
 
-    async def make(
-        name: str = "phone", *, role: Role | None = Role.OWNER, mtu: int = 247
-    ) -> Phone:
+    async def make(name: str = "phone", *, role: Role | None = Role.OWNER, mtu: int = 247) -> Phone:
         keystore = KeyStore(tmp_path / name)
         keystore.keygen()
         keystore.add_vehicle(vehicle.card)
@@ -217,20 +213,9 @@ async def test_role_refusal_is_authenticated_and_reports_the_state(
     assert outcome.lock_state is LockState.LOCKED
 
 
-# Both phones hear the same advertisement and send CONNECT_IND for it; only one
-# can win. A real loser's link fails with HCI 0x3E and phone_client retries;
-# stock bumble's controller never tells the loser, which then hangs.
-_LOSER_NEVER_TOLD = VirtualController.on_le_connect_ind is Controller.on_le_connect_ind
-
-
-@pytest.mark.xfail(
-    _LOSER_NEVER_TOLD,
-    reason="ble_stack's VirtualController must fail a CONNECT_IND it cannot accept (0x3E)",
-    raises=CommandTimeout,
-)
 async def test_two_phones_unlock_at_once(make_phone: PhoneFactory, vehicle: Vehicle) -> None:
     alice, bob = await make_phone("alice"), await make_phone("bob")
-    timeout = 2.0 if _LOSER_NEVER_TOLD else TIMEOUT  # fail fast while it cannot pass
+    timeout = TIMEOUT
     outcomes = await asyncio.gather(
         alice.run(Command.UNLOCK, timeout=timeout), bob.run(Command.UNLOCK, timeout=timeout)
     )
@@ -246,8 +231,11 @@ async def test_phone_dropping_mid_request_leaves_the_vehicle_locked_and_ready(
     device = await quitter.central().find_vehicle(VIN, TIMEOUT)
     # Speak the protocol by hand so the phone can stop halfway through a request.
     connection = PhoneConnection(
-        quitter.keystore.private_key, vehicle.card.public_key,
-        clock=asyncio.get_running_loop().time, rng=os.urandom, att_mtu=23,
+        quitter.keystore.private_key,
+        vehicle.card.public_key,
+        clock=asyncio.get_running_loop().time,
+        rng=os.urandom,
+        att_mtu=23,
     )
     ready = asyncio.Event()
 

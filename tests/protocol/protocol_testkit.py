@@ -157,9 +157,7 @@ class Rig:
         before = len(self.pair.phone_events)
         self.phone.send_command(command, counter)
         self.pair.pump()
-        completed = [
-            e for e in self.pair.phone_events[before:] if isinstance(e, CommandCompleted)
-        ]
+        completed = [e for e in self.pair.phone_events[before:] if isinstance(e, CommandCompleted)]
         assert len(completed) == 1, self.pair.phone_events[before:]
         return completed[0]
 

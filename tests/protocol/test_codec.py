@@ -96,8 +96,9 @@ def test_decoded_enums_are_enum_members() -> None:
     request = decode(encode(_request(command=Command.STATUS)))
     assert isinstance(request, CommandRequest)
     assert request.command is Command.STATUS
-    response = decode(encode(CommandResponse(ResultCode.FORBIDDEN, Command.LOCK, 1,
-                                             LockState.UNLOCKED, MAC)))
+    response = decode(
+        encode(CommandResponse(ResultCode.FORBIDDEN, Command.LOCK, 1, LockState.UNLOCKED, MAC))
+    )
     assert isinstance(response, CommandResponse)
     assert response.result is ResultCode.FORBIDDEN
     assert response.lock_state is LockState.UNLOCKED
@@ -108,11 +109,11 @@ def test_layouts_follow_the_spec() -> None:
     """Byte layouts of docs/protocol.md section 4, written out by hand."""
     assert encode(Challenge((1, 2), VID, NONCE)) == bytes([1, 0x01, 2, 1, 2]) + VID + NONCE
     assert encode(ChallengeRequest()) == bytes([1, 0x02])
-    request = _request(version=1, offered_versions=(1,), counter=0x0102030405060708,
-                       command=Command.LOCK)
+    request = _request(
+        version=1, offered_versions=(1,), counter=0x0102030405060708, command=Command.LOCK
+    )
     assert encode(request) == (
-        bytes([1, 0x03, 1, 1, 1]) + NONCE + KEY_ID + bytes([1, 2, 3, 4, 5, 6, 7, 8, 2])
-        + EPH + SIG
+        bytes([1, 0x03, 1, 1, 1]) + NONCE + KEY_ID + bytes([1, 2, 3, 4, 5, 6, 7, 8, 2]) + EPH + SIG
     )
     assert len(encode(request)) == 143  # 147 with the frame header (section 3)
     response = CommandResponse(ResultCode.FORBIDDEN, Command.STATUS, 258, LockState.LOCKED, MAC)
@@ -182,8 +183,13 @@ def _field_value_cases() -> list[tuple[str, bytes]]:
     mac_tail = MAC
 
     def response(result: int, command: int, state: int) -> bytes:
-        return response_head + bytes([result, command]) + (1).to_bytes(8, "big") + \
-            bytes([state]) + mac_tail
+        return (
+            response_head
+            + bytes([result, command])
+            + (1).to_bytes(8, "big")
+            + bytes([state])
+            + mac_tail
+        )
 
     def request(version: int, offer: bytes, command: int) -> bytes:
         return bytes([1, 0x03, version]) + offer + request_tail + bytes([command]) + EPH + SIG
@@ -238,8 +244,14 @@ def test_undefined_field_values(name: str, data: bytes) -> None:
         ErrorMessage(ResultCode.OK),
         CommandResponse(ResultCode.MALFORMED, Command.UNLOCK, 1, LockState.LOCKED, MAC),
     ],
-    ids=["empty-offer", "duplicate-offer", "request-version-0", "request-empty-offer",
-         "error-OK", "response-MALFORMED"],
+    ids=[
+        "empty-offer",
+        "duplicate-offer",
+        "request-version-0",
+        "request-empty-offer",
+        "error-OK",
+        "response-MALFORMED",
+    ],
 )
 def test_encode_refuses_what_decode_refuses(message: Message) -> None:
     """``encode`` promises ValueError "for a message we must not send": it must never
@@ -332,8 +344,30 @@ def test_fuzz_reassembler_only_raises_protocol_errors() -> None:
 
 # --- framing ----------------------------------------------------------------------
 FRAMING_MTUS = [23, 27, 100, 247, 517]
-SIZES = [1, 2, 15, 16, 17, 18, 33, 34, 35, 100, 143, 147, 239, 240, 241, 242, 243, 244, 245,
-         300, 511, 512]
+SIZES = [
+    1,
+    2,
+    15,
+    16,
+    17,
+    18,
+    33,
+    34,
+    35,
+    100,
+    143,
+    147,
+    239,
+    240,
+    241,
+    242,
+    243,
+    244,
+    245,
+    300,
+    511,
+    512,
+]
 
 
 @pytest.mark.parametrize("mtu", FRAMING_MTUS)
@@ -423,31 +457,45 @@ F40 = fragment(MSG40, 23)  # 16 + 18 + 6 bytes: three frames
         pytest.param([F40[1]], ReassemblyError, id="continuation-without-first"),
         pytest.param([_frame(0x40, b"x")], ReassemblyError, id="last-without-first"),
         pytest.param([F40[0], F40[2]], ReassemblyError, id="skipped-index"),
-        pytest.param([F40[0], F40[0][:1] + b"\x02" + F40[1][2:]], ReassemblyError,
-                     id="wrong-index"),
+        pytest.param(
+            [F40[0], F40[0][:1] + b"\x02" + F40[1][2:]], ReassemblyError, id="wrong-index"
+        ),
         pytest.param([F40[0], F40[1], F40[1]], ReassemblyError, id="repeated-frame"),
         pytest.param([F40[0], F40[0]], ReassemblyError, id="new-first-before-last"),
-        pytest.param([F40[0], fragment(b"\x01", 23)[0]], ReassemblyError,
-                     id="complete-first-before-last"),
+        pytest.param(
+            [F40[0], fragment(b"\x01", 23)[0]], ReassemblyError, id="complete-first-before-last"
+        ),
         pytest.param([_frame(0x81, b"", total=4)], ReassemblyError, id="first-with-index-1"),
         pytest.param([_frame(0x80, b"\x00")], ReassemblyError, id="first-without-length"),
         pytest.param([_frame(0xC0, b"", total=0)], ReassemblyError, id="announced-zero"),
-        pytest.param([_frame(0x80, b"ab", total=MAX_MESSAGE_SIZE + 1)], MessageTooLarge,
-                     id="announced-513"),
+        pytest.param(
+            [_frame(0x80, b"ab", total=MAX_MESSAGE_SIZE + 1)], MessageTooLarge, id="announced-513"
+        ),
         pytest.param([_frame(0x80, b"ab", total=0xFFFF)], MessageTooLarge, id="announced-65535"),
-        pytest.param([_frame(0xC0, b"abcd", total=3)], ReassemblyError,
-                     id="more-than-announced-first"),
-        pytest.param([_frame(0x80, b"ab", total=3), _frame(0x41, b"cd")], ReassemblyError,
-                     id="more-than-announced-continuation"),
+        pytest.param(
+            [_frame(0xC0, b"abcd", total=3)], ReassemblyError, id="more-than-announced-first"
+        ),
+        pytest.param(
+            [_frame(0x80, b"ab", total=3), _frame(0x41, b"cd")],
+            ReassemblyError,
+            id="more-than-announced-continuation",
+        ),
         pytest.param([_frame(0xC0, b"ab", total=3)], ReassemblyError, id="last-too-early"),
         pytest.param([_frame(0x80, b"abc", total=3)], ReassemblyError, id="last-flag-missing"),
-        pytest.param([F40[0], F40[1][:1] + bytes([F40[1][1] | 0x40]) + F40[1][2:]],
-                     ReassemblyError, id="last-flag-on-middle-frame"),
-        pytest.param([F40[0], F40[1], F40[2][:1] + bytes([F40[2][1] & ~0x40]) + F40[2][2:]],
-                     ReassemblyError, id="last-flag-missing-on-final-frame"),
+        pytest.param(
+            [F40[0], F40[1][:1] + bytes([F40[1][1] | 0x40]) + F40[1][2:]],
+            ReassemblyError,
+            id="last-flag-on-middle-frame",
+        ),
+        pytest.param(
+            [F40[0], F40[1], F40[2][:1] + bytes([F40[2][1] & ~0x40]) + F40[2][2:]],
+            ReassemblyError,
+            id="last-flag-missing-on-final-frame",
+        ),
         pytest.param([b"\x02" + F40[0][1:]], UnsupportedWireVersion, id="bad-version-first"),
-        pytest.param([F40[0], b"\x00" + F40[1][1:]], UnsupportedWireVersion,
-                     id="bad-version-continuation"),
+        pytest.param(
+            [F40[0], b"\x00" + F40[1][1:]], UnsupportedWireVersion, id="bad-version-continuation"
+        ),
         pytest.param([b""], TruncatedMessage, id="empty-frame"),
         pytest.param([b"\x01"], TruncatedMessage, id="one-byte-frame"),
     ],
@@ -502,8 +550,14 @@ def test_idle_time_between_messages_is_not_a_timeout() -> None:
 
 
 def test_decode_errors_are_protocol_errors() -> None:
-    for cls in (TruncatedMessage, TrailingBytes, UnknownMessageType, UnsupportedWireVersion,
-                MessageTooLarge, FieldValueError):
+    for cls in (
+        TruncatedMessage,
+        TrailingBytes,
+        UnknownMessageType,
+        UnsupportedWireVersion,
+        MessageTooLarge,
+        FieldValueError,
+    ):
         assert issubclass(cls, DecodeError)
         assert issubclass(cls, ProtocolError)
     assert issubclass(ReassemblyError, ProtocolError)

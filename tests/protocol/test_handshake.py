@@ -119,8 +119,15 @@ def test_unlock(mtu: int) -> None:
 
     assert done == CommandCompleted(Command.UNLOCK, ResultCode.OK, LockState.UNLOCKED, 7)
     assert rig.executed() == [
-        CommandExecuted(PHONE_KEY_ID, Role.OWNER, Command.UNLOCK, ResultCode.OK,
-                        LockState.LOCKED, LockState.UNLOCKED, 7)
+        CommandExecuted(
+            PHONE_KEY_ID,
+            Role.OWNER,
+            Command.UNLOCK,
+            ResultCode.OK,
+            LockState.LOCKED,
+            LockState.UNLOCKED,
+            7,
+        )
     ]
     assert rig.store.state is LockState.UNLOCKED
     assert rig.store.counters == {PHONE_KEY_ID: 7}
@@ -225,8 +232,7 @@ class FailingStore(MemoryStore):
 
 @mtus
 @pytest.mark.parametrize("command", list(Command))
-def test_failed_commit_means_no_response_and_nothing_executed(mtu: int,
-                                                              command: Command) -> None:
+def test_failed_commit_means_no_response_and_nothing_executed(mtu: int, command: Command) -> None:
     store = FailingStore()
     rig = make_rig(mtu, store=store)
     with pytest.raises(RejectedInternal):
@@ -323,8 +329,9 @@ def test_replay_after_the_vehicle_reissues_the_same_nonce() -> None:
     replay.assert_untouched()
 
     # control: a store that forgot the nonce would have executed the replay
-    amnesiac = make_rig(store=MemoryStore(whitelist=rig.store.whitelist), role=None,
-                        vehicle_rng=constant_rng)
+    amnesiac = make_rig(
+        store=MemoryStore(whitelist=rig.store.whitelist), role=None, vehicle_rng=constant_rng
+    )
     events = amnesiac.to_vehicle(unlock_frames)
     assert [e.command for e in events if isinstance(e, CommandExecuted)] == [Command.UNLOCK]
 
@@ -333,8 +340,11 @@ def test_replay_after_the_vehicle_reissues_the_same_nonce() -> None:
 def test_replayed_response_to_a_new_session(mtu: int) -> None:
     rig = make_rig(mtu)
     rig.command(Command.LOCK, 1)
-    recorded = [f for f, m in zip(rig.pair.sent_to_phone, _frame_owners(rig.pair.sent_to_phone),
-                                  strict=True) if isinstance(m, CommandResponse)]
+    recorded = [
+        f
+        for f, m in zip(rig.pair.sent_to_phone, _frame_owners(rig.pair.sent_to_phone), strict=True)
+        if isinstance(m, CommandResponse)
+    ]
 
     victim = make_rig(mtu, store=rig.store, role=None)
     victim.phone.send_command(Command.UNLOCK, 2)
@@ -349,8 +359,11 @@ def test_replayed_response_to_a_new_session(mtu: int) -> None:
 def test_replayed_response_for_the_next_command_on_the_same_session() -> None:
     rig = make_rig()
     rig.command(Command.STATUS, 1)
-    recorded = [f for f, m in zip(rig.pair.sent_to_phone, _frame_owners(rig.pair.sent_to_phone),
-                                  strict=True) if isinstance(m, CommandResponse)]
+    recorded = [
+        f
+        for f, m in zip(rig.pair.sent_to_phone, _frame_owners(rig.pair.sent_to_phone), strict=True)
+        if isinstance(m, CommandResponse)
+    ]
     rig.phone.send_command(Command.UNLOCK, 2)
     rig.phone.data_to_send()  # swallowed
     with pytest.raises(BadResponseMac):
@@ -425,8 +438,15 @@ def _expected_codes(offset: int | None, offer_len: int) -> set[ResultCode]:
     if offset is None:
         return malformed  # frame header: version, control, announced length
     fields = [
-        ("header", 2), ("version", 1), ("offer", 1 + offer_len), ("nonce", 16),
-        ("key_id", 16), ("counter", 8), ("command", 1), ("ephemeral", 33), ("signature", 64),
+        ("header", 2),
+        ("version", 1),
+        ("offer", 1 + offer_len),
+        ("nonce", 16),
+        ("key_id", 16),
+        ("counter", 8),
+        ("command", 1),
+        ("ephemeral", 33),
+        ("signature", 64),
     ]
     starts, start = {}, 0
     for field_name, size in fields:
@@ -441,11 +461,13 @@ def _expected_codes(offset: int | None, offer_len: int) -> set[ResultCode]:
         "nonce": {ResultCode.UNKNOWN_CHALLENGE},
         "key_id": {ResultCode.UNKNOWN_KEY},
         # 101 ^ 1 == 100 is stale; every other flip makes a larger, unsigned counter
-        "counter": {ResultCode.STALE_COUNTER} if offset == start + 7
+        "counter": {ResultCode.STALE_COUNTER}
+        if offset == start + 7
         else {ResultCode.BAD_SIGNATURE},
         "command": malformed,  # UNLOCK 1 -> 0
         # prefix 02 <-> 03 is the other valid point; other bytes may leave the curve
-        "ephemeral": {ResultCode.BAD_SIGNATURE} if offset == start
+        "ephemeral": {ResultCode.BAD_SIGNATURE}
+        if offset == start
         else {ResultCode.BAD_SIGNATURE, ResultCode.BAD_KEY},
         "signature": {ResultCode.BAD_SIGNATURE},
     }[name]
@@ -464,8 +486,13 @@ def test_every_single_byte_change_of_a_request_is_refused(mtu: int) -> None:
         seen.add(code)
         rig.assert_untouched()
         assert rig.store.counters == {PHONE_KEY_ID: 100}
-    assert {ResultCode.MALFORMED, ResultCode.UNKNOWN_CHALLENGE, ResultCode.UNKNOWN_KEY,
-            ResultCode.STALE_COUNTER, ResultCode.BAD_SIGNATURE} <= seen
+    assert {
+        ResultCode.MALFORMED,
+        ResultCode.UNKNOWN_CHALLENGE,
+        ResultCode.UNKNOWN_KEY,
+        ResultCode.STALE_COUNTER,
+        ResultCode.BAD_SIGNATURE,
+    } <= seen
 
 
 def _answer(mtu: int) -> tuple[Rig, list[bytes], list[bytes]]:
@@ -533,9 +560,7 @@ def test_request_whose_last_frames_never_arrive() -> None:
         victim.clock.advance(2.5)
         victim.vehicle.check_timeouts()
         events = drain(victim.vehicle.next_event)
-        assert [e.code for e in events if isinstance(e, RequestRejected)] == [
-            ResultCode.MALFORMED
-        ]
+        assert [e.code for e in events if isinstance(e, RequestRejected)] == [ResultCode.MALFORMED]
         assert victim.vehicle.state is VehicleState.ERROR
         with pytest.raises(RejectedMalformed):
             victim.to_phone(victim.vehicle.data_to_send())
@@ -560,8 +585,9 @@ def test_challenge_just_inside_its_lifetime_is_accepted() -> None:
 
 def test_challenge_lifetime_is_configurable() -> None:
     rig = make_rig(start=False)
-    rig.pair.vehicle = VehicleConnection(rig.identity, rig.store, clock=rig.clock,
-                                         rng=os.urandom, att_mtu=247, challenge_lifetime=5)
+    rig.pair.vehicle = VehicleConnection(
+        rig.identity, rig.store, clock=rig.clock, rng=os.urandom, att_mtu=247, challenge_lifetime=5
+    )
     rig.start()
     rig.clock.advance(6)
     with pytest.raises(RejectedExpired):
@@ -668,16 +694,15 @@ def test_hand_built_request_is_accepted() -> None:
     rig = make_rig()
     challenge = raw_messages_of(rig.pair.sent_to_phone)[-1]
     events = rig.to_vehicle(frames_of(signed_request(challenge), rig.mtu))
-    assert [e.lock_state for e in events if isinstance(e, CommandExecuted)] == [
-        LockState.UNLOCKED
-    ]
+    assert [e.lock_state for e in events if isinstance(e, CommandExecuted)] == [LockState.UNLOCKED]
 
 
 # --- forged vehicle --------------------------------------------------------------------
 @mtus
 def test_rogue_vehicle_with_its_own_key(mtu: int) -> None:
-    rig = make_rig(mtu, vehicle_key=ATTACKER_KEY,
-                   expected_vehicle_key=VEHICLE_KEY.public_key(), start=False)
+    rig = make_rig(
+        mtu, vehicle_key=ATTACKER_KEY, expected_vehicle_key=VEHICLE_KEY.public_key(), start=False
+    )
     rig.vehicle.start()
     with pytest.raises(WrongVehicle):
         rig.pair.pump()
@@ -697,8 +722,9 @@ def test_challenge_of_another_genuine_vehicle() -> None:
 def test_rogue_vehicle_claiming_the_genuine_id() -> None:
     """A rogue vehicle that copies the genuine vehicle id into its challenge cannot
     verify the phone's signature (made over the genuine key) nor answer with a MAC."""
-    rig = make_rig(vehicle_key=ATTACKER_KEY, expected_vehicle_key=VEHICLE_KEY.public_key(),
-                   start=False)
+    rig = make_rig(
+        vehicle_key=ATTACKER_KEY, expected_vehicle_key=VEHICLE_KEY.public_key(), start=False
+    )
     rig.vehicle.start()
     genuine_id = crypto.key_id(VEHICLE_KEY.public_key())
     rig.to_phone(_rewrite_challenges(rig.vehicle.data_to_send(), 247, vehicle_id=genuine_id))
@@ -707,13 +733,15 @@ def test_rogue_vehicle_claiming_the_genuine_id() -> None:
     _assert_phone_reports_no_state(rig)
 
 
-def _forged_response(request: CommandRequest, challenge_bytes: bytes, secret: bytes,
-                     **fields: object) -> CommandResponse:
+def _forged_response(
+    request: CommandRequest, challenge_bytes: bytes, secret: bytes, **fields: object
+) -> CommandResponse:
     """What an attacker can compute: everything but the ECDH secret is public."""
     th = request_transcript_hash(challenge_bytes, VEHICLE_KEY.public_key(), request)
     key = response_key(secret, request.nonce, request.version, th)
-    unsigned = CommandResponse(ResultCode.OK, request.command, request.counter,
-                               LockState.UNLOCKED, b"")
+    unsigned = CommandResponse(
+        ResultCode.OK, request.command, request.counter, LockState.UNLOCKED, b""
+    )
     unsigned = replace(unsigned, **fields)  # type: ignore[arg-type]
     return replace(unsigned, mac=response_mac(key, request.version, th, unsigned))
 
@@ -764,8 +792,9 @@ def test_genuinely_maced_response_to_another_command_is_refused(field: str) -> N
 
 
 @mtus
-@pytest.mark.parametrize("code", [c for c in ResultCode if c > ResultCode.FORBIDDEN],
-                         ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "code", [c for c in ResultCode if c > ResultCode.FORBIDDEN], ids=lambda c: c.name
+)
 def test_injected_error_message(mtu: int, code: ResultCode) -> None:
     rig = make_rig(mtu)
     _request_frames(rig)  # the attacker swallows the request and answers itself
@@ -789,24 +818,29 @@ def test_injected_error_before_any_command() -> None:
 
 # --- roles --------------------------------------------------------------------------
 ROLE_TABLE = [  # docs/protocol.md section 8
-    (Role.OWNER, Command.UNLOCK, True), (Role.OWNER, Command.LOCK, True),
+    (Role.OWNER, Command.UNLOCK, True),
+    (Role.OWNER, Command.LOCK, True),
     (Role.OWNER, Command.STATUS, True),
-    (Role.DRIVER, Command.UNLOCK, True), (Role.DRIVER, Command.LOCK, True),
+    (Role.DRIVER, Command.UNLOCK, True),
+    (Role.DRIVER, Command.LOCK, True),
     (Role.DRIVER, Command.STATUS, True),
-    (Role.GUEST, Command.UNLOCK, True), (Role.GUEST, Command.LOCK, True),
+    (Role.GUEST, Command.UNLOCK, True),
+    (Role.GUEST, Command.LOCK, True),
     (Role.GUEST, Command.STATUS, False),
 ]
 
 
-@pytest.mark.parametrize(("role", "command", "allowed"), ROLE_TABLE,
-                         ids=[f"{r.name}-{c.name}" for r, c, _ in ROLE_TABLE])
+@pytest.mark.parametrize(
+    ("role", "command", "allowed"), ROLE_TABLE, ids=[f"{r.name}-{c.name}" for r, c, _ in ROLE_TABLE]
+)
 @pytest.mark.parametrize("initial", list(LockState))
 def test_roles(role: Role, command: Command, allowed: bool, initial: LockState) -> None:
     rig = make_rig(role=role, phone_key=GUEST_KEY, store=MemoryStore(state=initial))
     done = rig.command(command, 9)
     if allowed:
         after = {Command.UNLOCK: LockState.UNLOCKED, Command.LOCK: LockState.LOCKED}.get(
-            command, initial)
+            command, initial
+        )
         assert done == CommandCompleted(command, ResultCode.OK, after, 9)
     else:
         # authenticated refusal: under the MAC, with the true (unchanged) state
@@ -825,7 +859,8 @@ def test_guest_refusal_then_unlock_on_one_connection() -> None:
     assert rig.command(Command.STATUS, 1).result is ResultCode.FORBIDDEN
     assert rig.store.state is LockState.LOCKED
     assert rig.command(Command.UNLOCK, 2) == CommandCompleted(
-        Command.UNLOCK, ResultCode.OK, LockState.UNLOCKED, 2)
+        Command.UNLOCK, ResultCode.OK, LockState.UNLOCKED, 2
+    )
 
 
 # --- the ERROR state is final ------------------------------------------------------
@@ -869,8 +904,13 @@ def _unexpected_message(rig: Rig) -> None:
         (_reassembly_timeout, RejectedMalformed),
         (_unexpected_message, RejectedUnexpected),
     ],
-    ids=["unknown-key", "bad-signature", "malformed-frame", "reassembly-timeout",
-         "unexpected-message"],
+    ids=[
+        "unknown-key",
+        "bad-signature",
+        "malformed-frame",
+        "reassembly-timeout",
+        "unexpected-message",
+    ],
 )
 def test_sessions_stay_in_error(mtu: int, trigger: object, phone_error: type) -> None:
     rig = make_rig(mtu)
@@ -922,8 +962,11 @@ def test_request_before_any_challenge() -> None:
 
 @pytest.mark.parametrize(
     "message",
-    [Challenge((1,), bytes(16), bytes(16)), ErrorMessage(ResultCode.BUSY),
-     CommandResponse(ResultCode.OK, Command.UNLOCK, 1, LockState.UNLOCKED, bytes(32))],
+    [
+        Challenge((1,), bytes(16), bytes(16)),
+        ErrorMessage(ResultCode.BUSY),
+        CommandResponse(ResultCode.OK, Command.UNLOCK, 1, LockState.UNLOCKED, bytes(32)),
+    ],
     ids=lambda m: type(m).__name__,
 )
 def test_vehicle_refuses_vehicle_messages(message: object) -> None:
@@ -1088,8 +1131,7 @@ def test_phone_waits_for_the_next_challenge_after_a_response(mtu: int) -> None:
     assert rig.phone.state is PhoneState.READY
 
 
-@pytest.mark.parametrize("method", ["whitelist_entry", "last_counter", "nonce_spent",
-                                    "lock_state"])
+@pytest.mark.parametrize("method", ["whitelist_entry", "last_counter", "nonce_spent", "lock_state"])
 def test_failed_store_read_answers_internal(method: str) -> None:
     """A store that cannot be read (corrupt or unreadable file) must end the exchange
     like a failed commit: an INTERNAL Error to the phone, the session in ERROR, nothing

@@ -82,8 +82,11 @@ def private(scalar_hex: str) -> ec.EllipticCurvePrivateKey:
 
 
 def point(key: ec.EllipticCurvePublicKey, compressed: bool) -> bytes:
-    fmt = (serialization.PublicFormat.CompressedPoint if compressed
-           else serialization.PublicFormat.UncompressedPoint)
+    fmt = (
+        serialization.PublicFormat.CompressedPoint
+        if compressed
+        else serialization.PublicFormat.UncompressedPoint
+    )
     return key.public_bytes(serialization.Encoding.X962, fmt)
 
 
@@ -119,8 +122,7 @@ def test_keys_and_key_ids(who: str) -> None:
 
 
 def test_vehicle_card() -> None:
-    expected = (f"phonekey-card:1:{HANDSHAKE['vin']}:p256:"
-                f"{VEHICLE['public_key_compressed_hex']}")
+    expected = f"phonekey-card:1:{HANDSHAKE['vin']}:p256:{VEHICLE['public_key_compressed_hex']}"
     assert HANDSHAKE["card"] == expected
     card = VehicleCard.from_text(HANDSHAKE["card"])
     assert card.vin == HANDSHAKE["vin"]
@@ -133,8 +135,10 @@ def test_vehicle_card() -> None:
 def test_challenges() -> None:
     rng = Drbg(HANDSHAKE["rng"]["vehicle_rng_seed"])
     vehicle_id = bytes.fromhex(VEHICLE["key_id_hex"])
-    for name, nonce_name in (("challenge_hex", "nonce_hex"), ("next_challenge_hex",
-                                                               "next_nonce_hex")):
+    for name, nonce_name in (
+        ("challenge_hex", "nonce_hex"),
+        ("next_challenge_hex", "next_nonce_hex"),
+    ):
         data = h(name)
         nonce = rng(16)
         assert data == bytes([1, 0x01, 1, 1]) + vehicle_id + nonce
@@ -176,10 +180,10 @@ def test_transcript_hash() -> None:
 def test_signature_verifies_and_repeats() -> None:
     signature = h("signature_hex")
     r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-    PHONE_PRIV.public_key().verify(encode_dss_signature(r, s), transcript_hash(),
-                                   ec.ECDSA(hashes.SHA256()))
-    der = PHONE_PRIV.sign(transcript_hash(),
-                          ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
+    PHONE_PRIV.public_key().verify(
+        encode_dss_signature(r, s), transcript_hash(), ec.ECDSA(hashes.SHA256())
+    )
+    der = PHONE_PRIV.sign(transcript_hash(), ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
     r2, s2 = decode_dss_signature(der)
     assert r2.to_bytes(32, "big") + s2.to_bytes(32, "big") == signature  # RFC 6979
 
@@ -194,7 +198,9 @@ def test_ecdh_shared_secret() -> None:
 
 def test_response_key() -> None:
     key = HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=h("nonce_hex"),
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=h("nonce_hex"),
         info=b"phonekey/v1 response key" + transcript_hash(),
     ).derive(h("ecdh_shared_secret_hex"))
     assert key == h("response_key_hex")
@@ -203,10 +209,14 @@ def test_response_key() -> None:
 def test_response_and_mac() -> None:
     response = h("response_hex")
     assert response[:-32] == h("response_unmaced_hex")
-    assert response[:-32] == (bytes([1, 0x04, 0x00, 0x01]) + EX["counter"].to_bytes(8, "big")
-                              + bytes([0x02]))  # OK, UNLOCK, counter, UNLOCKED
+    assert response[:-32] == (
+        bytes([1, 0x04, 0x00, 0x01]) + EX["counter"].to_bytes(8, "big") + bytes([0x02])
+    )  # OK, UNLOCK, counter, UNLOCKED
     assert (EX["result"], EX["lock_state_before"], EX["lock_state_after"]) == (
-        "OK", "LOCKED", "UNLOCKED")
+        "OK",
+        "LOCKED",
+        "UNLOCKED",
+    )
     mac = crypto_hmac.HMAC(h("response_key_hex"), hashes.SHA256())
     mac.update(b"phonekey/v1 response" + transcript_hash() + response[:-32])
     assert mac.finalize() == response[-32:] == h("mac_hex")
@@ -217,8 +227,9 @@ def fragment_by_hand(message: bytes, mtu: int) -> list[bytes]:
     room = mtu - 3
     frames, offset, index = [], 0, 0
     while offset < len(message):
-        header = bytes([1, 0x80]) + len(message).to_bytes(2, "big") if index == 0 \
-            else bytes([1, index])
+        header = (
+            bytes([1, 0x80]) + len(message).to_bytes(2, "big") if index == 0 else bytes([1, index])
+        )
         chunk = message[offset : offset + room - len(header)]
         offset += len(chunk)
         control = header[1] | (0x40 if offset == len(message) else 0)
@@ -254,13 +265,18 @@ def _connections(mtu: int) -> tuple[PhoneConnection, VehicleConnection, MemorySt
     store = MemoryStore()
     store.add_key(PHONE_PRIV.public_key(), Role.OWNER)
     vehicle = VehicleConnection(
-        VehicleIdentity(VEHICLE_PRIV, HANDSHAKE["vin"]), store,
-        clock=lambda: HANDSHAKE["clock"], rng=Drbg(HANDSHAKE["rng"]["vehicle_rng_seed"]),
+        VehicleIdentity(VEHICLE_PRIV, HANDSHAKE["vin"]),
+        store,
+        clock=lambda: HANDSHAKE["clock"],
+        rng=Drbg(HANDSHAKE["rng"]["vehicle_rng_seed"]),
         att_mtu=mtu,
     )
     phone = PhoneConnection(
-        PHONE_PRIV, VEHICLE_PRIV.public_key(), clock=lambda: HANDSHAKE["clock"],
-        rng=Drbg(HANDSHAKE["rng"]["phone_rng_seed"]), att_mtu=mtu,
+        PHONE_PRIV,
+        VEHICLE_PRIV.public_key(),
+        clock=lambda: HANDSHAKE["clock"],
+        rng=Drbg(HANDSHAKE["rng"]["phone_rng_seed"]),
+        att_mtu=mtu,
     )
     return phone, vehicle, store
 
@@ -274,8 +290,9 @@ def _events(next_event: Any) -> list[object]:
 
 @pytest.mark.parametrize("mtu", [23, 247])
 def test_connections_reproduce_the_exchange(mtu: int) -> None:
-    frames = {k: [bytes.fromhex(f) for f in v]
-              for k, v in HANDSHAKE["frames"][f"mtu_{mtu}"].items()}
+    frames = {
+        k: [bytes.fromhex(f) for f in v] for k, v in HANDSHAKE["frames"][f"mtu_{mtu}"].items()
+    }
     phone, vehicle, store = _connections(mtu)
 
     vehicle.start()
@@ -355,5 +372,11 @@ def test_invalid_frame_sequences(case: dict[str, Any]) -> None:
 
 def test_invalid_vectors_cover_every_decode_error() -> None:
     names = {c["error"] for c in INVALID["messages"]}
-    assert names == {"TruncatedMessage", "TrailingBytes", "MessageTooLarge",
-                     "UnknownMessageType", "UnsupportedWireVersion", "FieldValueError"}
+    assert names == {
+        "TruncatedMessage",
+        "TrailingBytes",
+        "MessageTooLarge",
+        "UnknownMessageType",
+        "UnsupportedWireVersion",
+        "FieldValueError",
+    }

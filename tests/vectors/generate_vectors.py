@@ -123,12 +123,18 @@ def run_exchange(mtu: int) -> dict[str, Any]:
     store = MemoryStore()
     store.add_key(phone_key.public_key(), Role.OWNER)
     vehicle = VehicleConnection(
-        VehicleIdentity(vehicle_key, VIN), store, clock=lambda: CLOCK,
-        rng=CounterRng(VEHICLE_RNG_SEED), att_mtu=mtu,
+        VehicleIdentity(vehicle_key, VIN),
+        store,
+        clock=lambda: CLOCK,
+        rng=CounterRng(VEHICLE_RNG_SEED),
+        att_mtu=mtu,
     )
     phone = PhoneConnection(
-        phone_key, vehicle_key.public_key(), clock=lambda: CLOCK,
-        rng=CounterRng(PHONE_RNG_SEED), att_mtu=mtu,
+        phone_key,
+        vehicle_key.public_key(),
+        clock=lambda: CLOCK,
+        rng=CounterRng(PHONE_RNG_SEED),
+        att_mtu=mtu,
     )
     vehicle.start()
     challenge_frames = vehicle.data_to_send()
@@ -249,8 +255,9 @@ def build_handshake() -> dict[str, Any]:
             "next_challenge_hex": run["next_challenge"].hex(),
         },
         "frames": {
-            f"mtu_{mtu}": {name: [f.hex() for f in frames]
-                           for name, frames in runs[mtu]["frames"].items()}
+            f"mtu_{mtu}": {
+                name: [f.hex() for f in frames] for name, frames in runs[mtu]["frames"].items()
+            }
             for mtu in MTUS
         },
     }
@@ -264,8 +271,9 @@ _EPH = b"\x02" + bytes(range(0x40, 0x60))
 _SIG = bytes(range(0x60, 0xA0))
 _MAC = bytes(range(0xC0, 0xE0))
 _CHALLENGE = bytes([1, 0x01, 1, 1]) + _VID + _NONCE
-_REQUEST = (bytes([1, 0x03, 1, 1, 1]) + _NONCE + _KEY_ID + (1).to_bytes(8, "big") + b"\x01"
-            + _EPH + _SIG)
+_REQUEST = (
+    bytes([1, 0x03, 1, 1, 1]) + _NONCE + _KEY_ID + (1).to_bytes(8, "big") + b"\x01" + _EPH + _SIG
+)
 _RESPONSE = bytes([1, 0x04, 0, 1]) + (1).to_bytes(8, "big") + b"\x02" + _MAC
 _ERROR = bytes([1, 0x05, 0x16])
 
@@ -276,8 +284,11 @@ def _invalid_messages() -> list[dict[str, str]]:
         ("one byte", b"\x01", "TruncatedMessage"),
         ("challenge header only", _CHALLENGE[:2], "TruncatedMessage"),
         ("challenge without its last byte", _CHALLENGE[:-1], "TruncatedMessage"),
-        ("challenge announcing 8 versions, holding 1", bytes([1, 1, 8, 1]) + _VID + _NONCE,
-         "TruncatedMessage"),
+        (
+            "challenge announcing 8 versions, holding 1",
+            bytes([1, 1, 8, 1]) + _VID + _NONCE,
+            "TruncatedMessage",
+        ),
         ("request without its last byte", _REQUEST[:-1], "TruncatedMessage"),
         ("request without its signature", _REQUEST[:-64], "TruncatedMessage"),
         ("response without its last byte", _RESPONSE[:-1], "TruncatedMessage"),
@@ -295,27 +306,42 @@ def _invalid_messages() -> list[dict[str, str]]:
         ("wire version 2", b"\x02" + _REQUEST[1:], "UnsupportedWireVersion"),
         ("wire version 0xff", b"\xff" + _ERROR[1:], "UnsupportedWireVersion"),
         ("challenge offering no version", bytes([1, 1, 0]) + _VID + _NONCE, "FieldValueError"),
-        ("challenge offering version 0", bytes([1, 1, 1, 0]) + _VID + _NONCE,
-         "FieldValueError"),
-        ("challenge offering a version twice", bytes([1, 1, 2, 1, 1]) + _VID + _NONCE,
-         "FieldValueError"),
-        ("challenge offering 9 versions", bytes([1, 1, 9, *range(1, 10)]) + _VID + _NONCE,
-         "FieldValueError"),
-        ("request choosing version 0", _REQUEST[:2] + b"\x00" + _REQUEST[3:],
-         "FieldValueError"),
-        ("request echoing an empty offer", _REQUEST[:3] + b"\x00" + _REQUEST[5:],
-         "FieldValueError"),
+        ("challenge offering version 0", bytes([1, 1, 1, 0]) + _VID + _NONCE, "FieldValueError"),
+        (
+            "challenge offering a version twice",
+            bytes([1, 1, 2, 1, 1]) + _VID + _NONCE,
+            "FieldValueError",
+        ),
+        (
+            "challenge offering 9 versions",
+            bytes([1, 1, 9, *range(1, 10)]) + _VID + _NONCE,
+            "FieldValueError",
+        ),
+        ("request choosing version 0", _REQUEST[:2] + b"\x00" + _REQUEST[3:], "FieldValueError"),
+        (
+            "request echoing an empty offer",
+            _REQUEST[:3] + b"\x00" + _REQUEST[5:],
+            "FieldValueError",
+        ),
         ("request with command 0", _REQUEST[:45] + b"\x00" + _REQUEST[46:], "FieldValueError"),
         ("request with command 4", _REQUEST[:45] + b"\x04" + _REQUEST[46:], "FieldValueError"),
         ("response with result 2", _RESPONSE[:2] + b"\x02" + _RESPONSE[3:], "FieldValueError"),
-        ("response with error code MALFORMED as result",
-         _RESPONSE[:2] + b"\x10" + _RESPONSE[3:], "FieldValueError"),
-        ("response with command 0", _RESPONSE[:3] + b"\x00" + _RESPONSE[4:],
-         "FieldValueError"),
-        ("response with lock state 0", _RESPONSE[:12] + b"\x00" + _RESPONSE[13:],
-         "FieldValueError"),
-        ("response with lock state 3", _RESPONSE[:12] + b"\x03" + _RESPONSE[13:],
-         "FieldValueError"),
+        (
+            "response with error code MALFORMED as result",
+            _RESPONSE[:2] + b"\x10" + _RESPONSE[3:],
+            "FieldValueError",
+        ),
+        ("response with command 0", _RESPONSE[:3] + b"\x00" + _RESPONSE[4:], "FieldValueError"),
+        (
+            "response with lock state 0",
+            _RESPONSE[:12] + b"\x00" + _RESPONSE[13:],
+            "FieldValueError",
+        ),
+        (
+            "response with lock state 3",
+            _RESPONSE[:12] + b"\x03" + _RESPONSE[13:],
+            "FieldValueError",
+        ),
         ("error carrying OK", bytes([1, 0x05, 0x00]), "FieldValueError"),
         ("error carrying FORBIDDEN", bytes([1, 0x05, 0x01]), "FieldValueError"),
         ("error with undefined code 0x02", bytes([1, 0x05, 0x02]), "FieldValueError"),
@@ -334,8 +360,11 @@ def _invalid_frames() -> list[dict[str, Any]]:
     last = frame(0x42, bytes(6))
     cases: list[tuple[str, list[bytes], str]] = [
         ("empty frame", [b""], "TruncatedMessage"),
-        ("frame of wire version 2", [frame(0xC0, b"\x01\x02", total=2, version=2)],
-         "UnsupportedWireVersion"),
+        (
+            "frame of wire version 2",
+            [frame(0xC0, b"\x01\x02", total=2, version=2)],
+            "UnsupportedWireVersion",
+        ),
         ("continuation without a first frame", [middle], "ReassemblyError"),
         ("index out of sequence", [first, last], "ReassemblyError"),
         ("first frame while a message is in progress", [first, first], "ReassemblyError"),
@@ -344,8 +373,7 @@ def _invalid_frames() -> list[dict[str, Any]]:
         ("announced length 513", [frame(0x80, b"ab", total=513)], "MessageTooLarge"),
         ("more bytes than announced", [frame(0xC0, b"abc", total=2)], "ReassemblyError"),
         ("LAST before the announced length", [frame(0xC0, b"ab", total=3)], "ReassemblyError"),
-        ("no LAST at the announced length", [frame(0x80, b"abc", total=3)],
-         "ReassemblyError"),
+        ("no LAST at the announced length", [frame(0x80, b"abc", total=3)], "ReassemblyError"),
     ]
     return [{"name": n, "frames": [f.hex() for f in fs], "error": e} for n, fs, e in cases]
 
@@ -376,8 +404,11 @@ def outputs() -> dict[Path, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true",
-                        help="verify the files instead of writing them; exit 1 if stale")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="verify the files instead of writing them; exit 1 if stale",
+    )
     args = parser.parse_args(argv)
     stale = []
     for path, text in outputs().items():
@@ -390,8 +421,10 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(text)
             print(f"wrote {path.relative_to(ROOT)}")
     for path in stale:
-        print(f"stale: {path.relative_to(ROOT)} (run {Path(__file__).name} to regenerate)",
-              file=sys.stderr)
+        print(
+            f"stale: {path.relative_to(ROOT)} (run {Path(__file__).name} to regenerate)",
+            file=sys.stderr,
+        )
     return 1 if stale else 0
 
 

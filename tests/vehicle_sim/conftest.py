@@ -23,8 +23,9 @@ from ble_stack.uuids import COMMAND_CHAR_UUID, EVENT_CHAR_UUID, PHONEKEY_SERVICE
 from ble_stack.virtual_link import VirtualRadio
 from protocol import Command, PhoneConnection, ProtocolError, Role, crypto
 from protocol.card import VehicleCard
-from protocol.events import CommandExecuted, PhoneEvent, RequestRejected
+from protocol.events import PhoneEvent
 from vehicle_sim.advertising import advertises_vin
+from vehicle_sim.display import ReportedEvent
 from vehicle_sim.runtime import VehicleRuntime
 from vehicle_sim.state_store import FileVehicleStore, init_vehicle, open_store
 
@@ -66,13 +67,13 @@ class RunningVehicle:
     store: FileVehicleStore
     device: Device
     runtime: VehicleRuntime
-    seen: list[tuple[str, CommandExecuted | RequestRejected]] = field(default_factory=list)
+    seen: list[tuple[str, ReportedEvent]] = field(default_factory=list)
 
 
 @pytest.fixture
 async def vehicle(radio: VirtualRadio, store: FileVehicleStore) -> AsyncIterator[RunningVehicle]:
     device = await radio.create_device("vehicle")
-    seen: list[tuple[str, CommandExecuted | RequestRejected]] = []
+    seen: list[tuple[str, ReportedEvent]] = []
     runtime = VehicleRuntime(store, device, on_event=lambda peer, e: seen.append((peer, e)))
     await runtime.start()
     try:

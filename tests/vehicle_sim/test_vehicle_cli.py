@@ -31,9 +31,7 @@ def test_init_prints_the_card_last(
         assert store.card == card
 
 
-def test_init_errors(
-    vehicle_cli: Cli, state_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_init_errors(vehicle_cli: Cli, state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert vehicle_cli(["vehicle", "init", "--vin", "BAD-VIN", "--state", str(state_dir)]) == 2
     assert vehicle_cli(["vehicle", "init", "--vin", VIN, "--state", str(state_dir)]) == 0
     capsys.readouterr()
@@ -63,7 +61,10 @@ def test_add_key_then_show(
 
 @pytest.mark.parametrize("bad_key", ["p256:zz", "p256:02abcd", "p256:05" + "11" * 32])
 def test_add_key_rejects_a_bad_key(
-    vehicle_cli: Cli, card: VehicleCard, state_dir: Path, capsys: pytest.CaptureFixture[str],
+    vehicle_cli: Cli,
+    card: VehicleCard,
+    state_dir: Path,
+    capsys: pytest.CaptureFixture[str],
     bad_key: str,
 ) -> None:
     code = vehicle_cli(
@@ -109,8 +110,12 @@ def test_show_and_add_key_without_a_vehicle(
     ],
 )
 def test_run_reports_a_transport_failure_and_releases_the_state(
-    vehicle_cli: Cli, card: VehicleCard, state_dir: Path, capsys: pytest.CaptureFixture[str],
-    spec: str, reason: str,
+    vehicle_cli: Cli,
+    card: VehicleCard,
+    state_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    spec: str,
+    reason: str,
 ) -> None:
     code = vehicle_cli(["vehicle", "run", "--state", str(state_dir), "--transport", spec])
     err = capsys.readouterr().err

@@ -33,15 +33,21 @@ async def served(
     seen: list[object] = []
     device = await radio.create_device("vehicle")
     server = PhonekeyGattServer(
-        device, store.identity, store, on_event=lambda _p, e: seen.append(e), clock=clock,
+        device,
+        store.identity,
+        store,
+        on_event=lambda _p, e: seen.append(e),
+        clock=clock,
         tick=0.01,
     )
     server.attach()
     await device.power_on()
     advertising_data, scan_response = build_vehicle_advertisement(store.identity.vin)
     await device.start_advertising(
-        advertising_data=advertising_data, scan_response_data=scan_response,
-        advertising_interval_min=20, advertising_interval_max=20,
+        advertising_data=advertising_data,
+        scan_response_data=scan_response,
+        advertising_interval_min=20,
+        advertising_interval_max=20,
     )
     try:
         yield server, clock, seen

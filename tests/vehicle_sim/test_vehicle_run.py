@@ -91,9 +91,20 @@ def test_run_process_stops_cleanly_on_a_signal(
     card: VehicleCard, state_dir: Path, signum: signal.Signals
 ) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-c", _RUN, "vehicle", "run", "--state", str(state_dir),
-         "--transport", "virtual"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            _RUN,
+            "vehicle",
+            "run",
+            "--state",
+            str(state_dir),
+            "--transport",
+            "virtual",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None

@@ -146,7 +146,9 @@ def test_a_failed_write_changes_nothing(
     assert store.lock_state() is LockState.LOCKED and store.last_counter(key_id) == 0
     assert not store.nonce_spent(b"\x05" * 16)
     assert sorted(p.name for p in state_dir.iterdir()) == [
-        IDENTITY_FILE_NAME, STATE_FILE_NAME, "vehicle.lock"
+        IDENTITY_FILE_NAME,
+        STATE_FILE_NAME,
+        "vehicle.lock",
     ]
 
 
@@ -185,7 +187,9 @@ def holder(card: VehicleCard, state_dir: Path) -> Iterator[subprocess.Popen[str]
     """Another process that holds the vehicle's state open for writing."""
     with subprocess.Popen(
         [sys.executable, "-c", _HOLDER, str(state_dir)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     ) as proc:
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
@@ -229,13 +233,18 @@ _CORRUPTIONS = {
     "no-vin": (STATE_FILE_NAME, lambda d: _dump({k: v for k, v in d.items() if k != "vin"})),
     "bad-lock": (STATE_FILE_NAME, lambda d: _dump({**d, "lock_state": "ajar"})),
     "bad-format": (STATE_FILE_NAME, lambda d: _dump({**d, "format": 99})),
-    "bad-key": (STATE_FILE_NAME, lambda d: _dump(
-        {**d, "whitelist": [{"public_key": "05" + "11" * 32, "role": "owner"}]})),
-    "bad-role": (STATE_FILE_NAME, lambda d: _dump(
-        {**d, "whitelist": [{"public_key": d["whitelist"][0]["public_key"], "role": "boss"}]})),
+    "bad-key": (
+        STATE_FILE_NAME,
+        lambda d: _dump({**d, "whitelist": [{"public_key": "05" + "11" * 32, "role": "owner"}]}),
+    ),
+    "bad-role": (
+        STATE_FILE_NAME,
+        lambda d: _dump(
+            {**d, "whitelist": [{"public_key": d["whitelist"][0]["public_key"], "role": "boss"}]}
+        ),
+    ),
     "bad-counter": (STATE_FILE_NAME, lambda d: _dump({**d, "counters": {"ab": 1}})),
-    "bool-counter": (STATE_FILE_NAME, lambda d: _dump(
-        {**d, "counters": {"00" * 16: True}})),
+    "bool-counter": (STATE_FILE_NAME, lambda d: _dump({**d, "counters": {"00" * 16: True}})),
     "bad-nonce": (STATE_FILE_NAME, lambda d: _dump({**d, "spent_nonces": ["xyz"]})),
     "pem-garbage": (IDENTITY_FILE_NAME, lambda d: b"-----BEGIN PRIVATE KEY-----\nAAAA\n"),
     "pem-empty": (IDENTITY_FILE_NAME, lambda d: b""),

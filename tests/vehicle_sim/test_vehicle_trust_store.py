@@ -1,0 +1,357 @@
+"""FileVehicleStore as protocol's CredentialTrust: issuer keys, the revocation
+list and the vehicle's clock, persisted like the rest of the state, and the
+migration of format-1 state files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import VIN
+
+from protocol import LockState, Role, crypto
+from protocol.card import VehicleCard
+from vehicle_sim.state_schema import MAX_ISSUERS
+from vehicle_sim.state_store import (
+    STATE_FILE_NAME,
+    StaleRevocations,
+    TooManyIssuers,
+    VehicleStateError,
+    init_vehicle,
+    open_store,
+)
+
+T0 = 1_750_000_000  # a fixed "now" for the wall clock
+HOUR = 3600
+
+
+class WallClock:
+    """A wall clock the test sets (``time.time`` stand-in)."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _key() -> crypto.PublicKey:
+    return crypto.generate_private_key().public_key()
+
+
+def _key_id(n: int) -> bytes:
+    return n.to_bytes(crypto.KEY_ID_LEN, "big")
+
+
+def _document(state_dir: Path) -> dict[str, object]:
+    document = json.loads((state_dir / STATE_FILE_NAME).read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+@pytest.fixture
+def wall() -> WallClock:
+    return WallClock()
+
+
+@pytest.fixture
+def new_vehicle(state_dir: Path, wall: WallClock) -> VehicleCard:
+    return init_vehicle(state_dir, VIN, wall_clock=wall)
+
+
+def test_a_new_vehicle_trusts_nobody_and_starts_its_floor_now(
+    new_vehicle: VehicleCard, state_dir: Path, wall: WallClock
+) -> None:
+    with open_store(state_dir, read_only=True, wall_clock=wall) as store:
+        assert dict(store.issuer_keys()) == {}
+        assert store.revocation_version() == 0 and store.revoked_count() == 0
+        assert store.time_floor == T0 and store.now() == T0
+    document = _document(state_dir)
+    assert document["format"] == 2
+    assert document["issuers"] == []
+    assert document["revocations"] == {"version": 0, "revoked": []}
+    assert document["time"] == {"floor": T0, "offset": 0}
+
+
+def test_init_with_an_issuer(state_dir: Path) -> None:
+    issuer = _key()
+    init_vehicle(state_dir, VIN, issuers=[issuer])
+    with open_store(state_dir, read_only=True) as store:
+        assert dict(store.issuer_keys()) == {crypto.key_id(issuer): issuer}
+
+
+def test_init_refuses_too_many_issuers(state_dir: Path) -> None:
+    with pytest.raises(ValueError, match="at most 2 issuer keys"):
+        init_vehicle(state_dir, VIN, issuers=[_key() for _ in range(MAX_ISSUERS + 1)])
+    assert not (state_dir / STATE_FILE_NAME).exists()
+
+
+def test_issuers_revocations_and_clock_persist_across_reopen(
+    new_vehicle: VehicleCard, state_dir: Path, wall: WallClock
+) -> None:
+    first, second = _key(), _key()
+    with open_store(state_dir, wall_clock=wall) as store:
+        assert store.add_issuer(first)
+        assert not store.add_issuer(first)  # already trusted: nothing changes
+        assert store.add_issuer(second)
+        store.apply_revocations(3, (_key_id(2), _key_id(1)))
+        store.apply_revocations(4, (_key_id(3),))
+        store.correct_clock(T0 + 2 * HOUR)
+
+    wall.now += 10
+    with open_store(state_dir, read_only=True, wall_clock=wall) as store:
+        assert dict(store.issuer_keys()) == {
+            crypto.key_id(first): first,
+            crypto.key_id(second): second,
+        }
+        assert list(store.issuer_keys()) == [crypto.key_id(first), crypto.key_id(second)]
+        assert store.revocation_version() == 4
+        assert all(store.is_revoked(_key_id(n)) for n in (1, 2, 3))
+        assert not store.is_revoked(_key_id(4))
+        assert store.time_floor == T0 + 2 * HOUR
+        assert store.now() == T0 + 2 * HOUR + 10  # the offset persisted too
+    revocations = _document(state_dir)["revocations"]
+    assert revocations == {"version": 4, "revoked": [_key_id(n).hex() for n in (1, 2, 3)]}
+
+
+def test_a_third_issuer_is_refused(new_vehicle: VehicleCard, state_dir: Path) -> None:
+    with open_store(state_dir) as store:
+        for _ in range(MAX_ISSUERS):
+            store.add_issuer(_key())
+        before = dict(store.issuer_keys())
+        with pytest.raises(TooManyIssuers, match="already trusts 2 issuer keys"):
+            store.add_issuer(_key())
+        assert dict(store.issuer_keys()) == before
+
+
+def test_a_read_only_store_refuses_every_trust_change(
+    new_vehicle: VehicleCard, state_dir: Path
+) -> None:
+    with open_store(state_dir, read_only=True) as store:
+        with pytest.raises(VehicleStateError, match="not open for writing"):
+            store.add_issuer(_key())
+        with pytest.raises(VehicleStateError, match="not open for writing"):
+            store.apply_revocations(1, (_key_id(1),))
+        with pytest.raises(VehicleStateError, match="not open for writing"):
+            store.correct_clock(T0)
+        assert store.revocation_version() == 0
+
+
+# --- the revocation version -------------------------------------------------------------
+def test_revocation_version_never_goes_backwards(new_vehicle: VehicleCard, state_dir: Path) -> None:
+    with open_store(state_dir) as store:
+        store.apply_revocations(5, (_key_id(1),))
+        for stale in (5, 4, 0):
+            with pytest.raises(StaleRevocations, match="not above the held version 5"):
+                store.apply_revocations(stale, (_key_id(2),))
+        assert store.revocation_version() == 5 and not store.is_revoked(_key_id(2))
+        with pytest.raises(ValueError, match="16 bytes"):
+            store.apply_revocations(6, (b"short",))
+        assert store.revocation_version() == 5
+        store.apply_revocations(6, ())  # moving on with nothing new is fine
+    with open_store(state_dir, read_only=True) as store:
+        assert store.revocation_version() == 6 and not store.is_revoked(_key_id(2))
+
+
+def test_ten_thousand_revocations_load_and_check(new_vehicle: VehicleCard, state_dir: Path) -> None:
+    revoked = [crypto.key_id(_key()) for _ in range(10)] + [
+        _key_id(n * 7919) for n in range(1, 9_991)
+    ]
+    with open_store(state_dir) as store:
+        store.apply_revocations(1, tuple(revoked))
+        # A command after that still commits (the list rides along in the same file).
+        store.commit_command(
+            key_id=_key_id(1), counter=1, nonce=b"\x01" * 16, lock_state=LockState.UNLOCKED
+        )
+
+    size = (state_dir / STATE_FILE_NAME).stat().st_size
+    assert size < 10_000 * 64  # 32 hex digits an entry, plus JSON punctuation
+    saved = _document(state_dir)["revocations"]
+    assert isinstance(saved, dict)
+    assert saved["revoked"] == sorted(k.hex() for k in revoked)
+
+    with open_store(state_dir, read_only=True) as store:
+        assert store.revoked_count() == 10_000
+        assert all(store.is_revoked(key_id) for key_id in revoked)
+        assert not any(store.is_revoked(_key_id(n * 7919 + 1)) for n in range(10_000))
+
+
+# --- the clock ----------------------------------------------------------------------------
+def test_now_follows_the_wall_clock_above_the_floor(
+    new_vehicle: VehicleCard, state_dir: Path, wall: WallClock
+) -> None:
+    with open_store(state_dir, wall_clock=wall) as store:
+        wall.now = T0 + 100.9
+        assert store.now() == T0 + 100  # whole seconds
+
+
+def test_a_clock_set_back_never_reads_below_the_floor(
+    new_vehicle: VehicleCard, state_dir: Path, wall: WallClock
+) -> None:
+    owner = _key()
+    with open_store(state_dir, wall_clock=wall) as store:
+        key_id = store.add_key(owner, Role.OWNER).key_id
+        wall.now = T0 + 2 * HOUR
+        store.commit_command(
+            key_id=key_id, counter=1, nonce=b"\x01" * 16, lock_state=LockState.UNLOCKED
+        )
+        assert store.time_floor == T0 + 2 * HOUR  # every command moves the floor
+
+        wall.now -= HOUR  # someone sets the clock back an hour
+        assert store.now() == T0 + 2 * HOUR
+
+    # ... and across a restart (a power cycle with a bad RTC).
+    with open_store(state_dir, wall_clock=wall) as store:
+        assert store.now() == T0 + 2 * HOUR
+        wall.now = 0
+        assert store.now() == T0 + 2 * HOUR
+        wall.now = T0 + 3 * HOUR
+        assert store.now() == T0 + 3 * HOUR
+
+
+def test_opening_for_writing_moves_the_floor_durably(
+    new_vehicle: VehicleCard, state_dir: Path, wall: WallClock
+) -> None:
+    wall.now = T0 + 5 * HOUR
+    with open_store(state_dir, read_only=True, wall_clock=wall) as reader:
+        assert reader.time_floor == T0  # reading writes nothing
+    with open_store(state_dir, wall_clock=wall) as store:
+        assert store.time_floor == T0 + 5 * HOUR
+    assert _document(state_dir)["time"] == {"floor": T0 + 5 * HOUR, "offset": 0}
+
+
+def test_correct_clock_sets_offset_and_floor_even_backwards(
+    new_vehicle: VehicleCard, state_dir: Path, wall: WallClock
+) -> None:
+    with open_store(state_dir, wall_clock=wall) as store:
+        wall.now = T0 + 10 * HOUR  # a clock that ran fast
+        store.advance_time_floor()
+        assert store.time_floor == T0 + 10 * HOUR
+
+        store.correct_clock(T0 + HOUR)  # the issuer says it is earlier
+        assert store.now() == T0 + HOUR and store.time_floor == T0 + HOUR
+        wall.now += 60
+        assert store.now() == T0 + HOUR + 60
+
+        store.correct_clock(T0 + 20 * HOUR)  # or later
+        assert store.now() == T0 + 20 * HOUR
+        wall.now -= HOUR
+        assert store.now() == T0 + 20 * HOUR  # the floor holds
+        with pytest.raises(ValueError, match="out of range"):
+            store.correct_clock(-1)
+    assert _document(state_dir)["time"] == {
+        "floor": T0 + 20 * HOUR,
+        "offset": 20 * HOUR - (10 * HOUR + 60),
+    }
+
+
+# --- revoked whitelisted keys ------------------------------------------------------------
+def test_a_revoked_whitelisted_key_is_not_whitelisted(
+    new_vehicle: VehicleCard, state_dir: Path
+) -> None:
+    stolen, kept = _key(), _key()
+    with open_store(state_dir) as store:
+        stolen_entry = store.add_key(stolen, Role.OWNER)
+        kept_entry = store.add_key(kept, Role.DRIVER)
+        store.apply_revocations(1, (stolen_entry.key_id,))
+        assert store.whitelist_entry(stolen_entry.key_id) is None
+        assert store.whitelist_entry(kept_entry.key_id) == kept_entry
+    with open_store(state_dir, read_only=True) as store:
+        assert store.whitelist_entry(stolen_entry.key_id) is None
+        # Still listed, so `show` can tell the owner about it.
+        assert stolen_entry in store.keys()
+
+
+# --- format migration and corruption -----------------------------------------------------
+def _as_format_1(document: dict[str, object]) -> dict[str, object]:
+    old = {k: v for k, v in document.items() if k not in ("issuers", "revocations", "time")}
+    return {**old, "format": 1}
+
+
+def test_a_format_1_file_loads_with_defaults_and_is_written_back_as_format_2(
+    new_vehicle: VehicleCard, state_dir: Path, wall: WallClock
+) -> None:
+    owner = _key()
+    with open_store(state_dir, wall_clock=wall) as store:
+        entry = store.add_key(owner, Role.OWNER)
+        store.commit_command(
+            key_id=entry.key_id, counter=9, nonce=b"\x02" * 16, lock_state=LockState.UNLOCKED
+        )
+    path = state_dir / STATE_FILE_NAME
+    path.write_text(json.dumps(_as_format_1(_document(state_dir)), indent=2))
+
+    with open_store(state_dir, read_only=True, wall_clock=wall) as store:
+        assert store.whitelist_entry(entry.key_id) == entry
+        assert store.last_counter(entry.key_id) == 9 and store.nonce_spent(b"\x02" * 16)
+        assert store.lock_state() is LockState.UNLOCKED
+        assert dict(store.issuer_keys()) == {} and store.revocation_version() == 0
+        assert store.time_floor == 0 and store.now() == T0
+    assert _document(state_dir)["format"] == 1  # reading changed nothing
+
+    wall.now = T0 + 60
+    with open_store(state_dir, wall_clock=wall) as store:
+        assert store.last_counter(entry.key_id) == 9
+    document = _document(state_dir)
+    assert document["format"] == 2
+    assert document["issuers"] == [] and document["revocations"] == {"version": 0, "revoked": []}
+    assert document["time"] == {"floor": T0 + 60, "offset": 0}
+
+
+def _issuer_document(d: dict[str, object]) -> dict[str, object]:
+    return {**d, "issuers": [{"public_key": crypto.public_bytes(_key()).hex()}]}
+
+
+_CORRUPTIONS = {
+    "format-2-without-issuers": lambda d: {k: v for k, v in d.items() if k != "issuers"},
+    "issuer-not-a-point": lambda d: {**d, "issuers": [{"public_key": "05" + "11" * 32}]},
+    "issuer-not-an-object": lambda d: {**d, "issuers": ["02" + "11" * 32]},
+    "repeated-issuer": lambda d: {**d, "issuers": _issuer_document(d)["issuers"] * 2},
+    "three-issuers": lambda d: {
+        **d,
+        "issuers": [{"public_key": crypto.public_bytes(_key()).hex()} for _ in range(3)],
+    },
+    "negative-version": lambda d: {**d, "revocations": {"version": -1, "revoked": []}},
+    "bool-version": lambda d: {**d, "revocations": {"version": True, "revoked": []}},
+    "short-revoked-id": lambda d: {**d, "revocations": {"version": 1, "revoked": ["abcd"]}},
+    "unsorted-revoked": lambda d: {
+        **d,
+        "revocations": {"version": 1, "revoked": [_key_id(2).hex(), _key_id(1).hex()]},
+    },
+    "repeated-revoked": lambda d: {
+        **d,
+        "revocations": {"version": 1, "revoked": [_key_id(1).hex()] * 2},
+    },
+    "no-time": lambda d: {k: v for k, v in d.items() if k != "time"},
+    "float-floor": lambda d: {**d, "time": {"floor": 1.5, "offset": 0}},
+    "no-offset": lambda d: {**d, "time": {"floor": 1}},
+    "bool-format": lambda d: {**d, "format": True},
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(_CORRUPTIONS))
+def test_corrupt_trust_state_is_a_clear_error(
+    new_vehicle: VehicleCard, state_dir: Path, corruption: str
+) -> None:
+    document = _document(state_dir)
+    (state_dir / STATE_FILE_NAME).write_text(json.dumps(_CORRUPTIONS[corruption](document)))
+    for read_only in (False, True):
+        with pytest.raises(VehicleStateError, match=f"{STATE_FILE_NAME} is corrupt") as info:
+            open_store(state_dir, read_only=read_only)
+        assert "\n" not in str(info.value)
+
+
+def test_a_failed_startup_write_releases_the_lock(
+    new_vehicle: VehicleCard, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vehicle_sim import atomic_file
+
+    def full_disk(_src: object, _dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(atomic_file.os, "replace", full_disk)
+        with pytest.raises(VehicleStateError, match="No space left on device"):
+            open_store(state_dir)
+    with open_store(state_dir):  # not left locked
+        pass
