@@ -42,12 +42,17 @@ async def json_object(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object."""
     raw = await request.read()  # the app's client_max_size bounds this
     try:
-        body = json.loads(raw.decode("utf-8"))
+        body = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
     except (ValueError, RecursionError):  # bad UTF-8, bad JSON, absurd nesting or digits
-        raise bad_request("the request body must be a JSON object") from None
+        raise bad_request("the request body is not valid JSON (UTF-8, RFC 8259)") from None
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     return body
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON does not.
+    raise ValueError(f"{name} is not JSON")
 
 
 def text_field(body: dict[str, Any], name: str, max_len: int = MAX_TEXT) -> str:
