@@ -50,7 +50,7 @@ class CloudState:
     validity: int = credentials.DEFAULT_VALIDITY
     clock: Callable[[], float] = time.time
     # The signed list for one version never changes: sign it once.
-    _revocations: tuple[int, bytes] | None = field(default=None, repr=False)
+    signed_revocations: tuple[int, bytes] | None = field(default=None, repr=False)
 
     def now(self) -> int:
         return int(self.clock())
@@ -231,13 +231,16 @@ async def _post_credential(request: web.Request) -> web.Response:
         raise ApiError(403, "this key is not enrolled for this vehicle")
     if enrollment.revoked or state.db.is_revoked(key_id):
         raise ApiError(403, "this key has been revoked")
+    role = Role.from_name(enrollment.role)
+    if role.value < credentials.HIGHEST_CLOUD_ROLE.value:  # the schema forbids it; belt and braces
+        raise ApiError(403, OWNER_REFUSED)
     not_before, not_after = now - NOT_BEFORE_SLACK, now + state.validity
     serial = state.db.record_credential(vehicle_id, key_id, enrollment.role, not_before, not_after)
     credential = credentials.issue_credential(
         state.issuer,
         vehicle_id=bytes.fromhex(vehicle_id),
         holder_key=holder,
-        role=Role.from_name(enrollment.role),
+        role=role,
         not_before=not_before,
         not_after=not_after,
         serial=serial,
@@ -267,15 +270,15 @@ async def _post_revocation(request: web.Request) -> web.Response:
 async def _get_revocations(request: web.Request) -> web.Response:
     state = request.app[CLOUD]
     current = state.db.revocations()
-    if state._revocations is None or state._revocations[0] != current.version:
+    if state.signed_revocations is None or state.signed_revocations[0] != current.version:
         signed = credentials.issue_revocation_list(
             state.issuer,
             version=current.version,
             issued_at=current.issued_at,
             revoked=current.revoked,
         )
-        state._revocations = (current.version, signed.to_bytes())
-    version, signed_bytes = state._revocations
+        state.signed_revocations = (current.version, signed.to_bytes())
+    version, signed_bytes = state.signed_revocations
     return web.json_response(
         {"version": version, "revocation_list": signed_b64(request, signed_bytes)}
     )
@@ -297,7 +300,9 @@ async def _get_revocation_delta(request: web.Request) -> web.Response:
         raise ApiError(409, f"the cloud's revocation list is only at version {current}")
     to_version = min(current, from_version + credentials.MAX_DELTA_ENTRIES)
     result: dict[str, Any] = {
-        "from_version": from_version, "to_version": to_version, "current_version": current,
+        "from_version": from_version,
+        "to_version": to_version,
+        "current_version": current,
     }
     if to_version == from_version:
         return web.json_response({**result, "delta": None})

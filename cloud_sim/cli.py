@@ -46,14 +46,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--port", type=_port_arg, default=8080, help="TCP port, 0 = any free port")
     p.add_argument("--db", required=True, metavar="PATH", help="SQLite database file")
     p.add_argument(
-        "--validity", type=_validity_arg, default=None, metavar="SECONDS",
+        "--validity",
+        type=_validity_arg,
+        default=None,
+        metavar="SECONDS",
         help="lifetime of issued credentials (default 7 days)",
     )
     p.add_argument("--access-log", action="store_true", help="log every request to stderr")
 
     p = _sub(commands, "fail", "switch the fault mode of a running cloud", _fail)
     p.add_argument(
-        "mode", type=_fault_arg, metavar="MODE",
+        "mode",
+        type=_fault_arg,
+        metavar="MODE",
         help="none, http-500, blackhole, slow:SECONDS, reset, garbage or bad-signature",
     )
     _add_url(p)
@@ -61,8 +66,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = _sub(commands, "issuer", "print the issuer public key (created if new)", _issuer)
     p.add_argument("--db", required=True, metavar="PATH", help="SQLite database file")
 
-    p = _sub(commands, "register-vehicle", "register a vehicle; prints its owner token",
-             _register_vehicle)
+    p = _sub(
+        commands,
+        "register-vehicle",
+        "register a vehicle; prints its owner token",
+        _register_vehicle,
+    )
     _add_url(p)
     p.add_argument("--card", required=True, type=_card_arg, help="phonekey-card:1:<VIN>:p256:<hex>")
 
@@ -90,7 +99,10 @@ def _sub(
 def _add_url(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", required=True, help="the cloud, e.g. http://127.0.0.1:8080")
     parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+        "--timeout",
+        type=_timeout_arg,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
         help=f"seconds to wait for an answer (default {DEFAULT_TIMEOUT:g})",
     )
 
@@ -112,6 +124,16 @@ def _validity_arg(text: str) -> int:
     if not text.isdigit() or int(text) <= 0:
         raise argparse.ArgumentTypeError("validity is a positive number of seconds")
     return int(text)
+
+
+def _timeout_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError("a timeout is above 0 and at most 3600 seconds")
+    return value
 
 
 def _fault_arg(text: str) -> str:
@@ -171,8 +193,9 @@ def _guarded(handler: Handler) -> Handler:
     return run
 
 
-def _call(args: argparse.Namespace, method: str, path: str, body: Any = None,
-          token: str | None = None) -> dict[str, Any]:
+def _call(
+    args: argparse.Namespace, method: str, path: str, body: Any = None, token: str | None = None
+) -> dict[str, Any]:
     """One JSON request to the cloud at ``args.url``; ``CloudCallError`` on any failure."""
     url = args.url.rstrip("/") + path
     if not url.startswith(("http://", "https://")):
@@ -227,9 +250,7 @@ async def _serve_until_signal(args: argparse.Namespace) -> int:
     from .server import start_cloud
 
     validity = args.validity or credentials.DEFAULT_VALIDITY
-    cloud = await start_cloud(
-        args.db, args.host, args.port, validity, access_log=args.access_log
-    )
+    cloud = await start_cloud(args.db, args.host, args.port, validity, access_log=args.access_log)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -275,8 +296,11 @@ def _register_vehicle(args: argparse.Namespace) -> int:
 
 def _enroll(args: argparse.Namespace) -> int:
     answer = _call(
-        args, "POST", f"/v1/vehicles/{args.vehicle_id}/phones",
-        {"public_key": args.key, "role": args.role}, token=args.token,
+        args,
+        "POST",
+        f"/v1/vehicles/{args.vehicle_id}/phones",
+        {"public_key": args.key, "role": args.role},
+        token=args.token,
     )
     print(f"enrolled key {answer.get('key_id')} as {answer.get('role')}")
     return EXIT_OK
@@ -284,8 +308,11 @@ def _enroll(args: argparse.Namespace) -> int:
 
 def _revoke(args: argparse.Namespace) -> int:
     answer = _call(
-        args, "POST", f"/v1/vehicles/{args.vehicle_id}/revocations",
-        {"key_id": args.key_id}, token=args.token,
+        args,
+        "POST",
+        f"/v1/vehicles/{args.vehicle_id}/revocations",
+        {"key_id": args.key_id},
+        token=args.token,
     )
     print(f"revoked key {args.key_id}; revocation list version {answer.get('version')}")
     return EXIT_OK

@@ -31,6 +31,7 @@ class RunningCloud:
         self._runner = runner
         self._db = db
         self._faults = faults
+        self._closed = False
         self.state = state
         self.url = url
         self.issuer_public_key: crypto.PublicKey = state.issuer.public_key()
@@ -54,6 +55,10 @@ class RunningCloud:
         self._faults.mode = mode if isinstance(mode, FaultMode) else FaultMode.parse(mode)
 
     async def close(self) -> None:
+        """Stop serving and close the database; calling it again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         # on_shutdown releases held requests, so this returns promptly even in blackhole mode.
         try:
             await self._runner.cleanup()

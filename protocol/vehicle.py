@@ -200,6 +200,10 @@ class VehicleConnection:
             )
         if request.version not in outstanding.challenge.versions:
             raise UnsupportedVersion(f"version {request.version} was not offered")
+        trust = self._trust
+        if trust is not None and self._read_store(lambda: trust.is_revoked(request.key_id)):
+            # Revocation names key ids, so it covers whitelisted keys too.
+            raise CredentialRefusedRevoked("this key has been revoked")
         presented = self._presented
         credential_digest = None
         entry = self._read_store(lambda: self._store.whitelist_entry(request.key_id))

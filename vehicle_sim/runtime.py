@@ -71,7 +71,7 @@ class VehicleRuntime:
         # The store is also the vehicle's CredentialTrust; the GATT server uses
         # it only while at least one issuer key is provisioned.
         self.gatt = PhonekeyGattServer(
-            device, store.identity, store, on_event=self._handle_event
+            device, store.identity, store, on_event=self._handle_event, trust=store
         )
         self._adv_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()

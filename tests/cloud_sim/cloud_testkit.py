@@ -71,8 +71,12 @@ async def enroll(
     role: str = "driver",
 ) -> tuple[int, Any]:
     return await call(
-        http, cloud, "POST", f"/v1/vehicles/{owned.vehicle_id}/phones",
-        {"public_key": key_text(phone), "role": role}, owned.auth,
+        http,
+        cloud,
+        "POST",
+        f"/v1/vehicles/{owned.vehicle_id}/phones",
+        {"public_key": key_text(phone), "role": role},
+        owned.auth,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -21,7 +22,7 @@ from cloud_testkit import (
 
 from cloud_sim.app import OWNER_REFUSED
 from cloud_sim.requests_auth import credential_request_message
-from cloud_sim.server import RunningCloud
+from cloud_sim.server import RunningCloud, start_cloud
 from protocol import credentials, crypto
 from protocol.types import Role
 
@@ -107,7 +108,8 @@ async def test_credential_verifies_offline_and_names_holder(
     assert credential.role is Role.GUEST and answer["role"] == "guest"
     assert credential.serial == answer["serial"]
     assert (credential.not_before, credential.not_after) == (
-        answer["not_before"], answer["not_after"],
+        answer["not_before"],
+        answer["not_after"],
     )
     assert credential.not_before <= now - 59
     assert credential.not_after - credential.not_before == credentials.DEFAULT_VALIDITY + 60
@@ -116,12 +118,7 @@ async def test_credential_verifies_offline_and_names_holder(
     assert status == 200 and again["serial"] > answer["serial"]
 
 
-async def test_validity_is_configurable(tmp_path: object, http: Http) -> None:
-    from pathlib import Path
-
-    from cloud_sim.server import start_cloud
-
-    assert isinstance(tmp_path, Path)
+async def test_validity_is_configurable(tmp_path: Path, http: Http) -> None:
     async with await start_cloud(tmp_path / "short.db", validity=120) as cloud:
         owned = await register(http, cloud)
         phone = crypto.generate_private_key()
@@ -180,9 +177,7 @@ def test_request_message_layout() -> None:
             credential_request_message(*bad)
 
 
-async def test_revocation_bumps_version_and_list_verifies(
-    cloud: RunningCloud, http: Http
-) -> None:
+async def test_revocation_bumps_version_and_list_verifies(cloud: RunningCloud, http: Http) -> None:
     status, answer = await call(http, cloud, "GET", "/v1/revocations")
     assert status == 200 and answer["version"] == 0
     empty = credentials.RevocationList.from_bytes(b64(answer["revocation_list"]))
@@ -196,8 +191,9 @@ async def test_revocation_bumps_version_and_list_verifies(
     path = f"/v1/vehicles/{owned.vehicle_id}/revocations"
     versions = []
     for phone in [*phones, phones[0]]:  # the repeat is idempotent
-        status, answer = await call(http, cloud, "POST", path, {"key_id": key_id_hex(phone)},
-                                    owned.auth)
+        status, answer = await call(
+            http, cloud, "POST", path, {"key_id": key_id_hex(phone)}, owned.auth
+        )
         assert status == 200
         versions.append(answer["version"])
     assert versions == [1, 2, 2]
@@ -239,3 +235,37 @@ async def test_signed_time_binds_the_nonce(cloud: RunningCloud, http: Http) -> N
     assert when == answer["time"] and abs(when - time.time()) < 5
     with pytest.raises(credentials.SignedTimeRejected):
         credentials.verify_signed_time(signed, issuers=cloud.issuers, expected_nonce=bytes(16))
+
+
+def _non_loopback_address() -> str | None:
+    """This host's address on its default route, if it has one (no packet is sent)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routing decision only
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+async def test_admin_endpoints_refuse_other_hosts(tmp_path: Path, http: Http) -> None:
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this host has no non-loopback IPv4 address")
+    async with await start_cloud(tmp_path / "lan.db", host="0.0.0.0") as cloud:
+        port = cloud.url.rsplit(":", 1)[1]
+        lan = f"http://{address}:{port}"
+        async with http.get(lan + "/v1/issuer") as response:
+            assert response.status == 200
+        for method, path, body in (
+            ("GET", "/v1/admin/fault", None),
+            ("POST", "/v1/admin/fault", {"mode": "http-500"}),
+            ("POST", "/v1/vehicles", {"card": new_card().to_text()}),
+        ):
+            headers = {"X-Forwarded-For": "127.0.0.1"}
+            async with http.request(method, lan + path, json=body, headers=headers) as response:
+                assert response.status == 403, path
+                assert "loopback" in (await response.json())["error"]
+        assert str(cloud.fault_mode) == "none"

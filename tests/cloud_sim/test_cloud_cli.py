@@ -53,24 +53,27 @@ def _get(url: str) -> int:
 def served(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
     """A `cloud serve --port 0` process: its URL, issuer key line and database."""
     db = tmp_path / "cloud.db"
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [*CLOUD, "serve", "--port", "0", "--db", str(db)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_ENV,
-    )
-    try:
-        assert proc.stdout is not None
-        listening = proc.stdout.readline()
-        match = re.fullmatch(r"cloud listening on (http://127\.0\.0\.1:\d+)\n", listening)
-        assert match, (listening, proc.stderr.read() if proc.poll() is not None else "")
-        issuer = proc.stdout.readline()
-        assert issuer.startswith("issuer p256:")
-        yield match.group(1), issuer.split()[1], db
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=5) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_ENV,
+    ) as proc:
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            listening = proc.stdout.readline()
+            match = re.fullmatch(r"cloud listening on (http://127\.0\.0\.1:\d+)\n", listening)
+            assert match, (listening, proc.stderr.read() if proc.poll() is not None else "")
+            issuer = proc.stdout.readline()
+            assert issuer.startswith("issuer p256:")
+            yield match.group(1), issuer.split()[1], db
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=5) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_serve_fail_and_owner_commands(served: tuple[str, str, Path]) -> None:

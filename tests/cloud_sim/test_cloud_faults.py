@@ -32,8 +32,19 @@ async def test_switching_modes_over_http(cloud: RunningCloud, http: Http) -> Non
     assert await call(http, cloud, "GET", "/v1/admin/fault") == (200, {"mode": "none"})
     assert await _set_fault(http, cloud, "slow:1.5") == (200, {"mode": "slow:1.5"})
     assert cloud.fault_mode == FaultMode(FaultKind.SLOW, 1.5)
-    for bad in ("nope", "slow", "slow:", "slow:0", "slow:-1", "slow:nan", "slow:inf",
-                "slow:601", "none:1", "", "HTTP-500"):
+    for bad in (
+        "nope",
+        "slow",
+        "slow:",
+        "slow:0",
+        "slow:-1",
+        "slow:nan",
+        "slow:inf",
+        "slow:601",
+        "none:1",
+        "",
+        "HTTP-500",
+    ):
         status, answer = await _set_fault(http, cloud, bad)
         assert status == 400 and answer["error"], bad
     assert (await call(http, cloud, "GET", "/v1/admin/fault"))[1] == {"mode": "slow:1.5"}
@@ -121,8 +132,14 @@ async def test_bad_signature_objects_fail_verification(cloud: RunningCloud, http
     await enroll(http, cloud, owned, phone)
     revoked = crypto.generate_private_key()
     await enroll(http, cloud, owned, revoked)
-    await call(http, cloud, "POST", f"/v1/vehicles/{owned.vehicle_id}/revocations",
-               {"key_id": key_id_hex(revoked)}, owned.auth)
+    await call(
+        http,
+        cloud,
+        "POST",
+        f"/v1/vehicles/{owned.vehicle_id}/revocations",
+        {"key_id": key_id_hex(revoked)},
+        owned.auth,
+    )
     cloud.set_fault("bad-signature")
 
     status, answer = await request_credential(http, cloud, phone, owned.vehicle_id)
@@ -130,7 +147,9 @@ async def test_bad_signature_objects_fail_verification(cloud: RunningCloud, http
     credential = credentials.Credential.from_bytes(b64(answer["credential"]))
     with pytest.raises(credentials.CredentialSignatureInvalid):
         credentials.verify_credential_at_time(
-            credential, issuers=cloud.issuers, vehicle_id=owned.card.vehicle_id,
+            credential,
+            issuers=cloud.issuers,
+            vehicle_id=owned.card.vehicle_id,
             now=int(time.time()),
         )
 
@@ -165,8 +184,16 @@ def test_corrupt_signature_keeps_length() -> None:
 
 
 def test_admin_trusts_only_loopback_peers() -> None:
-    for remote in ("127.0.0.1", "127.5.6.7", "::1", "::ffff:127.0.0.1"):
-        assert is_loopback(remote), remote
-    for remote in (None, "", "10.0.0.1", "192.168.1.2", "::ffff:10.0.0.1", "fe80::1%eth0",
-                   "localhost", "not an address"):
+    for local in ("127.0.0.1", "127.5.6.7", "::1", "::ffff:127.0.0.1"):
+        assert is_loopback(local), local
+    for remote in (
+        None,
+        "",
+        "10.0.0.1",
+        "192.168.1.2",
+        "::ffff:10.0.0.1",
+        "fe80::1%eth0",
+        "localhost",
+        "not an address",
+    ):
         assert not is_loopback(remote), remote

@@ -29,8 +29,12 @@ _REVOKE = "/v1/vehicles/{vid}/revocations"
 
 
 def _cred(**change: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"vehicle_id": "{vid}", "public_key": _VALID_KEY,
-                            "timestamp": "{now}", "signature": base64.b64encode(bytes(64)).decode()}
+    body: dict[str, Any] = {
+        "vehicle_id": "{vid}",
+        "public_key": _VALID_KEY,
+        "timestamp": "{now}",
+        "signature": base64.b64encode(bytes(64)).decode(),
+    }
     body.update(change)
     return {k: v for k, v in body.items() if v is not _DROP}
 
@@ -62,10 +66,18 @@ CASES: list[Case] = [
     # enrollment
     ("POST", _PHONES, {"public_key": _VALID_KEY, "role": "driver"}, None),
     ("POST", _PHONES, {"public_key": _VALID_KEY, "role": "driver"}, {"Authorization": "x"}),
-    ("POST", _PHONES, {"public_key": _VALID_KEY, "role": "driver"},
-     {"Authorization": "Bearer " + "a" * 5000}),
-    ("POST", _PHONES, {"public_key": _VALID_KEY, "role": "driver"},
-     {"Authorization": "Bearer a/b+c=="}),
+    (
+        "POST",
+        _PHONES,
+        {"public_key": _VALID_KEY, "role": "driver"},
+        {"Authorization": "Bearer " + "a" * 5000},
+    ),
+    (
+        "POST",
+        _PHONES,
+        {"public_key": _VALID_KEY, "role": "driver"},
+        {"Authorization": "Bearer a/b+c=="},
+    ),
     ("POST", "/v1/vehicles/zz/phones", {"public_key": _VALID_KEY, "role": "driver"}, _AUTH),
     ("POST", "/v1/vehicles/" + "00" * 17 + "/phones", {"public_key": _VALID_KEY}, _AUTH),
     ("POST", "/v1/vehicles/%00%01/phones", {"public_key": _VALID_KEY}, _AUTH),
@@ -97,8 +109,12 @@ CASES: list[Case] = [
     ("POST", "/v1/credentials", _cred(signature="!!!"), None),
     ("POST", "/v1/credentials", _cred(signature="AAAA"), None),
     ("POST", "/v1/credentials", _cred(signature=base64.b64encode(bytes(65)).decode()), None),
-    ("POST", "/v1/credentials", _cred(signature=base64.urlsafe_b64encode(b"\xff" * 64).decode()),
-     None),
+    (
+        "POST",
+        "/v1/credentials",
+        _cred(signature=base64.urlsafe_b64encode(b"\xff" * 64).decode()),
+        None,
+    ),
     ("POST", "/v1/credentials", _cred(), None),  # all-zero signature
     ("POST", "/v1/credentials", _cred(signature=base64.b64encode(b"\xff" * 64).decode()), None),
     # revocations

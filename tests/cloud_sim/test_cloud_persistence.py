@@ -23,8 +23,14 @@ async def test_state_survives_restart(tmp_path: Path) -> None:
             owned = await register(http, cloud)
             await enroll(http, cloud, owned, driver, "driver")
             await enroll(http, cloud, owned, revoked, "guest")
-            await call(http, cloud, "POST", f"/v1/vehicles/{owned.vehicle_id}/revocations",
-                       {"key_id": key_id_hex(revoked)}, owned.auth)
+            await call(
+                http,
+                cloud,
+                "POST",
+                f"/v1/vehicles/{owned.vehicle_id}/revocations",
+                {"key_id": key_id_hex(revoked)},
+                owned.auth,
+            )
             _, first = await request_credential(http, cloud, driver, owned.vehicle_id)
 
         async with await start_cloud(db_path) as cloud:
@@ -41,8 +47,9 @@ async def test_state_survives_restart(tmp_path: Path) -> None:
             # The owner token still works, and the vehicle is still registered.
             status, _ = await enroll(http, cloud, owned, crypto.generate_private_key(), "guest")
             assert status == 201
-            status, _ = await call(http, cloud, "POST", "/v1/vehicles",
-                                   {"card": owned.card.to_text()})
+            status, _ = await call(
+                http, cloud, "POST", "/v1/vehicles", {"card": owned.card.to_text()}
+            )
             assert status == 409
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import VIN
 
-from protocol import crypto
+from protocol import Role, crypto
 from protocol.card import VehicleCard
 from vehicle_sim.state_store import open_store
 
@@ -131,3 +131,126 @@ def test_run_refuses_a_state_in_use(
     with open_store(state_dir):
         code = vehicle_cli(["vehicle", "run", "--state", str(state_dir), "--transport", "virtual"])
     assert code == 4 and "in use by a running vehicle" in capsys.readouterr().err
+
+
+# --- issuers: init --issuer, provision, show ------------------------------------------------
+def _issuer() -> tuple[str, str]:
+    """An issuer key as the CLI takes it, and its key id in hex."""
+    key = crypto.generate_private_key().public_key()
+    return crypto.public_key_to_text(key), crypto.key_id(key).hex()
+
+
+def test_init_with_an_issuer(
+    vehicle_cli: Cli, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    issuer, issuer_id = _issuer()
+    argv = ["vehicle", "init", "--vin", VIN, "--state", str(state_dir), "--issuer", issuer]
+    assert vehicle_cli(argv) == 0
+    out = capsys.readouterr().out
+    assert f"trusting cloud credentials from issuer {issuer_id}" in out
+    VehicleCard.from_text(out.strip().splitlines()[-1])  # the card stays last
+    with open_store(state_dir, read_only=True) as store:
+        assert [key_id.hex() for key_id in store.issuer_keys()] == [issuer_id]
+
+
+def test_init_rejects_a_bad_issuer_key(
+    vehicle_cli: Cli, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["vehicle", "init", "--vin", VIN, "--state", str(state_dir), "--issuer", "p256:02ab"]
+    assert vehicle_cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("phonekey vehicle init: error: invalid --issuer") and err.count("\n") == 1
+    assert not state_dir.exists()  # nothing created
+
+
+def test_provision_then_show(
+    vehicle_cli: Cli, card: VehicleCard, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = ["--state", str(state_dir)]
+    first, first_id = _issuer()
+    second, second_id = _issuer()
+    assert vehicle_cli(["vehicle", "provision", *state, "--issuer", first]) == 0
+    out = capsys.readouterr().out
+    assert f"vehicle {VIN} now trusts cloud credentials from issuer {first_id}" in out
+    assert vehicle_cli(["vehicle", "provision", *state, "--issuer", first]) == 0
+    assert f"issuer {first_id} is already trusted" in capsys.readouterr().out
+    assert vehicle_cli(["vehicle", "provision", *state, "--issuer", second]) == 0
+    assert "(2 issuer keys)" in capsys.readouterr().out
+
+    # A third is refused: one key, or two while the issuer rotates.
+    third, _ = _issuer()
+    assert vehicle_cli(["vehicle", "provision", *state, "--issuer", third]) == 4
+    err = capsys.readouterr().err
+    assert "already trusts 2 issuer keys" in err and err.count("\n") == 1
+
+    # Revocations and a clock correction, as a running vehicle would get them.
+    owner = crypto.generate_private_key().public_key()
+    with open_store(state_dir) as store:
+        owner_id = store.add_key(owner, Role.OWNER).key_id
+        store.apply_revocations(3, (owner_id, b"\x01" * 16))
+        store.correct_clock(1_767_225_600)  # 2026-01-01T00:00:00Z
+
+    assert vehicle_cli(["vehicle", "show", *state]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "issuers     2" in lines
+    assert f"  {first_id}" in lines and f"  {second_id}" in lines
+    assert "revocations version 3, 2 keys revoked" in lines
+    assert any(line.startswith("time floor  20") and line.endswith("Z") for line in lines)
+    assert f"{owner_id[:4].hex()}  owner   counter 0  revoked" in out
+    assert lines[-1] == f"card        {card.to_text()}"
+
+
+def test_show_a_vehicle_without_issuers(
+    vehicle_cli: Cli, card: VehicleCard, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert vehicle_cli(["vehicle", "show", "--state", str(state_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "issuers     0" in lines and "revocations version 0, 0 keys revoked" in lines
+
+
+def test_show_prints_the_time_floor_in_utc(
+    vehicle_cli: Cli, card: VehicleCard, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with open_store(state_dir) as store:
+        store.correct_clock(1_767_225_600)  # issuer-signed time sets the floor
+    assert vehicle_cli(["vehicle", "show", "--state", str(state_dir)]) == 0
+    assert "time floor  2026-01-01T00:00:00Z" in capsys.readouterr().out.splitlines()
+
+
+def test_provision_is_refused_while_the_vehicle_runs(
+    vehicle_cli: Cli, card: VehicleCard, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    issuer, _ = _issuer()
+    with open_store(state_dir):  # what `vehicle run` holds
+        code = vehicle_cli(["vehicle", "provision", "--state", str(state_dir), "--issuer", issuer])
+    err = capsys.readouterr().err
+    assert code == 4 and "in use by a running vehicle" in err and "stop it first" in err
+    with open_store(state_dir, read_only=True) as store:
+        assert dict(store.issuer_keys()) == {}
+
+
+def test_provision_usage_errors(
+    vehicle_cli: Cli, card: VehicleCard, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["vehicle", "provision", "--state", str(state_dir)]
+    assert vehicle_cli([*argv, "--issuer", "p256:zz"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("phonekey vehicle provision: error: invalid --issuer")
+    with pytest.raises(SystemExit) as info:  # argparse: --issuer is required
+        vehicle_cli(argv)
+    assert info.value.code == 2 and "--issuer" in capsys.readouterr().err
+
+
+def test_add_key_refuses_a_revoked_key(
+    vehicle_cli: Cli, card: VehicleCard, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = _pubkey_text()
+    with open_store(state_dir) as store:
+        store.apply_revocations(1, (crypto.key_id(crypto.public_key_from_text(key)),))
+    argv = ["vehicle", "add-key", "--state", str(state_dir), "--key", key, "--role", "owner"]
+    assert vehicle_cli(argv) == 1
+    err = capsys.readouterr().err
+    assert "on the issuer's revocation list" in err and err.count("\n") == 1
+    with open_store(state_dir, read_only=True) as store:
+        assert store.keys() == []

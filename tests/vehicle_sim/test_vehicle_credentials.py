@@ -184,14 +184,14 @@ async def test_a_revoked_holder_is_refused(
     assert vehicle.store.lock_state() is LockState.LOCKED
 
 
-async def test_a_revoked_whitelisted_key_is_an_unknown_key(
+async def test_a_revoked_whitelisted_key_is_refused_as_revoked(
     vehicle: RunningVehicle, make_phone: PhoneFactory, issuer: crypto.PrivateKey
 ) -> None:
     stolen = await make_phone("stolen", role=Role.OWNER)
     vehicle.store.apply_revocations(1, (stolen.key_id,))
     await connect(stolen, vehicle)
     await stolen.send(Command.UNLOCK)
-    await refused(stolen, ResultCode.UNKNOWN_KEY)
+    await refused(stolen, ResultCode.CREDENTIAL_REVOKED)
     assert vehicle.store.lock_state() is LockState.LOCKED
 
 
