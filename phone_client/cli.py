@@ -95,12 +95,17 @@ def _add_radio(parser: argparse.ArgumentParser, timeout: float, *, mtu: bool) ->
         "(e.g. tcp-client:127.0.0.1:9000, usb:0)",
     )
     parser.add_argument(
-        "--timeout", type=_positive, default=timeout, metavar="S",
+        "--timeout",
+        type=_positive,
+        default=timeout,
+        metavar="S",
         help=f"seconds per stage (default {timeout:g})",
     )
     if mtu:
         parser.add_argument(
-            "--mtu", type=_mtu_arg, metavar="N",
+            "--mtu",
+            type=_mtu_arg,
+            metavar="N",
             help="ATT MTU to request and fragment for, 23..517 (default: negotiated)",
         )
 

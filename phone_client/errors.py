@@ -47,3 +47,69 @@ class ConnectionLost(PhoneError):
 
 class BluetoothError(PhoneError):
     """The Bluetooth stack failed an operation (e.g. the GATT service is missing)."""
+
+
+class NoTrustedIssuer(KeyStoreError):
+    """The phone has no issuer key pinned for the vehicle, so it cannot check credentials."""
+
+    def __init__(self, vin: str) -> None:
+        super().__init__(
+            f"no credential issuer key is pinned for vehicle {vin}; add it with "
+            "`phonekey phone add-vehicle CARD --issuer p256:...`"
+        )
+        self.vin = vin
+
+
+# --- the credential cloud -------------------------------------------------------------
+class CloudUnavailable(PhoneError):
+    """The cloud gave us nothing usable. Base of every cloud failure.
+
+    ``reason`` is short and human ("HTTP 500", "no answer within 2 s");
+    ``status`` is the observed condition as one token ("http-500",
+    "blackhole", "reset", "unreachable", "garbage", "bad-signature",
+    "lying", "refused", "circuit-open"), what ``CommandOutcome.cloud`` shows.
+    """
+
+    def __init__(self, reason: str, status: str = "unreachable", *, text: str = "") -> None:
+        super().__init__(text or f"cloud unreachable ({reason})")
+        self.reason = reason
+        self.status = status
+
+
+class CloudLied(CloudUnavailable):
+    """The answer parsed, but the signed object in it fails verification: bad
+    signature, unknown issuer, or another vehicle, holder, role or nonce."""
+
+    def __init__(self, reason: str, status: str = "lying") -> None:
+        super().__init__(reason, status, text=f"cloud answer refused ({reason})")
+
+
+class CloudRefused(CloudUnavailable):
+    """The cloud is up and said no (a 4xx), e.g. the key is not enrolled or is revoked.
+
+    Not a sign of an outage: it does not count towards the circuit breaker."""
+
+    def __init__(self, reason: str, http_status: int) -> None:
+        super().__init__(reason, "refused", text=f"cloud refused: {reason}")
+        self.http_status = http_status
+
+
+class CircuitOpen(CloudUnavailable):
+    """The cloud was not called: it failed too often lately (see ``CircuitBreaker``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, "circuit-open", text=f"cloud skipped ({reason})")
+
+
+class KeyUnavailable(PhoneError):
+    """The vehicle refused the whitelist path and no valid credential could be had.
+
+    The text gives both reasons and what to do; ``rejection`` is the vehicle's
+    refusal (also the ``__cause__``) and ``cloud_error`` the cloud's, if any."""
+
+    def __init__(
+        self, message: str, rejection: Exception, cloud_error: CloudUnavailable | None
+    ) -> None:
+        super().__init__(message)
+        self.rejection = rejection
+        self.cloud_error = cloud_error

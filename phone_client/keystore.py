@@ -3,7 +3,13 @@
 Layout of the home directory (mode 0700)::
 
     key.pem       the phone's P-256 private key, PKCS#8 PEM, mode 0600
-    phone.json    {"format": 1, "vehicles": {VIN: {"card": ..., "counter": N}}}
+    phone.json    {"format": 1, "vehicles": {VIN: {"card": ..., "counter": N,
+                   "issuer": "p256:...", "cloud": "http://..."}}}
+    credentials/  cached cloud credentials and revocation news (credential_cache)
+    cloud-breaker.json   the cloud circuit breaker's state (circuit_breaker)
+
+``issuer`` and ``cloud`` are optional: the issuer key this phone trusts to
+sign credentials for the vehicle, and the cloud it asks for them.
 
 ``phone.json`` is only ever replaced whole (temp file + fsync + os.replace),
 so a crash leaves either the old or the new file, never a torn one.
@@ -37,6 +43,7 @@ from protocol import crypto
 from protocol.card import InvalidCard, VehicleCard, validate_vin
 
 from .errors import KeyStoreError, UnknownVehicle
+from .trust import VehicleTrust
 
 KEY_FILE: Final = "key.pem"
 STATE_FILE: Final = "phone.json"
@@ -138,12 +145,39 @@ class KeyStore:
             raise KeyStoreError(f"{path} does not hold a usable P-256 key: {exc}") from None
 
     # --- paired vehicles -----------------------------------------------------
-    def add_vehicle(self, card: VehicleCard) -> None:
-        """Store (or replace) the card for ``card.vin``; its counter is kept."""
+    def add_vehicle(
+        self,
+        card: VehicleCard,
+        *,
+        issuer: crypto.PublicKey | None = None,
+        cloud_url: str | None = None,
+    ) -> None:
+        """Store (or replace) the card for ``card.vin``; its counter is kept, and
+        so are its issuer key and cloud unless new ones are given."""
+        if cloud_url is not None:
+            cloud_url = validate_cloud_url(cloud_url)
         state = self._load_state()
         entry = state["vehicles"].setdefault(card.vin, {"counter": 0})
         entry["card"] = card.to_text()
+        if issuer is not None:
+            entry["issuer"] = crypto.public_key_to_text(issuer)
+        if cloud_url is not None:
+            entry["cloud"] = cloud_url
         self._save_state(state)
+
+    def vehicle_trust(self, vin: str) -> VehicleTrust:
+        """The card, pinned issuer key and cloud URL for ``vin``."""
+        vin = _vin(vin)
+        entry = self._load_state()["vehicles"].get(vin)
+        if entry is None:
+            raise UnknownVehicle(vin)
+        issuer = None
+        if "issuer" in entry:
+            try:
+                issuer = crypto.public_key_from_text(entry["issuer"])
+            except ValueError as exc:
+                raise KeyStoreError(f"{self.state_path}: bad issuer key for {vin}: {exc}") from None
+        return VehicleTrust(self._card(vin, entry), issuer, entry.get("cloud"))
 
     def remove_vehicle(self, vin: str) -> None:
         vin = _vin(vin)
@@ -251,6 +285,23 @@ def _vin(vin: str) -> str:
         raise KeyStoreError(str(exc)) from None
 
 
+def validate_cloud_url(url: str) -> str:
+    """An ``http(s)://host[:port][/path]`` URL without a trailing slash."""
+    from urllib.parse import urlsplit
+
+    url = url.strip().rstrip("/")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise KeyStoreError(f"invalid cloud URL {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise KeyStoreError(f"invalid cloud URL {url!r}: use http(s)://HOST[:PORT]")
+    if parts.query or parts.fragment:
+        raise KeyStoreError(f"invalid cloud URL {url!r}: no query or fragment")
+    return url
+
+
 def _check_state(state: Any) -> None:
     """Shape check, so corruption surfaces as one clear error, not a KeyError later."""
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
@@ -264,6 +315,9 @@ def _check_state(state: Any) -> None:
         counter = entry.get("counter")
         if not isinstance(counter, int) or isinstance(counter, bool) or counter < 0:
             raise ValueError(f"entry for {vin!r} has a bad counter")
+        for optional in ("issuer", "cloud"):
+            if optional in entry and not isinstance(entry[optional], str):
+                raise ValueError(f"entry for {vin!r} has a bad {optional!r}")
 
 
 def _write_new_file(path: Path, data: bytes) -> None:

@@ -47,9 +47,7 @@ def tag_of(advertisement: AdvertisementData) -> bytes | None:
     return bytes(data[1 : 1 + ADV_TAG_LEN])
 
 
-def _scanner(
-    callback: Any, scanner_kwargs: Mapping[str, Any] | None
-) -> BleakScanner:
+def _scanner(callback: Any, scanner_kwargs: Mapping[str, Any] | None) -> BleakScanner:
     try:
         return BleakScanner(
             callback, service_uuids=[PHONEKEY_SERVICE_UUID], **dict(scanner_kwargs or {})
@@ -111,9 +109,7 @@ async def scan_vehicles(
     def on_advertisement(device: BLEDevice, advertisement: AdvertisementData) -> None:
         tag = tag_of(advertisement)
         if tag is not None:
-            seen[device.address] = SeenVehicle(
-                device, advertisement.rssi, tag, vin_by_tag.get(tag)
-            )
+            seen[device.address] = SeenVehicle(device, advertisement.rssi, tag, vin_by_tag.get(tag))
 
     scanner = _scanner(on_advertisement, scanner_kwargs)
     try:

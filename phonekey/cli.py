@@ -17,6 +17,7 @@ _SUBCOMMANDS: dict[str, str] = {
     "vehicle": "vehicle_sim.cli",
     "phone": "phone_client.cli",
     "radio": "ble_stack.radio_cli",
+    "cloud": "cloud_sim.cli",
 }
 
 EXIT_CODES_HELP = """exit codes:

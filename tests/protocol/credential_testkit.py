@@ -150,7 +150,7 @@ def make_cred_rig(
     *,
     role: Role | None = None,
     phone_key: crypto.PrivateKey = PHONE_KEY,
-    trust: MemoryTrust | None | object = _DEFAULT,
+    trust: MemoryTrust | object | None = _DEFAULT,
     store: MemoryStore | None = None,
     clock: FakeClock | None = None,
     wall: FakeClock | None = None,

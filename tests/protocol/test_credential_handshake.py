@@ -28,7 +28,6 @@ from protocol_testkit import (
     PHONE_KEY_ID,
     VEHICLE_KEY,
     FakeClock,
-    drain,
     frames_of,
     messages_of,
     raw_messages_of,
@@ -204,23 +203,63 @@ def _bad_issuer_signature() -> credentials.Credential:
 
 REFUSALS = [
     # name, credential, code, phone exception, refused at the request (after cheap checks)
-    ("expired", lambda: issue(not_after=WALL - 301), ResultCode.CREDENTIAL_EXPIRED,
-     RejectedCredentialExpired, False),
-    ("not-yet-valid", lambda: issue(not_before=WALL + 301), ResultCode.CREDENTIAL_NOT_YET_VALID,
-     RejectedCredentialNotYetValid, False),
-    ("wrong-vehicle", lambda: issue(vehicle_key=ATTACKER_KEY), ResultCode.CREDENTIAL_INVALID,
-     RejectedCredential, False),
-    ("wrong-holder", lambda: issue(GUEST_KEY), ResultCode.CREDENTIAL_INVALID,
-     RejectedCredential, True),
-    ("owner-role", lambda: issue(role=Role.OWNER), ResultCode.CREDENTIAL_INVALID,
-     RejectedCredential, False),
-    ("unknown-issuer", lambda: issue(issuer=ROGUE_ISSUER_KEY), ResultCode.CREDENTIAL_INVALID,
-     RejectedCredential, False),
-    ("bad-issuer-signature", _bad_issuer_signature, ResultCode.CREDENTIAL_INVALID,
-     RejectedCredential, True),
-    ("malformed", lambda: issue().to_bytes()[:-1], ResultCode.CREDENTIAL_INVALID,
-     RejectedCredential, False),
-]  # fmt: skip
+    (
+        "expired",
+        lambda: issue(not_after=WALL - 301),
+        ResultCode.CREDENTIAL_EXPIRED,
+        RejectedCredentialExpired,
+        False,
+    ),
+    (
+        "not-yet-valid",
+        lambda: issue(not_before=WALL + 301),
+        ResultCode.CREDENTIAL_NOT_YET_VALID,
+        RejectedCredentialNotYetValid,
+        False,
+    ),
+    (
+        "wrong-vehicle",
+        lambda: issue(vehicle_key=ATTACKER_KEY),
+        ResultCode.CREDENTIAL_INVALID,
+        RejectedCredential,
+        False,
+    ),
+    (
+        "wrong-holder",
+        lambda: issue(GUEST_KEY),
+        ResultCode.CREDENTIAL_INVALID,
+        RejectedCredential,
+        True,
+    ),
+    (
+        "owner-role",
+        lambda: issue(role=Role.OWNER),
+        ResultCode.CREDENTIAL_INVALID,
+        RejectedCredential,
+        False,
+    ),
+    (
+        "unknown-issuer",
+        lambda: issue(issuer=ROGUE_ISSUER_KEY),
+        ResultCode.CREDENTIAL_INVALID,
+        RejectedCredential,
+        False,
+    ),
+    (
+        "bad-issuer-signature",
+        _bad_issuer_signature,
+        ResultCode.CREDENTIAL_INVALID,
+        RejectedCredential,
+        True,
+    ),
+    (
+        "malformed",
+        lambda: issue().to_bytes()[:-1],
+        ResultCode.CREDENTIAL_INVALID,
+        RejectedCredential,
+        False,
+    ),
+]
 
 
 @mtus
@@ -242,8 +281,9 @@ def test_refused_credentials(
     assert rig.store.counters == {}
 
 
-def test_revoked_credential_is_refused() -> None:
-    rig = make_cred_rig()
+@mtus
+def test_revoked_credential_is_refused(mtu: int) -> None:
+    rig = make_cred_rig(mtu)
     assert rig.trust is not None
     rig.trust.revoked.add(PHONE_KEY_ID)
     exc = rig.refused(issue())
@@ -440,12 +480,20 @@ def test_revocation_delta_not_starting_at_the_held_version_is_ignored(
 @pytest.mark.parametrize(
     "make",
     [
-        pytest.param(lambda: replace(delta(0, 1, [GUEST_KEY_ID]), signature=delta(0, 1, []).signature).to_bytes(), id="bad-signature"),
-        pytest.param(lambda: delta(0, 1, [GUEST_KEY_ID], issuer=ROGUE_ISSUER_KEY).to_bytes(), id="unknown-issuer"),
+        pytest.param(
+            lambda: replace(
+                delta(0, 1, [GUEST_KEY_ID]), signature=delta(0, 1, []).signature
+            ).to_bytes(),
+            id="bad-signature",
+        ),
+        pytest.param(
+            lambda: delta(0, 1, [GUEST_KEY_ID], issuer=ROGUE_ISSUER_KEY).to_bytes(),
+            id="unknown-issuer",
+        ),
         pytest.param(lambda: delta(0, 1, [GUEST_KEY_ID]).to_bytes()[:-1], id="malformed"),
         pytest.param(lambda: issue().to_bytes(), id="a-credential"),
     ],
-)  # fmt: skip
+)
 def test_revocation_delta_that_fails_verification_is_refused(make: object) -> None:
     rig = make_cred_rig()
     _after_one_command(rig)
@@ -525,7 +573,8 @@ def test_signed_time_from_another_session_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    ("age", "accepted"), [(0.0, True), (TIME_NONCE_LIFETIME, True), (TIME_NONCE_LIFETIME + 1, False)]
+    ("age", "accepted"),
+    [(0.0, True), (TIME_NONCE_LIFETIME, True), (TIME_NONCE_LIFETIME + 1, False)],
 )
 def test_signed_time_must_answer_a_fresh_nonce(age: float, accepted: bool) -> None:
     assert TIME_NONCE_LIFETIME == 60.0
@@ -545,12 +594,17 @@ def test_signed_time_must_answer_a_fresh_nonce(age: float, accepted: bool) -> No
 @pytest.mark.parametrize(
     "make",
     [
-        pytest.param(lambda n: signed_time(n, WALL, issuer=ROGUE_ISSUER_KEY).to_bytes(), id="unknown-issuer"),
-        pytest.param(lambda n: replace(signed_time(n, WALL + 1), time=WALL + 2).to_bytes(), id="bad-signature"),
+        pytest.param(
+            lambda n: signed_time(n, WALL, issuer=ROGUE_ISSUER_KEY).to_bytes(), id="unknown-issuer"
+        ),
+        pytest.param(
+            lambda n: replace(signed_time(n, WALL + 1), time=WALL + 2).to_bytes(),
+            id="bad-signature",
+        ),
         pytest.param(lambda n: signed_time(bytes(16), WALL).to_bytes(), id="other-nonce"),
         pytest.param(lambda n: signed_time(n, WALL).to_bytes()[:-1], id="malformed"),
     ],
-)  # fmt: skip
+)
 def test_signed_time_that_fails_verification_is_refused(make: object) -> None:
     rig = make_cred_rig()
     _after_one_command(rig)
@@ -646,9 +700,7 @@ def test_vehicle_leeway_is_configurable_below_five_minutes(leeway: int) -> None:
     rig = make_cred_rig(leeway=leeway)
     _credential_unlock(rig, issue(not_before=WALL + leeway))
     rig = make_cred_rig(leeway=leeway)
-    assert type(rig.refused(issue(not_before=WALL + leeway + 1))) is (
-        RejectedCredentialNotYetValid
-    )
+    assert type(rig.refused(issue(not_before=WALL + leeway + 1))) is (RejectedCredentialNotYetValid)
 
 
 @pytest.mark.xfail(
@@ -722,3 +774,45 @@ def test_issuer_key_object_is_the_trusted_one() -> None:
     assert list(rig.trust.issuers) == [crypto.key_id(ISSUER_KEY.public_key())]
     assert issue().not_before == NOT_BEFORE
     assert PHONE_KEY_ID == crypto.key_id(PHONE_KEY.public_key())
+
+
+@mtus
+def test_recorded_credential_exchange_replayed_on_a_new_session(mtu: int) -> None:
+    rig = make_cred_rig(mtu)
+    _credential_unlock(rig, issue())
+    recorded = list(rig.pair.sent_to_vehicle)  # presentation and request
+    rig.command(Command.LOCK, 2)
+    replay = make_cred_rig(mtu, store=rig.store, trust=rig.trust, wall=rig.wall)
+    replay.to_vehicle(recorded)
+    assert replay.rejections() == [ResultCode.UNKNOWN_CHALLENGE]
+    assert rig.store.state is LockState.LOCKED and rig.store.commits == 2
+
+
+@mtus
+def test_revoked_whitelisted_key_is_refused(mtu: int) -> None:
+    """Revocation names key ids, so it covers a whitelisted key too, before the
+    whitelist lookup and the counter (no signature work)."""
+    rig = make_cred_rig(mtu, role=Role.OWNER, store=MemoryStore(counters={PHONE_KEY_ID: 9}))
+    assert rig.trust is not None
+    rig.trust.revoked.add(PHONE_KEY_ID)
+    rig.phone.send_command(Command.UNLOCK, 9)  # also a stale counter
+    with pytest.raises(RejectedCredentialRevoked):
+        rig.pair.pump()
+    assert rig.rejections() == [ResultCode.CREDENTIAL_REVOKED]
+    rig.assert_untouched()
+
+
+def test_revocation_delta_ends_a_whitelisted_key() -> None:
+    rig = make_cred_rig(role=Role.OWNER)
+    rig.command(Command.UNLOCK, 1)
+    rig.phone.send_revocation_update(delta(0, 1, [PHONE_KEY_ID]).to_bytes())
+    rig.pair.pump()
+    rig.phone.send_command(Command.LOCK, 2)
+    with pytest.raises(RejectedCredentialRevoked):
+        rig.pair.pump()
+    assert rig.store.state is LockState.UNLOCKED and rig.store.commits == 1
+
+
+def test_whitelist_only_vehicle_has_no_revocations() -> None:
+    rig = make_cred_rig(trust=None, role=Role.OWNER)
+    assert rig.command(Command.UNLOCK, 1).result is ResultCode.OK

@@ -163,8 +163,12 @@ def test_signed_time_round_trip_and_layout() -> None:
 
 
 def test_signatures_are_deterministic_and_low_s() -> None:
-    for make in (lambda: issue(), lambda: _list(), lambda: delta(0, 1, REVOKED_IDS),
-                 lambda: signed_time(TIME_NONCE, WALL)):  # fmt: skip
+    for make in (
+        lambda: issue(),
+        lambda: _list(),
+        lambda: delta(0, 1, REVOKED_IDS),
+        lambda: signed_time(TIME_NONCE, WALL),
+    ):
         a, b = make(), make()
         assert a.signature == b.signature  # RFC 6979
         assert int.from_bytes(a.signature[32:], "big") <= P256_ORDER // 2
@@ -630,9 +634,12 @@ def test_cheap_claims_come_before_the_signature() -> None:
 def test_claim_order() -> None:
     """Issuer, vehicle, holder, role, window, revocation: the first failure wins."""
     everything_wrong = issue(
-        issuer=ROGUE_ISSUER_KEY, vehicle_key=ATTACKER_KEY, holder=GUEST_KEY, role=Role.OWNER,
+        issuer=ROGUE_ISSUER_KEY,
+        vehicle_key=ATTACKER_KEY,
+        holder=GUEST_KEY,
+        role=Role.OWNER,
         not_after=WALL - 1000,
-    )  # fmt: skip
+    )
     checks: list[tuple[dict[str, Any], type[CredentialError]]] = [
         ({}, UnknownIssuer),
         ({"issuers": ROGUE_ISSUERS}, CredentialWrongVehicle),
