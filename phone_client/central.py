@@ -16,22 +16,29 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Final
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Final
 
 from bleak import BleakClient
 from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
 
 from ble_stack.uuids import PHONEKEY_SERVICE_UUID
-from protocol import Command, LockState, ResultCode
+from protocol import Command, LockState, ResultCode, VehicleRejected
 from protocol.card import VehicleCard
+from protocol.credentials import Credential
+from protocol.errors import RejectedCredential, RejectedCredentialRevoked, RejectedUnknownKey
 from protocol.framing import ATT_MTU_MAX, ATT_MTU_MIN
 
-from .errors import AdapterUnavailable, BluetoothError, CommandTimeout
+from .cloud_sync import DEFAULT_CLOUD_DEADLINE, CloudSync
+from .credential_cache import CacheState, CredentialCache
+from .errors import AdapterUnavailable, BluetoothError, CommandTimeout, KeyUnavailable
 from .keystore import KeyStore
 from .scanning import find_vehicle
 from .session import MAX_CHALLENGE_AGE, SessionTimings, VehicleSession
+
+if TYPE_CHECKING:
+    from .cloud_client import CloudClient
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +87,14 @@ class PhoneKey:
         device: BLEDevice | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        credential: bytes | None = None,
     ) -> AsyncIterator[VehicleSession]:
         """Connect, subscribe and hold the first challenge; always disconnect on exit.
 
         Without ``device`` the vehicle is found by scanning first. ``timeout``
-        bounds each stage (scan, connect, first challenge, each command).
+        bounds each stage (scan, connect, first challenge, each command). A
+        ``credential`` (encoded issuer credential) is presented right after
+        subscribing, at no extra round trip.
         """
         card = self.card(vehicle)
         _ = self.keystore.private_key  # fail on a missing or unsafe key before any radio work
@@ -113,7 +123,7 @@ class PhoneKey:
                 timings=timings,
                 max_challenge_age=self.max_challenge_age,
             )
-            await session.start()
+            await session.start(credential=credential)
             yield session
         finally:
             if session is not None:
@@ -193,6 +203,7 @@ class Latency:
     challenge: float | None  # subscribe until the first challenge
     command: float  # request written until the authenticated response
     total: float  # start of the scan until the response
+    cloud_wait: float | None = None  # waited for the cloud after the scan (nothing cached)
 
 
 @dataclass(frozen=True)
@@ -208,6 +219,10 @@ class CommandOutcome:
     att_mtu: int
     frames_written: int
     latency: Latency
+    credential: str | None = None  # "whitelist", "cloud" (fetched now) or "cache"
+    cloud: str = "none"  # the cloud as observed: "none", "up", "http-500", "blackhole", ...
+    message: str = ""  # how the answer was obtained, for people
+    credential_not_after: int | None = None  # end of the presented credential's window
 
     @property
     def ok(self) -> bool:
@@ -223,32 +238,139 @@ async def run_command(
     scanner_kwargs: Mapping[str, Any] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     max_mtu: int | None = None,
+    cloud: CloudClient | None = None,
+    cloud_deadline: float = DEFAULT_CLOUD_DEADLINE,
+    cache: CredentialCache | None = None,
+    clock: Callable[[], float] = time.time,
+    on_result: Callable[[CommandOutcome], None] | None = None,
 ) -> CommandOutcome:
-    """Scan, connect, send one command, disconnect.
+    """Scan, connect, send one command, disconnect: offline first.
+
+    A valid cached credential is presented at once and the ``cloud`` (if any)
+    is asked for a fresh one beside the BLE exchange, within
+    ``cloud_deadline`` s, never on the critical path. With nothing valid
+    cached the phone scans while it waits for the cloud (up to the
+    deadline), then presents what it got; without a credential it tries the
+    whitelist. A credential the vehicle refuses is followed by one whitelist
+    attempt on a new connection. After the answer it hands the vehicle
+    revocation deltas it lacks and, when the cloud answered, signed time.
+
+    ``on_result`` is called with the outcome as soon as the vehicle's answer
+    is in (``cloud`` may still be "pending"); the returned outcome is final.
 
     Raises UnknownVehicle / KeyStoreError before any radio work, then
     VehicleNotFound, CommandTimeout, ConnectionLost, BluetoothError, or the
-    protocol's VehicleRejected / RemoteProtocolError.
+    protocol's VehicleRejected / RemoteProtocolError; ``KeyUnavailable`` when
+    the vehicle refuses the whitelist path after the credential path failed
+    or was unavailable (it carries both reasons). A cloud failure alone is
+    never raised: it is in ``outcome.cloud`` and ``outcome.message``.
     """
-    card = keystore.vehicle(vin)
+    trust = keystore.vehicle_trust(vin)
+    card = trust.card
+    _ = keystore.private_key  # fail on a missing or unsafe key before any radio work
     phone = PhoneKey(
         keystore, client_kwargs=client_kwargs, scanner_kwargs=scanner_kwargs, max_mtu=max_mtu
     )
+    sync = CloudSync(
+        keystore,
+        trust,
+        cache if cache is not None else CredentialCache(keystore),
+        cloud,
+        deadline=cloud_deadline,
+        clock=clock,
+    )
     start = time.perf_counter()
-    async with phone.connect(card, timeout=timeout) as session:
-        completed = await session.command(command)
-        total = time.perf_counter() - start
-    stats = session.last_stats
-    assert stats is not None  # command() records its stats before returning
-    timings = session.timings
-    return CommandOutcome(
-        vin=card.vin,
-        command=completed.command,
-        result=completed.result,
-        lock_state=completed.lock_state,
-        counter=completed.counter,
-        key_id=session.key_id,
-        att_mtu=session.att_mtu,
-        frames_written=stats.frames_written,
-        latency=Latency(timings.scan, timings.connect, timings.challenge, stats.round_trip, total),
+
+    async def attempt(
+        device: BLEDevice,
+        credential: Credential | None,
+        scan: float | None,
+        cloud_wait: float | None,
+    ) -> CommandOutcome:
+        encoded = None if credential is None else credential.to_bytes()
+        async with phone.connect(card, device, timeout=timeout, credential=encoded) as session:
+            completed = await session.command(command)
+            total = time.perf_counter() - start
+            stats = session.last_stats
+            assert stats is not None  # command() records its stats before returning
+            timings = session.timings
+            source = "whitelist"
+            if credential is not None:
+                source = "cloud" if credential is sync.fetched else "cache"
+            outcome = CommandOutcome(
+                vin=card.vin,
+                command=completed.command,
+                result=completed.result,
+                lock_state=completed.lock_state,
+                counter=completed.counter,
+                key_id=session.key_id,
+                att_mtu=session.att_mtu,
+                frames_written=stats.frames_written,
+                latency=Latency(
+                    scan,
+                    timings.connect,
+                    timings.challenge,
+                    stats.round_trip,
+                    total,
+                    cloud_wait,
+                ),
+                credential=source,
+                cloud=sync.observed,
+                credential_not_after=None if credential is None else credential.not_after,
+            )
+            outcome = replace(outcome, message=_message(sync, outcome, refusal))
+            if on_result is not None:
+                on_result(outcome)
+            await sync.after_command(session)  # bounded; never raises
+        return outcome
+
+    refusal: VehicleRejected | None = None
+    sync.start()
+    try:
+        device = await phone.find_vehicle(card, timeout)
+        scan = time.perf_counter() - start
+        credential = sync.cached.credential if sync.cached.usable else None
+        cloud_wait = None
+        if credential is None and sync.active:
+            waited_from = time.perf_counter()
+            credential = await sync.credential()  # bounded by the cloud deadline
+            cloud_wait = time.perf_counter() - waited_from
+        try:
+            outcome = await attempt(device, credential, scan, cloud_wait)
+        except VehicleRejected as rejected:
+            if credential is not None and isinstance(rejected, RejectedCredential):
+                # Refused by the vehicle's clock or list, or an issuer it does not
+                # trust: the key may still be whitelisted. One more connection.
+                refusal = rejected
+                logger.info("vehicle %s refused the credential (%s)", card.vin, rejected)
+                try:
+                    outcome = await attempt(device, None, None, None)
+                except VehicleRejected as denied:
+                    if not _is_denial(denied):
+                        raise
+                    raise KeyUnavailable(
+                        sync.failure_message(refusal), denied, sync.error
+                    ) from denied
+            elif _is_denial(rejected) and (sync.active or sync.cached.state is not CacheState.NONE):
+                raise KeyUnavailable(sync.failure_message(None), rejected, sync.error) from rejected
+            else:
+                raise
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            sync.cancel()
+        await sync.finish()
+        raise
+    await sync.finish()
+    final = replace(outcome, cloud=sync.observed)
+    return replace(final, message=_message(sync, final, refusal))
+
+
+def _is_denial(rejected: VehicleRejected) -> bool:
+    """The vehicle does not accept this key as such (not whitelisted, or revoked)."""
+    return isinstance(rejected, RejectedUnknownKey | RejectedCredentialRevoked)
+
+
+def _message(sync: CloudSync, outcome: CommandOutcome, refusal: VehicleRejected | None) -> str:
+    return sync.success_message(
+        outcome.command, outcome.ok, outcome.credential or "whitelist", refusal
     )

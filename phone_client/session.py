@@ -9,6 +9,13 @@ Notifications arrive in a bleak callback. It feeds the sans-IO connection and
 queues the events it yields; a protocol error or a dropped link is recorded
 once and wakes whoever waits, so a failure never goes unnoticed and never
 turns into a lock state.
+
+Issuer credentials: ``start(credential=...)`` presents one right after
+subscribing, while the first challenge is on its way, so it costs no round
+trip. A vehicle that trusts an issuer follows every answer with a
+``VehicleStatusReceived`` (its revocation version and a time nonce), kept in
+``statuses``; ``send_revocation_updates`` and ``send_time_update`` hand it the
+signed news it lacks, after the command, off the critical path.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
@@ -33,6 +41,7 @@ from protocol import (
     ProtocolError,
 )
 from protocol.card import VehicleCard
+from protocol.events import VehicleStatusReceived
 
 from .errors import BluetoothError, CommandTimeout, ConnectionLost
 from .keystore import KeyStore
@@ -94,6 +103,10 @@ class VehicleSession:
             att_mtu=att_mtu,
         )
         self._inbox: asyncio.Queue[ChallengeReceived | CommandCompleted | None] = asyncio.Queue()
+        self.statuses: list[VehicleStatusReceived] = []  # as the vehicle sent them
+        self._status_arrived = asyncio.Event()
+        self._status_mark = 0  # len(statuses) when the latest command went out
+        self.credential_presented = False
         self._failure: BaseException | None = None
         self._challenge_at = 0.0
         self._lock = asyncio.Lock()
@@ -109,8 +122,13 @@ class VehicleSession:
         return self.timings.commands[-1] if self.timings.commands else None
 
     # --- setup --------------------------------------------------------------------
-    async def start(self) -> None:
-        """Subscribe to the vehicle's events and wait for its first challenge."""
+    async def start(self, *, credential: bytes | None = None) -> None:
+        """Subscribe to the vehicle's events and wait for its first challenge.
+
+        A ``credential`` (an encoded issuer credential for this phone's key) is
+        presented as soon as the subscription is confirmed, while the challenge
+        is on its way: the vehicle binds it into every command of the session.
+        """
         services = self.client.services
         event_char = services.get_characteristic(EVENT_CHAR_UUID)
         self._command_char = services.get_characteristic(COMMAND_CHAR_UUID)
@@ -127,6 +145,11 @@ class VehicleSession:
             if not self.client.is_connected:
                 raise ConnectionLost(f"vehicle {self.card.vin} dropped the connection") from exc
             raise BluetoothError(f"cannot subscribe to the vehicle's events: {exc}") from exc
+        if credential is not None:
+            # After subscribing, so a refusal (an Error notification) reaches us.
+            self._conn.present_credential(credential)
+            self.credential_presented = True
+            await self._write_pending()
         await self._wait_for(ChallengeReceived, deadline, "its first challenge")
         self.timings.challenge = time.perf_counter() - start
 
@@ -156,6 +179,7 @@ class VehicleSession:
                 await self._wait_for(ChallengeReceived, deadline, "a challenge")
             # Persisted before it is signed: a crash can waste it, never reuse it.
             counter = self._keystore.next_counter(self.card.vin)
+            self._status_mark = len(self.statuses)
             start = time.perf_counter()
             self._conn.send_command(command, counter)
             frames = await self._write_pending()
@@ -165,6 +189,54 @@ class VehicleSession:
             self.timings.commands.append(CommandStats(command, round_trip, frames, refreshed))
             return completed
 
+    # --- signed news for the vehicle ----------------------------------------------------
+    async def wait_status(self, timeout: float) -> VehicleStatusReceived | None:
+        """The status the vehicle sent after the latest command's answer, waiting
+        up to ``timeout`` s for it; None if none came (a vehicle that trusts no
+        issuer sends none)."""
+        return await self._wait_statuses(self._status_mark + 1, timeout)
+
+    async def send_revocation_updates(
+        self, deltas: Sequence[bytes], *, timeout: float
+    ) -> VehicleStatusReceived | None:
+        """Hand the vehicle issuer-signed revocation deltas, in order, and return
+        the status it answers the last one with (None if it did not within
+        ``timeout`` s). A refusal raises ``protocol.VehicleRejected`` and ends
+        the session."""
+        async with self._lock:
+            self._raise_if_failed()
+            seen = len(self.statuses)
+            for delta in deltas:
+                self._conn.send_revocation_update(delta)
+            await self._write_pending()
+            return await self._wait_statuses(seen + len(deltas), timeout)
+
+    async def send_time_update(
+        self, signed_time: bytes, *, timeout: float
+    ) -> VehicleStatusReceived | None:
+        """Hand the vehicle issuer-signed time for its latest nonce; returns its
+        next status (None if it did not answer within ``timeout`` s)."""
+        async with self._lock:
+            self._raise_if_failed()
+            seen = len(self.statuses)
+            self._conn.send_time_update(signed_time)
+            await self._write_pending()
+            return await self._wait_statuses(seen + 1, timeout)
+
+    async def _wait_statuses(self, count: int, timeout: float) -> VehicleStatusReceived | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.statuses) < count:
+            self._raise_if_failed()
+            self._status_arrived.clear()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._status_arrived.wait()
+            except TimeoutError:
+                break
+        self._raise_if_failed()
+        return self.statuses[count - 1] if len(self.statuses) >= count else None
+
     # --- I/O ----------------------------------------------------------------------
     def _on_notification(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
         if self._failure is not None:
@@ -172,6 +244,10 @@ class VehicleSession:
         try:
             self._conn.receive_data(bytes(data))
             while (event := self._conn.next_event()) is not None:
+                if isinstance(event, VehicleStatusReceived):
+                    self.statuses.append(event)
+                    self._status_arrived.set()
+                    continue
                 if isinstance(event, ChallengeReceived):
                     self._challenge_at = time.monotonic()
                 self._inbox.put_nowait(event)
@@ -187,6 +263,7 @@ class VehicleSession:
         if self._failure is None:
             self._failure = exc
             self._inbox.put_nowait(None)  # wake a waiter
+            self._status_arrived.set()
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:

@@ -112,6 +112,8 @@ class VehicleConnection:
         credential_leeway: int = credentials.MAX_LEEWAY,
     ) -> None:
         check_versions(versions)
+        if not 0 <= credential_leeway <= credentials.MAX_LEEWAY:
+            raise ValueError(f"credential leeway must be 0..{credentials.MAX_LEEWAY} s")
         self._trust = trust
         self._leeway = credential_leeway
         self._presented: credentials.Credential | None = None
@@ -138,6 +140,9 @@ class VehicleConnection:
         if self.state is VehicleState.ERROR:
             raise LocalProtocolError("session is in ERROR")
         self._issue_challenge()
+        # The status goes out at once too: a vehicle whose clock refuses every
+        # credential must still hand a credential-only phone a time nonce.
+        self._send_status()
         self.state = VehicleState.CHALLENGED
 
     def receive_data(self, frame: bytes) -> None:
@@ -206,6 +211,7 @@ class VehicleConnection:
             raise CredentialRefusedRevoked("this key has been revoked")
         presented = self._presented
         credential_digest = None
+        authorised_by_credential = False
         entry = self._read_store(lambda: self._store.whitelist_entry(request.key_id))
         if presented is not None:
             if not crypto.constant_time_equal(presented.holder_key_id, request.key_id):
@@ -213,6 +219,7 @@ class VehicleConnection:
             credential_digest = presented.digest()
             if entry is None:  # a whitelisted key keeps its (higher) whitelist role
                 entry = WhitelistEntry(presented.holder_key, presented.role)
+                authorised_by_credential = True
         if entry is None:
             raise UnknownKey("key id not on the whitelist")
         if request.counter <= self._read_store(lambda: self._store.last_counter(request.key_id)):
@@ -270,7 +277,7 @@ class VehicleConnection:
                 lock_state_before=before,
                 lock_state=after,
                 counter=request.counter,
-                credential_serial=presented.serial if presented is not None else None,
+                credential_serial=presented.serial if authorised_by_credential else None,
             )
         )
         self._issue_challenge()
@@ -302,11 +309,16 @@ class VehicleConnection:
         trust = self._require_trust()
         try:
             delta = credentials.RevocationDelta.from_bytes(data)
-            credentials.verify_revocation_delta(delta, issuers=self._issuers())
         except credentials.CredentialError as exc:
             raise UpdateRefused(f"revocation delta refused: {exc}") from None
         current = self._read_store(trust.revocation_version)
-        if delta.from_version == current:  # anything else is old news or a gap: ignore
+        # Old news or a gap is ignored before any signature work, so strangers
+        # cannot make the vehicle verify deltas it would not apply.
+        if delta.from_version == current:
+            try:
+                credentials.verify_revocation_delta(delta, issuers=self._issuers())
+            except credentials.CredentialError as exc:
+                raise UpdateRefused(f"revocation delta refused: {exc}") from None
             try:
                 trust.apply_revocations(delta.to_version, delta.added)
             except Exception as exc:

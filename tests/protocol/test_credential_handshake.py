@@ -110,7 +110,7 @@ def test_phone_off_the_whitelist_unlocks_with_a_credential(mtu: int) -> None:
     assert rig.rejections() == []
     # after the response, the next challenge, then the status (off the critical path)
     kinds = [type(m) for m in messages_of(rig.pair.sent_to_phone)]
-    assert kinds == [Challenge, CommandResponse, Challenge, VehicleStatus]
+    assert kinds == [Challenge, VehicleStatus, CommandResponse, Challenge, VehicleStatus]
     assert rig.statuses()[-1].revocation_version == 0
 
     # the presentation holds for the session: the next request binds it again
@@ -640,12 +640,6 @@ def test_signed_time_corrects_a_fast_clock() -> None:
     _credential_unlock(renter, issue(), counter=2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the vehicle sends VehicleStatus (its time nonce) only after a successful "
-    "command, so a phone whose credential the vehicle's wrong clock refuses can never "
-    "deliver the signed time that would fix the clock",
-)
 def test_credential_phone_can_fix_a_vehicle_clock_that_refuses_its_credential() -> None:
     """A vehicle parked for weeks with a dead RTC reads its persisted floor: three
     weeks ago. A renter's fresh credential is 'not yet valid'; the renter's phone is
@@ -703,11 +697,6 @@ def test_vehicle_leeway_is_configurable_below_five_minutes(leeway: int) -> None:
     assert type(rig.refused(issue(not_before=WALL + leeway + 1))) is (RejectedCredentialNotYetValid)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: VehicleConnection accepts credential_leeway > 300 and later lets "
-    "ValueError escape next_event on the first presentation",
-)
 @pytest.mark.parametrize("leeway", [-1, credentials.MAX_LEEWAY + 1])
 def test_vehicle_refuses_a_leeway_above_five_minutes_at_construction(leeway: int) -> None:
     with pytest.raises(ValueError, match="leeway"):
@@ -758,7 +747,8 @@ def test_phone_ignores_a_status_while_waiting_for_its_challenge() -> None:
     assert events == [VehicleStatusReceived(3, bytes(16))]
     assert rig.phone.state is PhoneState.WAIT_CHALLENGE
     rig.start()
-    assert rig.pair.phone_events == [ChallengeReceived(1)]
+    assert rig.pair.phone_events[0] == ChallengeReceived(1)
+    assert isinstance(rig.pair.phone_events[1], VehicleStatusReceived)
 
 
 def test_updates_from_the_phone_are_refused_before_the_first_challenge() -> None:

@@ -240,7 +240,7 @@ def test_signed_time_layout() -> None:
     assert data[2:18] == ISSUER_ID
     assert data[18:34] == hx(fields["nonce_hex"])
     # bound to the nonce of the vehicle's latest status when the phone sent it
-    assert fields["nonce_hex"] == EX["time_nonces_hex"][1]
+    assert fields["nonce_hex"] == EX["time_nonces_hex"][2]  # the status after the delta
     assert u64(data[34:42]) == fields["time"] == EX["clock_after_time_update"]
     assert data[42:] == hx(entry["signature_hex"])
 
@@ -262,12 +262,14 @@ def test_objects_decode_with_the_implementation() -> None:
 def test_nonces_come_from_the_vehicle_rng() -> None:
     rng = Drbg(V["rng"]["vehicle_rng_seed"])
     vehicle_id = hx(KEYS["vehicle"]["key_id_hex"])
-    for name in ("challenge", "next_challenge"):
-        nonce = rng(16)
-        assert hx(MSG[name]) == bytes([1, 0x01, 1, 1]) + vehicle_id + nonce
+    # Draw order: challenge, status at connect, (command), next challenge, later statuses.
+    time_nonces = [hx(n) for n in EX["time_nonces_hex"]]
+    assert hx(MSG["challenge"]) == bytes([1, 0x01, 1, 1]) + vehicle_id + rng(16)
+    assert rng(16) == time_nonces[0]
+    assert hx(MSG["next_challenge"]) == bytes([1, 0x01, 1, 1]) + vehicle_id + rng(16)
     assert hx(MSG["challenge"])[20:] == hx(EX["nonce_hex"])
-    for nonce_hex in EX["time_nonces_hex"]:
-        assert rng(16) == hx(nonce_hex)
+    for nonce in time_nonces[1:]:
+        assert rng(16) == nonce
 
 
 def test_presentation_message() -> None:
@@ -345,6 +347,7 @@ def test_response_key_and_mac() -> None:
 
 def test_status_and_update_messages() -> None:
     names = (
+        "vehicle_status_at_connect",
         "vehicle_status",
         "vehicle_status_after_revocation_update",
         "vehicle_status_after_time_update",
@@ -353,7 +356,7 @@ def test_status_and_update_messages() -> None:
         names, EX["revocation_versions"], EX["time_nonces_hex"], strict=True
     ):
         assert hx(MSG[name]) == bytes([1, 0x07]) + version.to_bytes(8, "big") + hx(nonce)
-    assert EX["revocation_versions"] == [0, 1, 1]
+    assert EX["revocation_versions"] == [0, 0, 1, 1]
     assert hx(MSG["revocation_update"]) == bytes([1, 0x08]) + len16(
         hx(OBJ["revocation_delta"]["encoded_hex"])
     )
@@ -408,8 +411,9 @@ def test_connections_reproduce_the_exchange() -> None:
         return _events(phone.next_event)
 
     vehicle.start()
-    assert vehicle.data_to_send() == frames["challenge"]
-    assert to_phone(frames["challenge"]) == [ChallengeReceived(1)]
+    connect = frames["challenge"] + frames["vehicle_status_at_connect"]
+    assert vehicle.data_to_send() == connect
+    assert to_phone(connect)[0] == ChallengeReceived(1)
 
     phone.present_credential(hx(OBJ["credential"]["encoded_hex"]))
     phone.send_command(Command.UNLOCK, EX["counter"])
@@ -418,7 +422,7 @@ def test_connections_reproduce_the_exchange() -> None:
     answer = frames["response"] + frames["next_challenge"] + frames["vehicle_status"]
     assert vehicle.data_to_send() == answer
     assert store.state is LockState.UNLOCKED
-    time_nonces = [hx(n) for n in EX["time_nonces_hex"]]
+    time_nonces = [hx(n) for n in EX["time_nonces_hex"]][1:]  # [0] came at connect
     assert to_phone(answer) == [
         CommandCompleted(Command.UNLOCK, ResultCode.OK, LockState.UNLOCKED, EX["counter"]),
         ChallengeReceived(1),

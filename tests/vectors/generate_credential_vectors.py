@@ -215,8 +215,12 @@ def run_exchange() -> dict[str, Any]:
         return _events(phone.next_event)
 
     vehicle.start()
-    challenge_frames = vehicle.data_to_send()
-    assert to_phone(challenge_frames) == [ChallengeReceived(1)]
+    connect_frames = vehicle.data_to_send()
+    assert len(connect_frames) == 2  # the challenge, then the status (its time nonce)
+    challenge_frames, status0_frames = connect_frames[:1], connect_frames[1:]
+    connect_events = to_phone(connect_frames)
+    assert connect_events[0] == ChallengeReceived(1)
+    assert isinstance(connect_events[1], VehicleStatusReceived)
 
     phone.present_credential(credential.to_bytes())
     phone.send_command(Command.UNLOCK, COUNTER)
@@ -256,6 +260,7 @@ def run_exchange() -> dict[str, Any]:
 
     messages = {
         "challenge": challenge_frames,
+        "vehicle_status_at_connect": status0_frames,
         "presentation": written[:1],
         "request": written[1:],
         "response": answer_frames[:1],
@@ -297,6 +302,7 @@ def build() -> dict[str, Any]:
     statuses = [
         decode(msgs[name])
         for name in (
+            "vehicle_status_at_connect",
             "vehicle_status",
             "vehicle_status_after_revocation_update",
             "vehicle_status_after_time_update",

@@ -65,9 +65,13 @@ def credential(
     ).to_bytes()
 
 
-async def connect(phone: BlePhone, vehicle: RunningVehicle) -> None:
+async def connect(phone: BlePhone, vehicle: RunningVehicle) -> VehicleStatusReceived:
+    """Subscribe; a vehicle that trusts an issuer pushes a challenge, then its status."""
     await phone.connect(vehicle.device.random_address)
     assert isinstance(await phone.next_event(), ChallengeReceived)
+    status = await phone.next_event()
+    assert isinstance(status, VehicleStatusReceived), status
+    return status
 
 
 async def present(phone: BlePhone, encoded: bytes) -> None:
@@ -293,7 +297,8 @@ async def test_without_an_issuer_no_status_is_sent_and_credentials_are_refused(
     vehicle: RunningVehicle, make_phone: PhoneFactory, card: VehicleCard
 ) -> None:
     owner = await make_phone("owner", role=Role.OWNER)
-    await connect(owner, vehicle)
+    await owner.connect(vehicle.device.random_address)
+    assert isinstance(await owner.next_event(), ChallengeReceived)
     for cmd in (Command.UNLOCK, Command.LOCK):
         await owner.send(cmd)
         assert isinstance(await owner.next_event(), CommandCompleted)
@@ -301,7 +306,8 @@ async def test_without_an_issuer_no_status_is_sent_and_credentials_are_refused(
         assert isinstance(await owner.next_event(), ChallengeReceived)
 
     stranger = await make_phone("cloud", role=None)
-    await connect(stranger, vehicle)
+    await stranger.connect(vehicle.device.random_address)
+    assert isinstance(await stranger.next_event(), ChallengeReceived)
     await present(stranger, credential(crypto.generate_private_key(), stranger, card))
     await stranger.send(Command.UNLOCK)
     await refused(stranger, ResultCode.CREDENTIAL_INVALID)

@@ -1,0 +1,285 @@
+"""The cloud work around one command, bounded and kept off the critical path.
+
+``run_command`` makes one ``CloudSync`` per command. At the start it launches
+two tasks, each with the same deadline:
+
+- a credential refresh (``POST /v1/credentials``): the result is verified and
+  cached for next time. Only when nothing valid is cached does the command
+  wait for it (up to the deadline) before connecting.
+- a revocation sync: deltas from the version the vehicle last reported, cached
+  per issuer, so the phone can carry them to the vehicle even offline.
+
+After the vehicle's answer (the door is already open), ``after_command``
+hands the vehicle what it lacks: cached deltas that start at the version its
+status reports, and, if the cloud answered in this run, signed time for its
+nonce. Any failure there is logged and dropped: it never changes the outcome.
+
+It also words the outcome (``success_message`` / ``failure_message``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from protocol import Command, ProtocolError, credentials
+
+from .credential_cache import CachedCredential, CacheState, CredentialCache
+from .errors import CloudRefused, CloudUnavailable, PhoneError
+from .keystore import KeyStore
+from .trust import VehicleTrust, duration_text, utc_text
+
+if TYPE_CHECKING:
+    from .cloud_client import CloudClient
+    from .session import VehicleSession
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CLOUD_DEADLINE: Final = 3.0
+"""Seconds the cloud gets per command: for the refresh beside BLE, and for the
+wait before connecting when nothing valid is cached."""
+STATUS_WAIT: Final = 0.5
+"""Seconds to wait after an answer for the vehicle's status (it normally
+arrives with the answer; a vehicle that trusts no issuer sends none)."""
+HANDOFF_TIMEOUT: Final = 1.0
+"""Seconds for the vehicle to acknowledge one handoff (deltas, or time)."""
+_FINISH_GRACE: Final = 0.5
+
+_VERBS: Final = {Command.UNLOCK: "unlocked", Command.LOCK: "locked", Command.STATUS: "status read"}
+ADVICE: Final = "use an owner's phone to share a key, or the keycard"
+
+
+class CloudSync:
+    def __init__(
+        self,
+        keystore: KeyStore,
+        trust: VehicleTrust,
+        cache: CredentialCache,
+        cloud: CloudClient | None,
+        *,
+        deadline: float = DEFAULT_CLOUD_DEADLINE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if cloud is not None and trust.issuer is None:
+            logger.warning(
+                "cloud %s not used for %s: no issuer key is pinned to verify its credentials",
+                cloud.url,
+                trust.vin,
+            )
+            cloud = None
+        self.keystore = keystore
+        self.trust = trust
+        self.cache = cache
+        self.cloud = cloud
+        self.deadline = deadline
+        self._clock = clock
+        self.cached: CachedCredential = (
+            cache.status(trust.vin, self.now())
+            if trust.issuer is not None
+            else CachedCredential(trust.vin, CacheState.NONE)
+        )
+        self.fetched: credentials.Credential | None = None  # from the cloud in this run
+        self.refreshed = False  # the fetched credential replaced the cached one
+        self.error: CloudUnavailable | None = None  # why the credential fetch failed
+        self.deltas_sent: tuple[int, int] | None = None  # (from, to) versions handed over
+        self.time_sent = False
+        self._credential_task: asyncio.Task[credentials.Credential | None] | None = None
+        self._revocation_task: asyncio.Task[None] | None = None
+        self._ends_at = 0.0
+
+    @property
+    def active(self) -> bool:
+        """A cloud is configured (and can be verified) for this vehicle."""
+        return self.cloud is not None
+
+    def now(self) -> int:
+        return int(self._clock())
+
+    # --- the side tasks -------------------------------------------------------------------
+    def start(self) -> None:
+        """Launch the refresh and the revocation sync (no-op without a cloud)."""
+        if self.cloud is None or self._credential_task is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._ends_at = loop.time() + self.deadline
+        self._credential_task = loop.create_task(self._fetch_credential(self.cloud))
+        self._revocation_task = loop.create_task(self._sync_revocations(self.cloud))
+
+    def _remaining(self) -> float:
+        return max(0.001, self._ends_at - asyncio.get_running_loop().time())
+
+    async def credential(self) -> credentials.Credential | None:
+        """Wait (bounded by the deadline) for the refresh; its credential or None."""
+        if self._credential_task is None:
+            return None
+        return await asyncio.shield(self._credential_task)
+
+    @property
+    def cloud_up(self) -> bool:
+        """The cloud answered this run's refresh (with a credential or a definite no)."""
+        task = self._credential_task
+        if task is None or not task.done():
+            return False
+        return self.error is None or isinstance(self.error, CloudRefused)
+
+    @property
+    def observed(self) -> str:
+        """The cloud as this run saw it: ``none``, ``up``, ``pending`` or an error status."""
+        if self._credential_task is None:
+            return "none"
+        if not self._credential_task.done():
+            return "pending"
+        return "up" if self.error is None else self.error.status
+
+    async def _fetch_credential(self, cloud: CloudClient) -> credentials.Credential | None:
+        try:
+            credential = await cloud.request_credential(
+                self.keystore, self.trust.card, timeout=self._remaining()
+            )
+        except CloudUnavailable as exc:
+            self.error = exc
+            logger.info("no credential from the cloud for %s: %s", self.trust.vin, exc)
+            return None
+        self.fetched = credential
+        try:
+            self.refreshed = self.cache.store(self.trust.vin, credential, self.now())
+        except (credentials.CredentialError, PhoneError) as exc:  # verified already; disk?
+            logger.warning("could not cache the credential for %s: %s", self.trust.vin, exc)
+        return credential
+
+    async def _sync_revocations(self, cloud: CloudClient) -> None:
+        since = self.cache.vehicle_revocation_version(self.trust.vin) or 0
+        try:
+            deltas = await cloud.revocation_deltas(
+                since, self.trust.issuers, timeout=self._remaining()
+            )
+            if deltas:
+                self.cache.store_deltas(deltas, self.trust.issuers)
+        except (CloudUnavailable, credentials.CredentialError, PhoneError) as exc:
+            logger.info("revocation sync for %s skipped: %s", self.trust.vin, exc)
+
+    async def finish(self) -> None:
+        """Let the side tasks end (they stop at the deadline); cancel stragglers."""
+        tasks = [t for t in (self._credential_task, self._revocation_task) if t is not None]
+        pending = [t for t in tasks if not t.done()]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=self._remaining() + _FINISH_GRACE)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.gather(*late, return_exceptions=True)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                logger.error("cloud task failed", exc_info=task.exception())
+
+    def cancel(self) -> None:
+        for task in (self._credential_task, self._revocation_task):
+            if task is not None:
+                task.cancel()
+
+    # --- after the answer -------------------------------------------------------------------
+    async def after_command(self, session: VehicleSession) -> None:
+        """Hand the vehicle signed news it lacks; never raises (but cancellation)."""
+        issuer_key_id = self.trust.issuer_key_id
+        if issuer_key_id is None:
+            return
+        issuers = self.trust.issuers
+        try:
+            if not self.active and not self.cache.deltas(issuer_key_id, issuers):
+                return  # nothing to hand over whatever the vehicle says
+            status = await session.wait_status(STATUS_WAIT)
+            if status is None:
+                return
+            vin = self.trust.vin
+            self.cache.record_vehicle_revocation_version(vin, status.revocation_version)
+            chain = self.cache.deltas_from(issuer_key_id, status.revocation_version, issuers)
+            if not chain and self.cloud is not None and self.cloud_up:
+                news = await self.cloud.revocation_deltas(
+                    status.revocation_version, issuers, timeout=self.cloud.call_timeout
+                )
+                if news:
+                    self.cache.store_deltas(news, issuers)
+                    chain = self.cache.deltas_from(
+                        issuer_key_id, status.revocation_version, issuers
+                    )
+            if chain:
+                answer = await session.send_revocation_updates(
+                    [d.to_bytes() for d in chain], timeout=HANDOFF_TIMEOUT
+                )
+                if answer is not None:
+                    self.deltas_sent = (status.revocation_version, answer.revocation_version)
+                    self.cache.record_vehicle_revocation_version(vin, answer.revocation_version)
+                    status = answer
+            if self.cloud is not None and self.cloud_up:
+                signed = await self.cloud.signed_time(
+                    status.time_nonce, issuers, timeout=self.cloud.call_timeout
+                )
+                self.time_sent = (
+                    await session.send_time_update(signed.to_bytes(), timeout=HANDOFF_TIMEOUT)
+                    is not None
+                )
+        except (CloudUnavailable, ProtocolError, PhoneError, credentials.CredentialError) as exc:
+            logger.info("handing signed news to %s stopped: %s", self.trust.vin, exc)
+
+    # --- words ----------------------------------------------------------------------------
+    def success_message(
+        self, command: Command, ok: bool, source: str, refusal: Exception | None
+    ) -> str:
+        """How the vehicle's answer was obtained, e.g. ``cloud unreachable (HTTP
+        500); unlocked with cached credential valid until 2026-12-04 10:00 UTC``."""
+        verb = _VERBS.get(command, "answered") if ok else "used"
+        held = self.cached.credential
+        if source == "cloud" and self.fetched is not None:
+            text = (
+                f"{verb} with a credential fetched from the cloud, valid until "
+                f"{utc_text(self.fetched.not_after)}"
+            )
+        elif source == "cache" and held is not None:
+            text = f"{verb} with cached credential valid until {utc_text(held.not_after)}"
+            if self.refreshed and self.fetched is not None:
+                text += (
+                    "; refreshed from the cloud, now valid until "
+                    f"{utc_text(self.fetched.not_after)}"
+                )
+        else:
+            text = f"{verb} with this phone's whitelisted key"
+            if refusal is not None:
+                text = f"the vehicle refused the credential ({refusal}); {text}"
+        return text if self.error is None else f"{self.error}; {text}"
+
+    def failure_message(self, refusal: Exception | None) -> str:
+        """Why neither a credential nor the whitelist worked, and what to do."""
+        now = self.now()
+        cached, held = self.cached, self.cached.credential
+        if refusal is not None:
+            first = f"the vehicle refused the credential ({refusal})"
+        elif cached.state is CacheState.EXPIRED and held is not None:
+            first = f"cached credential expired {duration_text(now - held.not_after)} ago"
+        elif cached.state is CacheState.NOT_YET_VALID and held is not None:
+            first = f"cached credential is not valid before {utc_text(held.not_before)}"
+        elif cached.state is CacheState.CORRUPT:
+            first = f"the credential cache is corrupt ({cached.detail})"
+        elif cached.state is CacheState.UNTRUSTED:
+            first = f"the cached credential does not verify ({cached.detail})"
+        else:
+            first = "no credential is cached"
+        second = self._cloud_clause()
+        joined = first if second is None else f"{first} and {second}"
+        return f"{joined}; this phone's key is not on the vehicle's whitelist: {ADVICE}"
+
+    def _cloud_clause(self) -> str | None:
+        if self.cloud is None:
+            return "no cloud is configured"
+        error = self.error
+        if error is None:
+            return None  # it answered: its credential is what the vehicle refused
+        if isinstance(error, CloudRefused):
+            return f"the cloud refused ({error.reason})"
+        if error.status == "circuit-open":
+            return f"the cloud is unreachable (not asked: {error.reason})"
+        if error.status in ("bad-signature", "lying"):
+            return f"the cloud's answer failed verification ({error.reason})"
+        return f"the cloud is unreachable ({error.reason})"
