@@ -27,7 +27,8 @@ _ReportT = TypeVar(
 )
 _LEGACY_SCAN_RSP = hci.HCI_LE_Advertising_Report_Event.EventType.SCAN_RSP
 _EXT_SCAN_RSP = hci.HCI_LE_Extended_Advertising_Report_Event.EventType.SCAN_RESPONSE
-_EXT_SCANNABLE = hci.HCI_LE_Set_Extended_Advertising_Parameters_Command.AdvertisingProperties.SCANNABLE_ADVERTISING
+_EXT_ADV_PROPERTIES = hci.HCI_LE_Set_Extended_Advertising_Parameters_Command.AdvertisingProperties
+_EXT_SCANNABLE = _EXT_ADV_PROPERTIES.SCANNABLE_ADVERTISING
 _POWER_OFF = hci.HCI_ErrorCode.REMOTE_DEVICE_TERMINATED_CONNECTION_DUE_TO_POWER_OFF_ERROR
 _LEGACY_SCANNABLE_TYPES = (
     hci.HCI_LE_Set_Advertising_Parameters_Command.AdvertisingType.ADV_IND,

@@ -277,7 +277,9 @@ class VehicleConnection:
                 lock_state_before=before,
                 lock_state=after,
                 counter=request.counter,
-                credential_serial=presented.serial if authorised_by_credential else None,
+                credential_serial=(
+                    presented.serial if presented is not None and authorised_by_credential else None
+                ),
             )
         )
         self._issue_challenge()
