@@ -320,7 +320,10 @@ async def run_command(
             )
             outcome = replace(outcome, message=_message(sync, outcome, refusal))
             if on_result is not None:
-                on_result(outcome)
+                try:
+                    on_result(outcome)
+                except Exception:  # the command is done: a hook's bug must not undo that
+                    logger.exception("on_result hook failed")
             await sync.after_command(session)  # bounded; never raises
         return outcome
 

@@ -27,6 +27,8 @@ EXIT_LOCAL: Final = 4
 
 DEFAULT_COMMAND_TIMEOUT: Final = 10.0
 DEFAULT_SCAN_TIMEOUT: Final = 3.0
+DEFAULT_CLOUD_TIMEOUT: Final = 2.0
+BREAKER_FILE: Final = "cloud-breaker.json"
 PHONE_DEVICE_NAME: Final = "phonekey-phone"
 
 Handler = Callable[[argparse.Namespace], int]
@@ -48,6 +50,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = _sub(commands, "add-vehicle", "store a vehicle card this phone may use", _add_vehicle)
     p.add_argument("card", metavar="CARD", help="phonekey-card:1:<VIN>:p256:<hex>")
+    p.add_argument(
+        "--issuer",
+        metavar="PUBKEY",
+        type=_key_arg,
+        help="the credential issuer key the vehicle trusts, p256:<hex> (pinned for it)",
+    )
+    p.add_argument(
+        "--cloud",
+        metavar="URL",
+        type=_url_arg,
+        help="the credential cloud for this vehicle, e.g. http://127.0.0.1:8080; without "
+        "--issuer its issuer key is fetched once and pinned (trust on first use)",
+    )
+    _add_cloud_timeout(p)
+
+    p = _sub(commands, "refresh", "fetch a fresh credential from the cloud now", _refresh)
+    p.add_argument("--vin", required=True, type=_vin_arg, help="the vehicle's VIN")
+    _add_cloud_timeout(p)
+
+    _sub(commands, "credentials", "list the cached cloud credentials and their validity", _list)
 
     p = _sub(commands, "scan", "list nearby phonekey vehicles (exit 3 if none)", _scan)
     _add_radio(p, DEFAULT_SCAN_TIMEOUT, mtu=False)
@@ -56,6 +78,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         p = _sub(commands, name, f"{verb} a vehicle whose card this phone holds", _command)
         p.add_argument("--vin", required=True, type=_vin_arg, help="the vehicle's VIN")
         _add_radio(p, DEFAULT_COMMAND_TIMEOUT, mtu=True)
+        p.add_argument(
+            "--no-cloud",
+            action="store_true",
+            help="do not contact the vehicle's cloud (use the cached credential or the whitelist)",
+        )
+        _add_cloud_timeout(p)
 
 
 def _sub(
@@ -110,6 +138,16 @@ def _add_radio(parser: argparse.ArgumentParser, timeout: float, *, mtu: bool) ->
         )
 
 
+def _add_cloud_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cloud-timeout",
+        type=_positive,
+        default=DEFAULT_CLOUD_TIMEOUT,
+        metavar="S",
+        help=f"seconds the cloud gets (default {DEFAULT_CLOUD_TIMEOUT:g})",
+    )
+
+
 # --- argument types ------------------------------------------------------------
 def _vin_arg(text: str) -> str:
     from protocol.card import validate_vin
@@ -117,6 +155,25 @@ def _vin_arg(text: str) -> str:
     try:
         return validate_vin(text)
     except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _key_arg(text: str) -> Any:
+    from protocol import crypto
+
+    try:
+        return crypto.public_key_from_text(text.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a p256:<hex> public key: {exc}") from None
+
+
+def _url_arg(text: str) -> str:
+    from .errors import KeyStoreError
+    from .keystore import validate_cloud_url
+
+    try:
+        return validate_cloud_url(text)
+    except KeyStoreError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
@@ -171,6 +228,11 @@ def _explain(exc: Exception) -> tuple[int, str]:
         return EXIT_FAILED, f"denied: {exc} (unauthenticated refusal; lock state unknown)"
     if isinstance(exc, ProtocolError):
         return EXIT_FAILED, f"failed: protocol error from the vehicle: {exc}"
+    if isinstance(exc, errors.KeyUnavailable):
+        return EXIT_FAILED, f"denied: {exc}"
+    if isinstance(exc, errors.CloudUnavailable):
+        code = EXIT_TIMEOUT if exc.status == "blackhole" else EXIT_FAILED
+        return code, f"failed: {exc}"
     if isinstance(exc, errors.VehicleNotFound | errors.CommandTimeout):
         return EXIT_TIMEOUT, f"error: {exc}"
     if isinstance(exc, errors.KeyStoreError | errors.AdapterUnavailable):
@@ -209,11 +271,147 @@ def _pubkey(args: argparse.Namespace) -> int:
 
 
 def _add_vehicle(args: argparse.Namespace) -> int:
+    from protocol import crypto
     from protocol.card import VehicleCard
 
+    from .errors import UnknownVehicle
+
     card = VehicleCard.from_text(args.card)
-    _keystore(args).add_vehicle(card)
+    store = _keystore(args)
+    issuer, fetched_from = args.issuer, None
+    if args.cloud is not None and issuer is None:
+        try:
+            pinned = store.vehicle_trust(card.vin).issuer
+        except UnknownVehicle:
+            pinned = None
+        if pinned is None:
+            # Trust on first use, at setup only: every credential is later
+            # verified against this pinned key, never against what the cloud says.
+            from .cloud_client import CloudClient
+
+            async def fetch() -> Any:
+                async with CloudClient(args.cloud, call_timeout=args.cloud_timeout) as cloud:
+                    return await cloud.issuer()
+
+            issuer, fetched_from = asyncio.run(fetch()).public_key, args.cloud
+    store.add_vehicle(card, issuer=issuer, cloud_url=args.cloud)
     print(f"added vehicle {card.vin} (vehicle id {card.vehicle_id.hex()})")
+    trust = store.vehicle_trust(card.vin)
+    if trust.issuer is not None:
+        key_id = crypto.key_id(trust.issuer).hex()
+        how = ""
+        if fetched_from is not None:
+            how = (
+                f", as {fetched_from} states it (trust on first use: compare it with "
+                "the key the vehicle was provisioned with, or pass --issuer)"
+            )
+        print(f"credentials for it must be signed by issuer {key_id}{how}")
+    if trust.cloud_url is not None:
+        print(f"cloud: {trust.cloud_url}")
+    return EXIT_OK
+
+
+def _breaker(store: Any, url: str) -> Any:
+    from .circuit_breaker import CircuitBreaker
+
+    return CircuitBreaker(path=store.home / BREAKER_FILE, key=url)
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    import time
+
+    from .cloud_client import CloudClient
+    from .credential_cache import CredentialCache
+    from .errors import CloudUnavailable, KeyStoreError, NoTrustedIssuer
+
+    store = _keystore(args)
+    trust = store.vehicle_trust(args.vin)
+    _ = store.private_key
+    if trust.issuer is None:
+        raise NoTrustedIssuer(trust.vin)
+    if trust.cloud_url is None:
+        raise KeyStoreError(
+            f"no cloud is configured for vehicle {trust.vin}; add one with "
+            "`phonekey phone add-vehicle CARD --cloud URL`"
+        )
+    cache = CredentialCache(store)
+    breaker = _breaker(store, trust.cloud_url)
+    notes: list[str] = []
+
+    async def refresh() -> Any:
+        # Asked for explicitly: the breaker is not consulted, but it learns the result.
+        async with CloudClient(trust.cloud_url, call_timeout=args.cloud_timeout) as cloud:
+            try:
+                credential = await cloud.request_credential(store, trust.card)
+            except CloudUnavailable as exc:
+                if exc.status != "refused":
+                    breaker.record_failure(exc.reason)
+                raise
+            breaker.record_success()
+            stored = cache.store(trust.vin, credential, int(time.time()))
+            if not stored:
+                notes.append("the cached credential lasts longer; kept it")
+            try:
+                listed = await cloud.revocations(trust.issuers)
+                cache.store_revocation_list(listed, trust.issuers)
+                since = cache.vehicle_revocation_version(trust.vin) or 0
+                deltas = await cloud.revocation_deltas(since, trust.issuers)
+                if deltas:
+                    cache.store_deltas(deltas, trust.issuers)
+                notes.append(f"revocation list version {listed.version}")
+            except CloudUnavailable as exc:
+                notes.append(f"revocation news not fetched: {exc}")
+            return credential
+
+    credential = asyncio.run(refresh())
+    now = int(time.time())
+    status = cache.status(trust.vin, now)
+    print(f"{trust.vin}: fetched {_credential_text(credential, now)}")
+    if status.credential is not None and status.credential != credential:
+        print(f"{trust.vin}: cached {status.describe(now)}")
+    for note in notes:
+        print(f"{trust.vin}: {note}")
+    return EXIT_OK
+
+
+def _credential_text(credential: Any, now: int) -> str:
+    from .trust import duration_text, utc_text
+
+    return (
+        f"{credential.role.name.lower()} credential #{credential.serial}, valid until "
+        f"{utc_text(credential.not_after)} ({duration_text(credential.not_after - now)} left)"
+    )
+
+
+def _list(args: argparse.Namespace) -> int:
+    import time
+
+    from protocol import crypto
+
+    from .credential_cache import CredentialCache
+
+    store = _keystore(args)
+    cache = CredentialCache(store)
+    now = int(time.time())
+    vehicles = store.vehicles()
+    if not vehicles:
+        print("this phone holds no vehicle cards", file=sys.stderr)
+        return EXIT_OK
+    for card in vehicles:
+        trust = store.vehicle_trust(card.vin)
+        if trust.issuer is None:
+            print(f"{card.vin}: no issuer key pinned (whitelist only)")
+            continue
+        status = cache.status(card.vin, now) if store.has_key() else None
+        text = "no phone key yet" if status is None else status.describe(now)
+        print(f"{card.vin}: {text}")
+        where = f"issuer {crypto.key_id(trust.issuer)[:4].hex()}"
+        if trust.cloud_url is not None:
+            where += f", cloud {trust.cloud_url}"
+        version = cache.revocation_version(crypto.key_id(trust.issuer), trust.issuers)
+        if version:
+            where += f", revocation news to version {version}"
+        print(f"  {where}")
     return EXIT_OK
 
 
@@ -245,26 +443,52 @@ def _command(args: argparse.Namespace) -> int:
     from .central import run_command
 
     store = _keystore(args)
-    store.vehicle(args.vin)  # refuse an unknown vehicle before any radio work
+    trust = store.vehicle_trust(args.vin)  # refuse an unknown vehicle before any radio work
     _ = store.private_key
     command = Command[args.phone_command.upper()]
+    printed: list[CommandOutcome] = []
+
+    def print_result(outcome: CommandOutcome) -> None:
+        # As soon as the vehicle answered: the cloud work after it must not delay this.
+        printed.append(outcome)
+        _print_result(outcome)
 
     async def send(radio: dict[str, Any]) -> CommandOutcome:
-        return await run_command(
-            store,
-            args.vin,
-            command,
-            client_kwargs=radio.get("client_kwargs"),
-            scanner_kwargs=radio.get("scanner_kwargs"),
-            timeout=args.timeout,
-            max_mtu=args.mtu,
-        )
+        cloud = None
+        if trust.cloud_url is not None and not args.no_cloud:
+            from .cloud_client import CloudClient
+
+            cloud = CloudClient(
+                trust.cloud_url,
+                call_timeout=args.cloud_timeout,
+                breaker=_breaker(store, trust.cloud_url),
+            )
+        try:
+            return await run_command(
+                store,
+                args.vin,
+                command,
+                client_kwargs=radio.get("client_kwargs"),
+                scanner_kwargs=radio.get("scanner_kwargs"),
+                timeout=args.timeout,
+                max_mtu=args.mtu,
+                cloud=cloud,
+                cloud_deadline=args.cloud_timeout,
+                on_result=print_result,
+            )
+        finally:
+            if cloud is not None:
+                await cloud.close()
 
     outcome = asyncio.run(_with_radio(args, send))
-    return _report(outcome)
+    if not printed:
+        _print_result(outcome)
+    if outcome.cloud != "none" or outcome.credential not in (None, "whitelist"):
+        print(outcome.message, file=sys.stdout if outcome.ok else sys.stderr)
+    return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
-def _report(outcome: CommandOutcome) -> int:
+def _print_result(outcome: CommandOutcome) -> None:
     from protocol import Command
 
     state = outcome.lock_state.name.lower()
@@ -274,13 +498,12 @@ def _report(outcome: CommandOutcome) -> int:
             f"denied: vehicle {outcome.vin} refused {outcome.command.name.lower()}: this key's "
             f"role does not permit it; the vehicle is {state} ({details})",
             file=sys.stderr,
+            flush=True,
         )
-        return EXIT_FAILED
-    if outcome.command is Command.STATUS:
-        print(f"{outcome.vin} is {state} ({details})")
+    elif outcome.command is Command.STATUS:
+        print(f"{outcome.vin} is {state} ({details})", flush=True)
     else:
-        print(f"{state} {outcome.vin} ({details})")
-    return EXIT_OK
+        print(f"{state} {outcome.vin} ({details})", flush=True)
 
 
 def _latency_text(outcome: CommandOutcome) -> str:

@@ -223,7 +223,7 @@ class CloudClient:
             async with asyncio.timeout(seconds):
                 yield
         except TimeoutError:
-            error = CloudUnavailable(f"no answer within {seconds:.3g} s", "blackhole")
+            error = CloudUnavailable(f"no answer within {_seconds_text(seconds)} s", "blackhole")
             self._observe(error)
             raise error from None
         except CloudUnavailable as exc:
@@ -463,6 +463,13 @@ def _parse(parser: Callable[[bytes], _T], raw: bytes, what: str) -> _T:
         return parser(raw)
     except credentials.CredentialMalformed as exc:
         raise _garbage(f"malformed {what}: {exc}") from None
+
+
+def _seconds_text(seconds: float) -> str:
+    """``2``, ``1.5``, ``0.05``: a deadline as people write it (0.999 reads as 1)."""
+    if seconds >= 0.1:
+        return f"{seconds:.1f}".removesuffix(".0")
+    return f"{seconds:.2g}"
 
 
 def _garbage(what: str) -> CloudUnavailable:

@@ -111,6 +111,10 @@ class CloudSync:
     def _remaining(self) -> float:
         return max(0.001, self._ends_at - asyncio.get_running_loop().time())
 
+    def _call_timeout(self, cloud: CloudClient) -> float:
+        """One call's deadline: the client's, cut to what is left of the budget."""
+        return min(cloud.call_timeout, self._remaining())
+
     async def credential(self) -> credentials.Credential | None:
         """Wait (bounded by the deadline) for the refresh; its credential or None."""
         if self._credential_task is None:
@@ -137,7 +141,7 @@ class CloudSync:
     async def _fetch_credential(self, cloud: CloudClient) -> credentials.Credential | None:
         try:
             credential = await cloud.request_credential(
-                self.keystore, self.trust.card, timeout=self._remaining()
+                self.keystore, self.trust.card, timeout=self._call_timeout(cloud)
             )
         except CloudUnavailable as exc:
             self.error = exc
@@ -154,7 +158,7 @@ class CloudSync:
         since = self.cache.vehicle_revocation_version(self.trust.vin) or 0
         try:
             deltas = await cloud.revocation_deltas(
-                since, self.trust.issuers, timeout=self._remaining()
+                since, self.trust.issuers, timeout=self._call_timeout(cloud)
             )
             if deltas:
                 self.cache.store_deltas(deltas, self.trust.issuers)

@@ -1,4 +1,4 @@
-"""`phonekey demo`: a vehicle and phones in one process on the virtual adapter.
+"""`phonekey demo`: a vehicle, phones and a credential cloud in one process.
 
 Everything is real except the radio: the vehicle's persistent state lives in a
 temporary directory, each phone has its own key store and its own bumble
@@ -24,13 +24,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ble_stack.bleak_backend import BumbleBleakClient, BumbleBleakScanner
+from cloud_sim.server import RunningCloud
+from phone_client.cloud_client import CloudClient
 from ble_stack.virtual_link import VirtualRadio
 from phone_client.central import CommandOutcome, run_command
 from phone_client.keystore import KeyStore
-from protocol import Command, LockState, ProtocolError, Role
+from protocol import Command, LockState, Role
 from protocol.card import VehicleCard
 from vehicle_sim.runtime import VehicleRuntime
 from vehicle_sim.state_store import init_vehicle, open_store
+
+from .demo_cloud import WEEK, cache_credential_from, enroll, register_vehicle, revoke, start_clouds
 
 DEMO_VIN = "1HGCM82633A004352"
 STEP_TIMEOUT = 10.0
@@ -46,7 +50,7 @@ class Step:
     expected: Outcome
     outcome: Outcome | None = None
     credential: str | None = None  # "whitelist" | "cloud" | "cache" | "share" | None
-    cloud: str = "none"  # no cloud exists in this demo: nothing depends on one
+    cloud: str = "none"  # the cloud as the phone saw it; "none" when it used none
     latency_ms: float = 0.0
     error: str | None = None
 
@@ -62,6 +66,7 @@ class _Phone:
     client_kwargs: dict[str, Any]
     scanner_kwargs: dict[str, Any]
     whitelisted: bool
+    cloud: CloudClient | None = None
 
 
 class Demo:
@@ -70,11 +75,20 @@ class Demo:
         self.say = say
         self.radio = VirtualRadio()
         self.steps: list[Step] = []
+        self._clients: list[CloudClient] = []
 
-    async def _make_phone(self, label: str, card: VehicleCard, *, whitelisted: bool) -> _Phone:
+    async def _make_phone(
+        self, label: str, card: VehicleCard, *, whitelisted: bool, cloud: RunningCloud | None = None
+    ) -> _Phone:
         keystore = KeyStore(self.workdir / label)
         keystore.keygen()
-        keystore.add_vehicle(card)
+        client = None
+        if cloud is None:
+            keystore.add_vehicle(card)
+        else:
+            keystore.add_vehicle(card, issuer=cloud.issuer_public_key, cloud_url=cloud.url)
+            client = CloudClient(cloud.url)
+            self._clients.append(client)
         device = await self.radio.create_device(f"phone-{label}")
         return _Phone(
             label,
@@ -82,46 +96,100 @@ class Demo:
             {"backend": BumbleBleakClient, "bumble_device": device},
             {"backend": BumbleBleakScanner, "bumble_device": device},
             whitelisted,
+            client,
         )
 
     async def run(self) -> list[Step]:
+        cloud, past_cloud = await start_clouds(self.workdir)
+        try:
+            return await self._run(cloud, past_cloud)
+        finally:
+            for client in self._clients:
+                await client.close()
+            await past_cloud.close()
+            await cloud.close()
+
+    async def _run(self, cloud: RunningCloud, past_cloud: RunningCloud) -> list[Step]:
         state_dir = self.workdir / "vehicle"
         card = init_vehicle(state_dir, DEMO_VIN)
         self.say(f"vehicle {card.vin} created; vehicle id {card.vehicle_id.hex()[:8]}")
 
-        owner = await self._make_phone("owner", card, whitelisted=True)
+        owner = await self._make_phone("owner", card, whitelisted=True, cloud=cloud)
         driver = await self._make_phone("driver", card, whitelisted=True)
         stranger = await self._make_phone("stranger", card, whitelisted=False)
+        renter = await self._make_phone("renter", card, whitelisted=False, cloud=cloud)
+        lapsed = await self._make_phone("lapsed", card, whitelisted=False, cloud=past_cloud)
 
-        # Physical provisioning of a stopped vehicle: the owner's and a driver's key.
+        # Physical provisioning of a stopped vehicle: the owner's and a driver's
+        # key, and the credential cloud's issuer key.
         with open_store(state_dir) as store:
             store.add_key(owner.keystore.public_key(), Role.OWNER)
             store.add_key(driver.keystore.public_key(), Role.DRIVER)
+            store.add_issuer(cloud.issuer_public_key)
         self.say("owner and driver phones paired: keys on the vehicle's whitelist")
         self.say("stranger phone holds the vehicle card but its key is not whitelisted")
+
+        token = await register_vehicle(cloud, card)
+        for phone in (renter, lapsed):
+            await enroll(cloud, token, card, phone.keystore.public_key())
+        await cache_credential_from(
+            past_cloud, lapsed.keystore, card, clock=time.time() - WEEK - 86400
+        )
+        self.say(f"credential cloud at {cloud.url}; vehicle trusts its issuer key")
+        self.say("renter and lapsed phones enrolled as drivers through the cloud only")
 
         with open_store(state_dir) as store:
             device = await self.radio.create_device("vehicle")
             async with VehicleRuntime(store, device):
-                self.say("vehicle advertising on the virtual radio; no server anywhere\n")
-                await self._step(owner, Command.UNLOCK, "owner unlocks", "unlocked")
-                await self._step(owner, Command.STATUS, "owner reads status", "unlocked")
-                await self._step(owner, Command.LOCK, "owner locks", "locked")
-                await self._concurrently(
-                    self._step(owner, Command.UNLOCK, "owner unlocks (at once)", "unlocked"),
-                    self._step(driver, Command.UNLOCK, "driver unlocks (at once)", "unlocked"),
-                )
-                await self._step(stranger, Command.UNLOCK, "unknown phone is denied", "denied")
-                await self._step(owner, Command.LOCK, "owner locks again", "locked")
+                self.say("vehicle advertising on the virtual radio\n")
+                await self._whitelist_steps(owner, driver, stranger)
+                self.say("\n-- the cloud fails; the renter's phone keeps its key --")
+                await self._outage_steps(cloud, past_cloud, token, card, owner, renter, lapsed)
         return self.steps
 
-    async def _concurrently(self, *steps: Awaitable[None]) -> None:
-        await asyncio.gather(*steps)
+    async def _whitelist_steps(self, owner: _Phone, driver: _Phone, stranger: _Phone) -> None:
+        await self._step(owner, Command.UNLOCK, "owner unlocks", "unlocked")
+        await self._step(owner, Command.STATUS, "owner reads status", "unlocked")
+        await self._step(owner, Command.LOCK, "owner locks", "locked")
+        await asyncio.gather(
+            self._step(owner, Command.UNLOCK, "owner unlocks (at once)", "unlocked"),
+            self._step(driver, Command.UNLOCK, "driver unlocks (at once)", "unlocked"),
+        )
+        await self._step(stranger, Command.UNLOCK, "unknown phone is denied", "denied")
+        await self._step(owner, Command.LOCK, "owner locks again", "locked")
+
+    async def _outage_steps(
+        self,
+        cloud: RunningCloud,
+        past_cloud: RunningCloud,
+        token: str,
+        card: VehicleCard,
+        owner: _Phone,
+        renter: _Phone,
+        lapsed: _Phone,
+    ) -> None:
+        await self._step(renter, Command.UNLOCK, "renter: first credential from the cloud",
+                         "unlocked")
+        cloud.set_fault("http-500")
+        await self._step(renter, Command.LOCK, "renter: cloud HTTP 500, cached credential",
+                         "locked")
+        cloud.set_fault("blackhole")
+        await self._step(renter, Command.UNLOCK, "renter: cloud blackholed, cached credential",
+                         "unlocked")
+        cloud.set_fault("none")
+        version = await revoke(cloud, token, card, renter.keystore.key_id())
+        self.say(f"owner revokes the renter at the cloud (revocation list version {version})")
+        await self._step(owner, Command.LOCK, "owner locks, carries the revocation", "locked")
+        await self._step(renter, Command.UNLOCK, "revoked renter is denied", "denied")
+        past_cloud.set_fault("blackhole")
+        await self._step(lapsed, Command.UNLOCK, "expired credential, cloud down: denied",
+                         "denied")
 
     async def _step(self, phone: _Phone, command: Command, name: str, expected: Outcome) -> None:
         step = Step(name, expected, credential="whitelist" if phone.whitelisted else None)
         self.steps.append(step)
         start = time.perf_counter()
+        result: CommandOutcome | None = None
         try:
             result = await run_command(
                 phone.keystore,
@@ -130,17 +198,22 @@ class Demo:
                 client_kwargs=phone.client_kwargs,
                 scanner_kwargs=phone.scanner_kwargs,
                 timeout=STEP_TIMEOUT,
+                cloud=phone.cloud,
             )
-        except (ProtocolError, Exception) as exc:  # every failure is a step outcome here
+        except Exception as exc:  # every failure is a step outcome here
             step.latency_ms = (time.perf_counter() - start) * 1000
             step.outcome = "denied"
-            step.error = f"{type(exc).__name__}: {exc}"
+            step.error = str(exc) or type(exc).__name__
+            step.credential = None
         else:
             step.latency_ms = result.latency.total * 1000
             step.outcome = _outcome_of(result)
+            step.credential = result.credential
             if not result.ok:
                 step.error = f"{result.result.name.lower()}: role does not permit {command.name}"
-        self.say(_describe(step, result if step.error is None else None))
+        if phone.cloud is not None:
+            step.cloud = result.cloud if result is not None else phone.cloud.status
+        self.say(_describe(step, result))
 
 
 def _outcome_of(result: CommandOutcome) -> Outcome:
@@ -151,8 +224,8 @@ def _outcome_of(result: CommandOutcome) -> Outcome:
 
 def _describe(step: Step, result: CommandOutcome | None) -> str:
     mark = "ok  " if step.ok else "FAIL"
-    line = f"[{mark}] {step.name:<28} -> {step.outcome:<8} {step.latency_ms:7.1f} ms"
-    if result is not None:
+    line = f"[{mark}] {step.name:<42} -> {step.outcome:<8} {step.latency_ms:7.1f} ms"
+    if result is not None and step.error is None:
         lat = result.latency
         parts = [
             f"{label} {value * 1000:.1f} ms"
@@ -165,6 +238,8 @@ def _describe(step: Step, result: CommandOutcome | None) -> str:
             if value is not None
         ]
         line += f"  ({', '.join(parts)}; MTU {result.att_mtu}, {result.frames_written} write)"
+    if result is not None and result.message:
+        line += f"\n       {result.message}"
     if step.error:
         line += f"\n       reason: {step.error}"
     return line
@@ -217,8 +292,12 @@ def register(subparsers: Any) -> None:
         description=(
             "Provision an owner's and a driver's phone on a simulated vehicle, then unlock, "
             "read status, lock, unlock from two phones at once, and show an unknown phone "
-            "denied -- all over real BLE stacks on a virtual radio, with no server. "
-            "Exit 0 exactly when every step has its expected outcome."
+            "denied -- all over real BLE stacks on a virtual radio, with no server. Then "
+            "replay a cloud outage against a real credential cloud on 127.0.0.1: a phone "
+            "enrolled only through the cloud unlocks with its first credential, then from "
+            "its cache while the cloud returns HTTP 500 and while it is blackholed; the "
+            "owner revokes it and carries the revocation to the car; an expired credential "
+            "is denied. Exit 0 exactly when every step has its expected outcome."
         ),
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
