@@ -85,13 +85,17 @@ class CloudClient:
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
         breaker: CircuitBreaker | None = None,
         clock: Callable[[], float] = time.time,
+        issuers: IssuerKeys | None = None,
     ) -> None:
+        """``issuers``: the pinned issuer keys that revocation news and signed
+        time are verified against when a call does not name its own."""
         if not call_timeout > 0:
             raise ValueError("call_timeout must be above 0")
         self.url = validate_cloud_url(url)
         self.call_timeout = call_timeout
         self.breaker = breaker
         self._clock = clock
+        self.issuers: IssuerKeys = dict(issuers or {})
         self._session: aiohttp.ClientSession | None = None
         self._delta_route: str | None = None  # "deltas" or "delta", once known
         self.status = "none"  # what the latest operation observed ("up", "http-500", ...)
@@ -151,9 +155,10 @@ class CloudClient:
         return credential
 
     async def revocations(
-        self, issuers: IssuerKeys, *, timeout: float | None = None
+        self, issuers: IssuerKeys | None = None, *, timeout: float | None = None
     ) -> credentials.RevocationList:
         """The issuer's current signed revocation list, verified."""
+        issuers = self._pinned(issuers)
         async with self._operation(timeout):
             data = await self._get_json("GET", "/v1/revocations", limit=MAX_LIST_ANSWER)
             listed = _parse(
@@ -167,7 +172,7 @@ class CloudClient:
         return listed
 
     async def revocation_deltas(
-        self, since: int, issuers: IssuerKeys, *, timeout: float | None = None
+        self, since: int, issuers: IssuerKeys | None = None, *, timeout: float | None = None
     ) -> list[credentials.RevocationDelta] | None:
         """Verified deltas forming a chain from version ``since`` onwards
         (empty when there is no news); ``None`` when the cloud serves no deltas.
@@ -176,6 +181,7 @@ class CloudClient:
         that, ``GET /v1/revocations/delta?from_version=N`` (one delta a call)."""
         if since < 0:
             raise ValueError("since must be >= 0")
+        issuers = self._pinned(issuers)
         async with self._operation(timeout):
             if self._delta_route != "delta":
                 status, data = await self._request(
@@ -191,11 +197,12 @@ class CloudClient:
             return deltas
 
     async def signed_time(
-        self, nonce: bytes, issuers: IssuerKeys, *, timeout: float | None = None
+        self, nonce: bytes, issuers: IssuerKeys | None = None, *, timeout: float | None = None
     ) -> credentials.SignedTime:
         """Issuer-signed time bound to ``nonce`` (the vehicle's), verified."""
         if len(nonce) != credentials.SIGNED_TIME_NONCE_LEN:
             raise ValueError(f"nonce must be {credentials.SIGNED_TIME_NONCE_LEN} bytes")
+        issuers = self._pinned(issuers)
         async with self._operation(timeout):
             data = await self._get_json("POST", "/v1/time", {"nonce": nonce.hex()})
             signed = _parse(
@@ -210,6 +217,13 @@ class CloudClient:
         return signed
 
     # --- plumbing ----------------------------------------------------------------------
+    def _pinned(self, issuers: IssuerKeys | None) -> IssuerKeys:
+        chosen = self.issuers if issuers is None else issuers
+        if not chosen:
+            # Never the cloud's own /v1/issuer answer: that would verify nothing.
+            raise ValueError("no pinned issuer key to verify the answer against")
+        return chosen
+
     @contextlib.asynccontextmanager
     async def _operation(self, timeout: float | None) -> AsyncIterator[None]:
         """Deadline and breaker accounting around one operation."""

@@ -18,16 +18,16 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from ble_stack.bleak_backend import BumbleBleakClient, BumbleBleakScanner
-from cloud_sim.server import RunningCloud
-from phone_client.cloud_client import CloudClient
 from ble_stack.virtual_link import VirtualRadio
+from cloud_sim.server import RunningCloud
 from phone_client.central import CommandOutcome, run_command
+from phone_client.cloud_client import CloudClient
 from phone_client.keystore import KeyStore
 from protocol import Command, LockState, Role
 from protocol.card import VehicleCard
@@ -168,22 +168,24 @@ class Demo:
         renter: _Phone,
         lapsed: _Phone,
     ) -> None:
-        await self._step(renter, Command.UNLOCK, "renter: first credential from the cloud",
-                         "unlocked")
+        await self._step(
+            renter, Command.UNLOCK, "renter: first credential from the cloud", "unlocked"
+        )
         cloud.set_fault("http-500")
-        await self._step(renter, Command.LOCK, "renter: cloud HTTP 500, cached credential",
-                         "locked")
+        await self._step(
+            renter, Command.LOCK, "renter: cloud HTTP 500, cached credential", "locked"
+        )
         cloud.set_fault("blackhole")
-        await self._step(renter, Command.UNLOCK, "renter: cloud blackholed, cached credential",
-                         "unlocked")
+        await self._step(
+            renter, Command.UNLOCK, "renter: cloud blackholed, cached credential", "unlocked"
+        )
         cloud.set_fault("none")
         version = await revoke(cloud, token, card, renter.keystore.key_id())
         self.say(f"owner revokes the renter at the cloud (revocation list version {version})")
         await self._step(owner, Command.LOCK, "owner locks, carries the revocation", "locked")
         await self._step(renter, Command.UNLOCK, "revoked renter is denied", "denied")
         past_cloud.set_fault("blackhole")
-        await self._step(lapsed, Command.UNLOCK, "expired credential, cloud down: denied",
-                         "denied")
+        await self._step(lapsed, Command.UNLOCK, "expired credential, cloud down: denied", "denied")
 
     async def _step(self, phone: _Phone, command: Command, name: str, expected: Outcome) -> None:
         step = Step(name, expected, credential="whitelist" if phone.whitelisted else None)

@@ -59,9 +59,7 @@ async def register_vehicle(cloud: RunningCloud, card: VehicleCard) -> str:
     return str(answer["owner_token"])
 
 
-async def enroll(
-    cloud: RunningCloud, token: str, card: VehicleCard, key: crypto.PublicKey
-) -> None:
+async def enroll(cloud: RunningCloud, token: str, card: VehicleCard, key: crypto.PublicKey) -> None:
     await _post(
         f"{cloud.url}/v1/vehicles/{card.vehicle_id.hex()}/phones",
         {"public_key": crypto.public_key_to_text(key), "role": "driver"},
@@ -78,8 +76,9 @@ async def revoke(cloud: RunningCloud, token: str, card: VehicleCard, key_id: byt
     return int(answer["version"])
 
 
-async def cache_credential_from(cloud: RunningCloud, keystore: KeyStore, card: VehicleCard,
-                                *, clock: float) -> None:
+async def cache_credential_from(
+    cloud: RunningCloud, keystore: KeyStore, card: VehicleCard, *, clock: float
+) -> None:
     """Fetch and cache a credential as the phone did when ``clock`` was now."""
     async with CloudClient(cloud.url, clock=lambda: clock) as client:
         credential = await client.request_credential(keystore, card)

@@ -339,3 +339,16 @@ async def test_deltas_that_do_not_chain_are_a_lie() -> None:
     async with fake_cloud({("GET", "/v1/revocations/deltas"): deltas}) as url, client(url) as cc:
         with pytest.raises(CloudLied, match="do not chain"):
             await cc.revocation_deltas(3, ISSUERS)
+
+
+async def test_news_is_verified_against_the_pinned_keys_never_the_clouds(
+    cloud: RunningCloud,
+) -> None:
+    async with client(cloud.url, issuers=cloud.issuers) as cc:
+        assert (await cc.revocations()).version == 0
+        assert await cc.revocation_deltas(0) == []
+        nonce = os.urandom(16)
+        assert (await cc.signed_time(nonce)).nonce == nonce
+    async with client(cloud.url) as cc:  # nothing pinned: nothing can be verified
+        with pytest.raises(ValueError, match="no pinned issuer key"):
+            await cc.revocations()
