@@ -7,6 +7,12 @@ BumbleBleakClient, "bumble_device": dev}`` and the scanner equivalent).
     phone = PhoneKey(KeyStore(home), client_kwargs=..., scanner_kwargs=...)
     async with phone.connect("VIN123") as session:
         done = await session.command(Command.UNLOCK)
+
+``run_command`` is the one-shot, offline-first path: it presents a cached
+cloud credential when it holds a valid one (the cloud refreshes it beside the
+BLE exchange, never in its way), waits for the cloud (bounded) only when it
+holds none, falls back to the whitelist, and says how it got in
+(``CommandOutcome.credential`` / ``cloud`` / ``message``).
 """
 
 from __future__ import annotations

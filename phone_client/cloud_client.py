@@ -185,11 +185,11 @@ class CloudClient:
         async with self._operation(timeout):
             if self._delta_route != "delta":
                 status, data = await self._request(
-                    "GET", f"/v1/revocations/deltas?since={since}", accept=(404,)
+                    "GET", f"/v1/revocations/deltas?since={since}", accept=(404, 409)
                 )
                 if status != 404:
                     self._delta_route = "deltas"
-                    return _delta_list(data, since, issuers)
+                    return [] if status == 409 else _delta_list(data, since, issuers)
             deltas = await self._one_delta_per_call(since, issuers)
             if deltas is None:
                 return None

@@ -252,7 +252,10 @@ class CloudSync:
             text = f"{verb} with this phone's whitelisted key"
             if refusal is not None:
                 text = f"the vehicle refused the credential ({refusal}); {text}"
-        return text if self.error is None else f"{self.error}; {text}"
+        if self.error is None or (source == "whitelist" and isinstance(self.error, CloudRefused)):
+            # A whitelisted phone the cloud never enrolled is no news worth printing.
+            return text
+        return f"{self.error}; {text}"
 
     def failure_message(self, refusal: Exception | None) -> str:
         """Why neither a credential nor the whitelist worked, and what to do."""
