@@ -25,8 +25,9 @@ PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 
 
 def _run(*args: str | Path) -> None:
-    print("+", " ".join(str(a) for a in args), flush=True)
-    subprocess.run([str(a) for a in args], check=True, cwd=ROOT)
+    # Set-up chatter goes to stderr so `tasks.py demo --json` prints only JSON on stdout.
+    print("+", " ".join(str(a) for a in args), file=sys.stderr, flush=True)
+    subprocess.run([str(a) for a in args], check=True, cwd=ROOT, stdout=sys.stderr)
 
 
 def ensure_venv(extras: str = "") -> None:
@@ -34,7 +35,7 @@ def ensure_venv(extras: str = "") -> None:
     if sys.version_info < (3, 11):  # noqa: UP036 - runs before the venv, on any Python
         sys.exit(f"phonekey needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     if not PYTHON.exists():
-        print(f"creating virtual environment in {VENV}", flush=True)
+        print(f"creating virtual environment in {VENV}", file=sys.stderr, flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     stamp = VENV / f".installed{extras}"
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()

@@ -7,6 +7,12 @@ by the issuer over ``"phonekey/v1 <object>" || body``. Verification raises a
 ``CredentialError`` subclass and never returns False. Functions that depend
 on the time take it as an argument (``*_at_time``), like cryptography's.
 
+Revocation is per vehicle: list and delta entries are revocation ids,
+``revocation_id(vehicle_id, key_id)``, never raw phone key ids. A raw key id
+would revoke the key on every vehicle that trusts the issuer, so one owner
+could lock a phone out of another owner's car (public keys are public: an
+owner may enroll a stranger's key on their own car just to revoke it).
+
 Authority: the cloud issuer may grant at most ``Role.DRIVER``. A credential
 naming ``Role.OWNER`` is refused by the vehicle whatever its signature, so a
 stolen cloud account or a compromised issuer key cannot mint an owner.
@@ -38,6 +44,8 @@ _OBJ_SIGNED_TIME: Final = 0x43
 _OBJ_REVOCATION_DELTA: Final = 0x44
 MAX_DELTA_ENTRIES: Final = 16  # keeps a delta inside one protocol message
 _HEADER_LEN: Final = 2
+REVOCATION_ID_LEN: Final = 16
+_REVOCATION_ID_LABEL: Final = b"phonekey/v1 revocation"
 
 
 class CredentialError(Exception):
@@ -101,13 +109,13 @@ _Revocations = c.Struct(
     "issuer_key_id" / c.Bytes(crypto.KEY_ID_LEN),
     "version" / c.Int64ub,
     "issued_at" / c.Int64ub,
-    "revoked" / c.PrefixedArray(c.Int32ub, c.Bytes(crypto.KEY_ID_LEN)),
+    "revoked" / c.PrefixedArray(c.Int32ub, c.Bytes(REVOCATION_ID_LEN)),
 )
 _RevocationDelta = c.Struct(
     "issuer_key_id" / c.Bytes(crypto.KEY_ID_LEN),
     "from_version" / c.Int64ub,
     "to_version" / c.Int64ub,
-    "added" / c.PrefixedArray(c.Int8ub, c.Bytes(crypto.KEY_ID_LEN)),
+    "added" / c.PrefixedArray(c.Int8ub, c.Bytes(REVOCATION_ID_LEN)),
 )
 _SignedTime = c.Struct(
     "issuer_key_id" / c.Bytes(crypto.KEY_ID_LEN),
@@ -121,6 +129,19 @@ _LABELS = {
     _OBJ_SIGNED_TIME: b"phonekey/v1 signed time",
     _OBJ_REVOCATION_DELTA: b"phonekey/v1 revocation delta",
 }
+
+
+def revocation_id(vehicle_id: bytes, key_id: bytes) -> bytes:
+    """The entry that revokes phone key ``key_id`` on vehicle ``vehicle_id`` only.
+
+    ``SHA-256("phonekey/v1 revocation" || vehicle_id || key_id)[:16]``, both
+    ids 16 bytes. Binding the vehicle means a revocation made for one vehicle
+    (by its owner) cannot lock the same phone key out of any other vehicle.
+    """
+    if len(vehicle_id) != crypto.KEY_ID_LEN or len(key_id) != crypto.KEY_ID_LEN:
+        raise ValueError(f"vehicle and key ids must be {crypto.KEY_ID_LEN} bytes")
+    digest = hashlib.sha256(_REVOCATION_ID_LABEL + vehicle_id + key_id).digest()
+    return digest[:REVOCATION_ID_LEN]
 
 
 @dataclass(frozen=True)
@@ -159,12 +180,13 @@ class Credential:
 
 @dataclass(frozen=True)
 class RevocationList:
-    """Key ids the issuer revoked; ``version`` only ever grows."""
+    """Revocation ids (``revocation_id(vehicle_id, key_id)``) the issuer
+    revoked, each for one key on one vehicle; ``version`` only ever grows."""
 
     issuer_key_id: bytes
     version: int
     issued_at: int
-    revoked: tuple[bytes, ...]  # sorted, distinct
+    revoked: tuple[bytes, ...]  # revocation ids, sorted, distinct
     signature: bytes = b""
 
     def to_bytes(self) -> bytes:
@@ -175,17 +197,18 @@ class RevocationList:
         fields, signature = _decode(_OBJ_REVOCATIONS, _Revocations, data)
         revoked = tuple(bytes(k) for k in fields["revoked"])
         if len(revoked) > MAX_REVOKED or list(revoked) != sorted(set(revoked)):
-            raise CredentialMalformed("revoked key ids must be sorted, distinct and bounded")
+            raise CredentialMalformed("revocation ids must be sorted, distinct and bounded")
         fields["revoked"] = revoked
         return cls(**fields, signature=signature)
 
-    def is_revoked(self, key_id: bytes) -> bool:
-        return _sorted_contains(self.revoked, key_id)
+    def is_revoked(self, rev_id: bytes) -> bool:
+        """True if the revocation id ``rev_id`` is listed (see ``revocation_id``)."""
+        return _sorted_contains(self.revoked, rev_id)
 
 
 @dataclass(frozen=True)
 class RevocationDelta:
-    """The key ids revoked between two versions of the revocation list.
+    """The revocation ids added between two versions of the revocation list.
 
     Small enough for one BLE message, so a phone can hand a vehicle the news
     after an unlock; a vehicle applies it only on top of ``from_version``."""
@@ -193,7 +216,7 @@ class RevocationDelta:
     issuer_key_id: bytes
     from_version: int
     to_version: int
-    added: tuple[bytes, ...]
+    added: tuple[bytes, ...]  # revocation ids
     signature: bytes = b""
 
     def to_bytes(self) -> bytes:
@@ -304,7 +327,8 @@ def verify_credential_at_time(
 ) -> None:
     """Raise a ``CredentialError`` unless ``credential`` authorises its holder
     on ``vehicle_id`` at ``now`` (unix seconds), forgiving ``leeway`` seconds
-    of clock skew at both ends of the window."""
+    of clock skew at both ends of the window. ``is_revoked`` is asked about
+    ``revocation_id(vehicle_id, holder key id)``, not the raw key id."""
     check_credential_claims_at_time(
         credential,
         issuers=issuers,
@@ -348,7 +372,9 @@ def check_credential_claims_at_time(
         raise CredentialNotYetValid(f"credential valid from {credential.not_before}, now {now}")
     if now - leeway > credential.not_after:
         raise CredentialExpired(f"credential expired at {credential.not_after}, now {now}")
-    if is_revoked is not None and is_revoked(credential.holder_key_id):
+    if is_revoked is not None and is_revoked(
+        revocation_id(vehicle_id, credential.holder_key_id)
+    ):
         raise CredentialRevoked("the holder's key is revoked")
 
 

@@ -61,7 +61,13 @@ class CredentialTrust(Protocol):
         """Trusted issuer public keys by key id; empty if none is provisioned."""
         ...
 
-    def is_revoked(self, key_id: bytes) -> bool: ...
+    def is_revoked(self, rev_id: bytes) -> bool:
+        """True if the revocation id ``rev_id`` is on the held list.
+
+        Callers pass ``credentials.revocation_id(vehicle_id, key_id)`` with
+        this vehicle's own id, never a raw key id: entries are per vehicle,
+        so a key revoked for another vehicle is not revoked here."""
+        ...
 
     def now(self) -> int:
         """The vehicle's wall-clock time in unix seconds, never below its
@@ -70,8 +76,8 @@ class CredentialTrust(Protocol):
 
     def revocation_version(self) -> int: ...
 
-    def apply_revocations(self, to_version: int, key_ids: tuple[bytes, ...]) -> None:
-        """Durably add ``key_ids`` and move the version to ``to_version``."""
+    def apply_revocations(self, to_version: int, rev_ids: tuple[bytes, ...]) -> None:
+        """Durably add the revocation ids ``rev_ids`` and move the version to ``to_version``."""
         ...
 
     def correct_clock(self, issuer_time: int) -> None:
@@ -84,7 +90,7 @@ class MemoryTrust:
     """A ``CredentialTrust`` in RAM, for tests; ``clock`` gives unix seconds."""
 
     issuers: dict[bytes, crypto.PublicKey] = field(default_factory=dict)
-    revoked: set[bytes] = field(default_factory=set)
+    revoked: set[bytes] = field(default_factory=set)  # revocation ids
     clock: Callable[[], float] = field(default=lambda: 0.0)
     version: int = 0
     offset: int = 0
@@ -96,8 +102,8 @@ class MemoryTrust:
     def issuer_keys(self) -> Mapping[bytes, crypto.PublicKey]:
         return self.issuers
 
-    def is_revoked(self, key_id: bytes) -> bool:
-        return key_id in self.revoked
+    def is_revoked(self, rev_id: bytes) -> bool:
+        return rev_id in self.revoked
 
     def now(self) -> int:
         return max(int(self.clock()) + self.offset, self.floor)
@@ -105,8 +111,8 @@ class MemoryTrust:
     def revocation_version(self) -> int:
         return self.version
 
-    def apply_revocations(self, to_version: int, key_ids: tuple[bytes, ...]) -> None:
-        self.revoked.update(key_ids)
+    def apply_revocations(self, to_version: int, rev_ids: tuple[bytes, ...]) -> None:
+        self.revoked.update(rev_ids)
         self.version = to_version
 
     def correct_clock(self, issuer_time: int) -> None:

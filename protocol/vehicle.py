@@ -206,8 +206,10 @@ class VehicleConnection:
         if request.version not in outstanding.challenge.versions:
             raise UnsupportedVersion(f"version {request.version} was not offered")
         trust = self._trust
-        if trust is not None and self._read_store(lambda: trust.is_revoked(request.key_id)):
-            # Revocation names key ids, so it covers whitelisted keys too.
+        revoked_id = credentials.revocation_id(self._identity.vehicle_id, request.key_id)
+        if trust is not None and self._read_store(lambda: trust.is_revoked(revoked_id)):
+            # Revocation names (vehicle, key) pairs, so it covers whitelisted keys too,
+            # but only on this vehicle.
             raise CredentialRefusedRevoked("this key has been revoked")
         presented = self._presented
         credential_digest = None
@@ -378,7 +380,7 @@ class VehicleConnection:
                 vehicle_id=self._identity.vehicle_id,
                 now=self._read_store(trust.now),
                 leeway=self._leeway,
-                is_revoked=lambda key_id: self._read_store(lambda: trust.is_revoked(key_id)),
+                is_revoked=lambda rev_id: self._read_store(lambda: trust.is_revoked(rev_id)),
             )
         except credentials.CredentialExpired as exc:
             raise CredentialRefusedExpired(str(exc)) from None

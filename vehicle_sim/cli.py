@@ -235,10 +235,11 @@ def _add_key(args: argparse.Namespace) -> int:
     role = Role.from_name(args.role)
     with open_store(_state_dir(args)) as store:
         key_id = crypto.key_id(public_key)
-        if store.is_revoked(key_id):
+        if store.is_key_revoked(key_id):
             # Revocation also covers whitelisted keys, and revocation lists only grow.
             raise Refused(
-                f"key {short_id(key_id)} is on the issuer's revocation list; "
+                f"key {short_id(key_id)} is revoked for this vehicle on the issuer's "
+                "revocation list; "
                 "the vehicle would refuse it, so it is not added"
             )
         previous = store.whitelist_entry(key_id)
@@ -295,7 +296,7 @@ def _show(args: argparse.Namespace) -> int:
         print(f"keys        {len(keys)}")
         for entry in keys:
             counter = store.last_counter(entry.key_id)
-            revoked = "  revoked" if store.is_revoked(entry.key_id) else ""
+            revoked = "  revoked" if store.is_key_revoked(entry.key_id) else ""
             print(
                 f"  {short_id(entry.key_id)}  {entry.role.name.lower():6}  "
                 f"counter {counter}{revoked}"
@@ -304,9 +305,12 @@ def _show(args: argparse.Namespace) -> int:
         print(f"issuers     {len(issuers)}")
         for issuer_id in issuers:
             print(f"  {issuer_id.hex()}")
+        # Entries are per-vehicle revocation ids, so the count includes keys the
+        # issuer revoked on other vehicles; the key lines above show this one's.
+        entries = store.revoked_count()
         print(
             f"revocations version {store.revocation_version()}, "
-            f"{_plural(store.revoked_count(), 'key')} revoked"
+            f"{entries} {'entry' if entries == 1 else 'entries'}"
         )
         print(f"time floor  {iso_utc(store.time_floor)}")
         print(f"card        {card.to_text()}")

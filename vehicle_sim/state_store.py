@@ -4,7 +4,7 @@ Layout of a state directory::
 
     identity.pem   the vehicle's P-256 private key, PKCS#8 PEM, mode 0600
     vehicle.json   VIN, whitelist, per-key counters, recent spent nonces, lock state,
-                   trusted issuer keys, revocation list (version and key ids),
+                   trusted issuer keys, revocation list (version and revocation ids),
                    time floor and clock offset (see ``state_schema``)
     vehicle.lock   lock file of the single writer; holds the writer's pid
 
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.exceptions import UnsupportedAlgorithm
 
-from protocol import crypto
+from protocol import credentials, crypto
 from protocol.card import VehicleCard, validate_vin
 from protocol.store import CredentialTrust, VehicleStore, WhitelistEntry
 from protocol.types import LockState, Role
@@ -136,7 +136,9 @@ class FileVehicleStore:
         # vehicle answers UNKNOWN_KEY before any signature work. It stays in
         # ``keys()`` (and `phonekey vehicle show` marks it revoked) so the owner
         # can see it; revocation lists only grow, so it never comes back.
-        if key_id in self._state.revoked:
+        # Entries are per-vehicle revocation ids: a key revoked for another
+        # vehicle stays whitelisted here.
+        if self.is_key_revoked(key_id):
             return None
         return self._state.whitelist.get(key_id)
 
@@ -159,8 +161,14 @@ class FileVehicleStore:
     def issuer_keys(self) -> Mapping[bytes, crypto.PublicKey]:
         return MappingProxyType(self._state.issuers)
 
-    def is_revoked(self, key_id: bytes) -> bool:
-        return key_id in self._state.revoked
+    def is_revoked(self, rev_id: bytes) -> bool:
+        """True if the revocation id ``rev_id`` is held (see ``is_key_revoked``)."""
+        return rev_id in self._state.revoked
+
+    def is_key_revoked(self, key_id: bytes) -> bool:
+        """True if phone key ``key_id`` is revoked on this vehicle: the held list
+        names ``revocation_id(this vehicle's id, key_id)``."""
+        return self.is_revoked(credentials.revocation_id(self._identity.vehicle_id, key_id))
 
     def now(self) -> int:
         return _clock_reading(self._state, int(self._wall_clock()))
@@ -168,8 +176,8 @@ class FileVehicleStore:
     def revocation_version(self) -> int:
         return self._state.revocation_version
 
-    def apply_revocations(self, to_version: int, key_ids: Iterable[bytes]) -> None:
-        """Durably add ``key_ids`` to the revocation list and move it to ``to_version``.
+    def apply_revocations(self, to_version: int, rev_ids: Iterable[bytes]) -> None:
+        """Durably add the revocation ids ``rev_ids`` to the list and move it to ``to_version``.
 
         Raises ``StaleRevocations`` unless ``to_version`` is above the version
         held: the version never goes backwards, so an old list cannot be replayed.
@@ -181,9 +189,9 @@ class FileVehicleStore:
             )
         if to_version > _MAX_U64:
             raise ValueError("revocation version out of range")
-        added = frozenset(key_ids)
-        if any(len(key_id) != crypto.KEY_ID_LEN for key_id in added):
-            raise ValueError(f"revoked key ids must be {crypto.KEY_ID_LEN} bytes")
+        added = frozenset(rev_ids)
+        if any(len(rev_id) != credentials.REVOCATION_ID_LEN for rev_id in added):
+            raise ValueError(f"revocation ids must be {credentials.REVOCATION_ID_LEN} bytes")
         new = self._state.copy()
         new.revocation_version = to_version
         new.revoked = self._state.revoked | added

@@ -11,6 +11,7 @@ from conftest import VIN
 
 from protocol import Role, crypto
 from protocol.card import VehicleCard
+from protocol.credentials import revocation_id
 from vehicle_sim.state_store import open_store
 
 Cli = Callable[[list[str]], int]
@@ -187,7 +188,7 @@ def test_provision_then_show(
     owner = crypto.generate_private_key().public_key()
     with open_store(state_dir) as store:
         owner_id = store.add_key(owner, Role.OWNER).key_id
-        store.apply_revocations(3, (owner_id, b"\x01" * 16))
+        store.apply_revocations(3, (revocation_id(card.vehicle_id, owner_id), b"\x01" * 16))
         store.correct_clock(1_767_225_600)  # 2026-01-01T00:00:00Z
 
     assert vehicle_cli(["vehicle", "show", *state]) == 0
@@ -195,7 +196,7 @@ def test_provision_then_show(
     lines = out.splitlines()
     assert "issuers     2" in lines
     assert f"  {first_id}" in lines and f"  {second_id}" in lines
-    assert "revocations version 3, 2 keys revoked" in lines
+    assert "revocations version 3, 2 entries" in lines
     assert any(line.startswith("time floor  20") and line.endswith("Z") for line in lines)
     assert f"{owner_id[:4].hex()}  owner   counter 0  revoked" in out
     assert lines[-1] == f"card        {card.to_text()}"
@@ -206,7 +207,7 @@ def test_show_a_vehicle_without_issuers(
 ) -> None:
     assert vehicle_cli(["vehicle", "show", "--state", str(state_dir)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "issuers     0" in lines and "revocations version 0, 0 keys revoked" in lines
+    assert "issuers     0" in lines and "revocations version 0, 0 entries" in lines
 
 
 def test_show_prints_the_time_floor_in_utc(
@@ -246,11 +247,31 @@ def test_add_key_refuses_a_revoked_key(
     vehicle_cli: Cli, card: VehicleCard, state_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     key = _pubkey_text()
+    key_id = crypto.key_id(crypto.public_key_from_text(key))
     with open_store(state_dir) as store:
-        store.apply_revocations(1, (crypto.key_id(crypto.public_key_from_text(key)),))
+        store.apply_revocations(1, (revocation_id(card.vehicle_id, key_id),))
     argv = ["vehicle", "add-key", "--state", str(state_dir), "--key", key, "--role", "owner"]
     assert vehicle_cli(argv) == 1
     err = capsys.readouterr().err
     assert "on the issuer's revocation list" in err and err.count("\n") == 1
     with open_store(state_dir, read_only=True) as store:
         assert store.keys() == []
+
+
+def test_add_key_accepts_a_key_revoked_only_on_another_vehicle(
+    vehicle_cli: Cli, card: VehicleCard, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = _pubkey_text()
+    key_id = crypto.key_id(crypto.public_key_from_text(key))
+    other_vehicle = crypto.key_id(crypto.generate_private_key().public_key())
+    with open_store(state_dir) as store:
+        # Another owner revoked this phone on their car; the raw key id is no entry at all.
+        store.apply_revocations(1, (revocation_id(other_vehicle, key_id), key_id))
+    argv = ["vehicle", "add-key", "--state", str(state_dir), "--key", key, "--role", "owner"]
+    assert vehicle_cli(argv) == 0
+    capsys.readouterr()
+    assert vehicle_cli(["vehicle", "show", "--state", str(state_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"{key_id[:4].hex()}  owner   counter 0" in out and "  revoked" not in out
+    with open_store(state_dir, read_only=True) as store:
+        assert store.whitelist_entry(key_id) is not None
