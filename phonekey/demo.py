@@ -214,7 +214,9 @@ class Demo:
             if not result.ok:
                 step.error = f"{result.result.name.lower()}: role does not permit {command.name}"
         if phone.cloud is not None:
-            step.cloud = result.cloud if result is not None else phone.cloud.status
+            seen = result.cloud if result is not None else phone.cloud.status
+            # "refused" means the cloud answered (e.g. "not enrolled"): it was up.
+            step.cloud = "up" if seen == "refused" else seen
         self.say(_describe(step, result))
 
 
