@@ -28,7 +28,7 @@ from protocol.card import InvalidCard, VehicleCard
 from protocol.types import Role
 
 from . import inputs
-from .db import CloudDB, Enrollment, Vehicle, hash_token
+from .db import CloudDB, Enrollment, Vehicle, hash_token, revocation_id_hex
 from .faults import FAULTS, FaultMode, FaultState, fault_middleware, signed_b64
 from .inputs import ApiError
 from .requests_auth import MAX_REQUEST_SKEW, verify_credential_request
@@ -185,8 +185,12 @@ async def _post_phone(request: web.Request) -> web.Response:
         raise inputs.bad_request("the field 'role' must be 'driver' or 'guest'")
     key_id = crypto.key_id(holder).hex()
     existing = state.db.enrollment(vehicle_id, key_id)
-    if (existing is not None and existing.revoked) or state.db.is_revoked(key_id):
-        raise ApiError(409, "this key was revoked and cannot be enrolled again; use a new key")
+    # Revocation is per vehicle: a key another owner revoked on their vehicle
+    # may still be enrolled here.
+    if (existing is not None and existing.revoked) or state.db.is_revoked(vehicle_id, key_id):
+        raise ApiError(
+            409, "this key was revoked for this vehicle and cannot be enrolled again; use a new key"
+        )
     if existing is not None:
         if existing.role != role:
             raise ApiError(
@@ -229,7 +233,7 @@ async def _post_credential(request: web.Request) -> web.Response:
     enrollment = state.db.enrollment(vehicle_id, key_id)
     if enrollment is None:
         raise ApiError(403, "this key is not enrolled for this vehicle")
-    if enrollment.revoked or state.db.is_revoked(key_id):
+    if enrollment.revoked or state.db.is_revoked(vehicle_id, key_id):
         raise ApiError(403, "this key has been revoked")
     role = Role.from_name(enrollment.role)
     if role.value < credentials.HIGHEST_CLOUD_ROLE.value:  # the schema forbids it; belt and braces
@@ -264,7 +268,12 @@ async def _post_revocation(request: web.Request) -> web.Response:
     ).hex()
     if state.db.enrollment(vehicle_id, key_id) is None:
         raise ApiError(404, "no phone with this key id is enrolled for this vehicle")
-    return web.json_response({"version": state.db.revoke(vehicle_id, key_id, state.now())})
+    # The owner token speaks for this vehicle only, and so does the entry: the
+    # list names revocation_id(vehicle_id, key_id), never the raw key id.
+    version = state.db.revoke(vehicle_id, key_id, state.now())
+    return web.json_response(
+        {"version": version, "revocation_id": revocation_id_hex(vehicle_id, key_id)}
+    )
 
 
 async def _get_revocations(request: web.Request) -> web.Response:

@@ -314,7 +314,10 @@ def _revoke(args: argparse.Namespace) -> int:
         {"key_id": args.key_id},
         token=args.token,
     )
-    print(f"revoked key {args.key_id}; revocation list version {answer.get('version')}")
+    print(
+        f"revoked key {args.key_id} on vehicle {args.vehicle_id} only; "
+        f"revocation list version {answer.get('version')}"
+    )
     return EXIT_OK
 
 

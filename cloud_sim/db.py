@@ -6,6 +6,10 @@ costs microseconds; it also makes each handler's reads and writes atomic with
 respect to other requests, since nothing awaits in between. WAL lets the
 ``phonekey cloud issuer`` command read the same file while a server runs.
 
+Revocations are per vehicle: the list holds
+``protocol.credentials.revocation_id(vehicle_id, key_id)``, so an owner's
+revocation never reaches a phone's enrollment on another owner's vehicle.
+
 Bearer tokens are stored only as SHA-256: a leaked database does not leak
 owner accounts (the tokens are 256-bit random, so no salt or slow hash is
 needed).
@@ -22,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from protocol import crypto
+from protocol import credentials, crypto
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS issuer (
@@ -62,10 +66,13 @@ CREATE TABLE IF NOT EXISTS revocation_state (
     version INTEGER NOT NULL,
     updated_at INTEGER NOT NULL            -- issued_at of the list at this version
 );
-CREATE TABLE IF NOT EXISTS revoked_keys (
-    key_id TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS revocations (
+    revocation_id TEXT PRIMARY KEY,        -- hex revocation_id(vehicle_id, key_id)
+    vehicle_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
     version INTEGER NOT NULL,              -- the list version that added it
-    revoked_at INTEGER NOT NULL
+    revoked_at INTEGER NOT NULL,
+    UNIQUE (vehicle_id, key_id)
 );
 """
 
@@ -95,7 +102,7 @@ class Enrollment:
 class RevocationState:
     version: int
     issued_at: int
-    revoked: list[bytes]
+    revoked: list[bytes]  # revocation ids
 
 
 def hash_token(token: str) -> str:
@@ -141,8 +148,10 @@ class CloudDB:
 
     def _migrate(self) -> None:
         (version,) = self._conn.execute("PRAGMA user_version").fetchone()
-        if version not in (0, SCHEMA_VERSION):
-            raise DatabaseError(f"database schema version {version}, this build reads 1")
+        if version not in (0, 1, SCHEMA_VERSION):
+            raise DatabaseError(
+                f"database schema version {version}, this build reads 1 and {SCHEMA_VERSION}"
+            )
         with self._write() as conn:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -151,6 +160,8 @@ class CloudDB:
                 "INSERT OR IGNORE INTO revocation_state (id, version, updated_at) VALUES (1, 0, ?)",
                 (int(time.time()),),
             )
+            if version == 1:
+                _migrate_issuer_wide_revocations(conn, int(time.time()))
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # --- issuer key ---------------------------------------------------------------
@@ -245,36 +256,25 @@ class CloudDB:
 
     # --- revocations --------------------------------------------------------------------
     def revoke(self, vehicle_id: str, key_id: str, now: int) -> int:
-        """Mark the enrollment revoked and put ``key_id`` on the revocation list.
+        """Mark the enrollment revoked and put ``revocation_id(vehicle_id, key_id)``
+        on the revocation list: the key is revoked on this vehicle only.
 
-        Returns the list version; it grows by one only if the key id is new to
-        the list, so repeating a revocation is harmless.
+        Returns the list version; it grows by one only if the entry is new to
+        the list, so repeating a revocation is harmless. The same key revoked
+        on another vehicle is another entry.
         """
         with self._write() as conn:
             conn.execute(
                 "UPDATE enrollments SET revoked = 1 WHERE vehicle_id = ? AND key_id = ?",
                 (vehicle_id, key_id),
             )
-            (version,) = conn.execute(
-                "SELECT version FROM revocation_state WHERE id = 1"
-            ).fetchone()
-            listed = conn.execute(
-                "SELECT 1 FROM revoked_keys WHERE key_id = ?", (key_id,)
-            ).fetchone()
-            if listed is None:
-                version += 1
-                conn.execute(
-                    "INSERT INTO revoked_keys (key_id, version, revoked_at) VALUES (?, ?, ?)",
-                    (key_id, version, now),
-                )
-                conn.execute(
-                    "UPDATE revocation_state SET version = ?, updated_at = ? WHERE id = 1",
-                    (version, now),
-                )
-            return int(version)
+            return _add_revocation(conn, vehicle_id, key_id, now)
 
-    def is_revoked(self, key_id: str) -> bool:
-        row = self._conn.execute("SELECT 1 FROM revoked_keys WHERE key_id = ?", (key_id,))
+    def is_revoked(self, vehicle_id: str, key_id: str) -> bool:
+        """True if ``key_id`` is on the revocation list for ``vehicle_id``."""
+        row = self._conn.execute(
+            "SELECT 1 FROM revocations WHERE vehicle_id = ? AND key_id = ?", (vehicle_id, key_id)
+        )
         return row.fetchone() is not None
 
     def revocation_version(self) -> int:
@@ -284,18 +284,60 @@ class CloudDB:
         return int(version)
 
     def revocations(self) -> RevocationState:
-        """The current list: version, the time it reached that version, key ids."""
+        """The current list: version, the time it reached that version, revocation ids."""
         with self._snapshot() as conn:
             version, updated_at = conn.execute(
                 "SELECT version, updated_at FROM revocation_state WHERE id = 1"
             ).fetchone()
-            rows = conn.execute("SELECT key_id FROM revoked_keys ORDER BY key_id").fetchall()
+            rows = conn.execute(
+                "SELECT revocation_id FROM revocations ORDER BY revocation_id"
+            ).fetchall()
         return RevocationState(int(version), int(updated_at), [bytes.fromhex(r[0]) for r in rows])
 
     def revoked_between(self, from_version: int, to_version: int) -> list[bytes]:
-        """Key ids added after ``from_version`` up to ``to_version``, oldest first."""
+        """Revocation ids added after ``from_version`` up to ``to_version``, oldest first."""
         rows = self._conn.execute(
-            "SELECT key_id FROM revoked_keys WHERE version > ? AND version <= ? ORDER BY version",
+            "SELECT revocation_id FROM revocations WHERE version > ? AND version <= ? "
+            "ORDER BY version",
             (from_version, to_version),
         ).fetchall()
         return [bytes.fromhex(r[0]) for r in rows]
+
+
+def revocation_id_hex(vehicle_id: str, key_id: str) -> str:
+    """``protocol.credentials.revocation_id`` of two hex ids, as hex."""
+    return credentials.revocation_id(bytes.fromhex(vehicle_id), bytes.fromhex(key_id)).hex()
+
+
+def _add_revocation(conn: sqlite3.Connection, vehicle_id: str, key_id: str, now: int) -> int:
+    """Inside a write transaction: list (vehicle, key) at the next version, once."""
+    (version,) = conn.execute("SELECT version FROM revocation_state WHERE id = 1").fetchone()
+    cursor = conn.execute(
+        "INSERT OR IGNORE INTO revocations "
+        "(revocation_id, vehicle_id, key_id, version, revoked_at) VALUES (?, ?, ?, ?, ?)",
+        (revocation_id_hex(vehicle_id, key_id), vehicle_id, key_id, version + 1, now),
+    )
+    if cursor.rowcount == 1:
+        version += 1
+        conn.execute(
+            "UPDATE revocation_state SET version = ?, updated_at = ? WHERE id = 1",
+            (version, now),
+        )
+    return int(version)
+
+
+def _migrate_issuer_wide_revocations(conn: sqlite3.Connection, now: int) -> None:
+    """Schema 1 listed raw key ids, which revoked a key on every vehicle.
+
+    Re-list each revoked enrollment as its per-vehicle revocation id, each at
+    a new version above the current one (so vehicles holding the old list get
+    the entries as deltas), and drop the raw key ids.
+    """
+    rows = conn.execute(
+        "SELECT e.vehicle_id, e.key_id FROM revoked_keys r "
+        "JOIN enrollments e ON e.key_id = r.key_id AND e.revoked = 1 "
+        "ORDER BY r.version, e.vehicle_id"
+    ).fetchall()
+    for vehicle_id, key_id in rows:
+        _add_revocation(conn, vehicle_id, key_id, now)
+    conn.execute("DROP TABLE revoked_keys")

@@ -11,7 +11,9 @@ BumbleBleakClient, "bumble_device": dev}`` and the scanner equivalent).
 ``run_command`` is the one-shot, offline-first path: it presents a cached
 cloud credential when it holds a valid one (the cloud refreshes it beside the
 BLE exchange, never in its way), waits for the cloud (bounded) only when it
-holds none, falls back to the whitelist, and says how it got in
+holds none (and the vehicle did not accept this key on its whitelist last
+time), corrects a vehicle clock that refuses a valid credential with
+issuer-signed time, falls back to the whitelist, and says how it got in
 (``CommandOutcome.credential`` / ``cloud`` / ``message``).
 """
 
@@ -36,7 +38,7 @@ from protocol.credentials import Credential
 from protocol.errors import RejectedCredential, RejectedCredentialRevoked, RejectedUnknownKey
 from protocol.framing import ATT_MTU_MAX, ATT_MTU_MIN
 
-from .cloud_sync import DEFAULT_CLOUD_DEADLINE, CloudSync
+from .cloud_sync import DEFAULT_CLOUD_DEADLINE, ClockNotCorrected, CloudSync, is_clock_refusal
 from .credential_cache import CacheState, CredentialCache
 from .errors import AdapterUnavailable, BluetoothError, CommandTimeout, KeyUnavailable
 from .keystore import KeyStore
@@ -257,9 +259,18 @@ async def run_command(
     ``cloud_deadline`` s, never on the critical path. With nothing valid
     cached the phone scans while it waits for the cloud (up to the
     deadline), then presents what it got; without a credential it tries the
-    whitelist. A credential the vehicle refuses is followed by one whitelist
-    attempt on a new connection. After the answer it hands the vehicle
-    revocation deltas it lacks and, when the cloud answered, signed time.
+    whitelist. A phone whose key the vehicle last accepted on the whitelist
+    (``KeyStore.whitelist_accepted``) does not wait: it connects at once on
+    the whitelist path, the refresh beside it; if the vehicle now refuses the
+    key, the phone waits for the cloud's credential after all.
+
+    A credential the vehicle refuses is followed by one whitelist attempt on
+    a new connection. When it refused it by its own clock (not yet valid, or
+    expired) and the cloud is configured and answering, one connection comes
+    first that hands the vehicle issuer-signed time for the nonce it sent at
+    connect, then presents the credential again. After the answer the phone
+    hands the vehicle revocation deltas it lacks and, when the cloud
+    answered, signed time.
 
     ``on_result`` is called with the outcome as soon as the vehicle's answer
     is in (``cloud`` may still be "pending"); the returned outcome is final.
@@ -286,16 +297,32 @@ async def run_command(
         clock=clock,
     )
     start = time.perf_counter()
+    refusal: VehicleRejected | None = None  # the vehicle's refusal of the credential
+    denial: VehicleRejected | None = None  # its refusal of a key believed whitelisted
 
     async def attempt(
         device: BLEDevice,
         credential: Credential | None,
         scan: float | None,
         cloud_wait: float | None,
+        *,
+        correct_clock: bool = False,
     ) -> CommandOutcome:
+        """One connection: present ``credential`` (if any; after correcting the
+        vehicle's clock with signed time when ``correct_clock``), send the command."""
         encoded = None if credential is None else credential.to_bytes()
-        async with phone.connect(card, device, timeout=timeout, credential=encoded) as session:
-            completed = await session.command(command)
+        at_connect = None if correct_clock else encoded
+        async with phone.connect(card, device, timeout=timeout, credential=at_connect) as session:
+            if correct_clock:
+                assert encoded is not None
+                await sync.correct_vehicle_clock(session)  # raises ClockNotCorrected
+                await session.present_credential(encoded)
+            try:
+                completed = await session.command(command)
+            except VehicleRejected as rejected:
+                if credential is None and _is_denial(rejected):
+                    keystore.set_whitelist_accepted(card.vin, False)
+                raise
             total = time.perf_counter() - start
             stats = session.last_stats
             assert stats is not None  # command() records its stats before returning
@@ -330,40 +357,104 @@ async def run_command(
                     on_result(outcome)
                 except Exception:  # the command is done: a hook's bug must not undo that
                     logger.exception("on_result hook failed")
+            if credential is None and outcome.ok:
+                keystore.set_whitelist_accepted(card.vin, True)
             await sync.after_command(session)  # bounded; never raises
         return outcome
 
-    refusal: VehicleRejected | None = None
+    async def whitelist(
+        device: BLEDevice, scan: float | None, cloud_wait: float | None
+    ) -> CommandOutcome:
+        """The whitelist path after the credential path failed or was unavailable."""
+        try:
+            return await attempt(device, None, scan, cloud_wait)
+        except VehicleRejected as denied:
+            if not _is_denial(denied):
+                raise
+            raise KeyUnavailable(
+                sync.failure_message(refusal), denied, sync.cloud_error
+            ) from denied
+
+    async def with_credential(
+        device: BLEDevice,
+        credential: Credential,
+        scan: float | None,
+        cloud_wait: float | None,
+        *,
+        then_whitelist: bool = True,
+    ) -> CommandOutcome:
+        """The credential path; if the vehicle refuses it by its own clock, one
+        more connection that corrects the clock first; then the whitelist."""
+        nonlocal refusal
+        try:
+            return await attempt(device, credential, scan, cloud_wait)
+        except VehicleRejected as rejected:
+            if not isinstance(rejected, RejectedCredential):
+                raise
+            refusal = rejected
+        logger.info("vehicle %s refused the credential (%s)", card.vin, refusal)
+        if is_clock_refusal(refusal) and sync.can_correct_clock:
+            # The phone holds the credential as valid: the vehicle's clock may be
+            # wrong. Correct it with issuer-signed time, then present it again.
+            try:
+                return await attempt(device, credential, None, None, correct_clock=True)
+            except ClockNotCorrected as exc:
+                logger.info("could not correct the clock of %s: %s", card.vin, exc)
+            except VehicleRejected as rejected:
+                if not isinstance(rejected, RejectedCredential):
+                    raise
+                refusal = rejected
+                logger.info("vehicle %s refused the credential again (%s)", card.vin, refusal)
+        if not then_whitelist:
+            assert denial is not None
+            message = sync.failure_message(refusal)
+            raise KeyUnavailable(message, denial, sync.cloud_error) from denial
+        # Refused by the vehicle's clock or list, or an issuer it does not trust:
+        # the key may still be whitelisted. One more connection.
+        return await whitelist(device, None, None)
+
     sync.start()
     try:
+        whitelisted = keystore.whitelist_accepted(card.vin)
         device = await phone.find_vehicle(card, timeout)
         scan = time.perf_counter() - start
         credential = sync.cached.credential if sync.cached.usable else None
-        cloud_wait = None
-        if credential is None and sync.active:
+        if credential is not None:
+            outcome = await with_credential(device, credential, scan, None)
+        elif sync.active and not whitelisted:
+            # Nothing valid cached: wait (bounded) for the cloud's credential.
             waited_from = time.perf_counter()
-            credential = await sync.credential()  # bounded by the cloud deadline
+            credential = await sync.credential()
             cloud_wait = time.perf_counter() - waited_from
-        try:
-            outcome = await attempt(device, credential, scan, cloud_wait)
-        except VehicleRejected as rejected:
-            if credential is not None and isinstance(rejected, RejectedCredential):
-                # Refused by the vehicle's clock or list, or an issuer it does not
-                # trust: the key may still be whitelisted. One more connection.
-                refusal = rejected
-                logger.info("vehicle %s refused the credential (%s)", card.vin, rejected)
-                try:
-                    outcome = await attempt(device, None, None, None)
-                except VehicleRejected as denied:
-                    if not _is_denial(denied):
-                        raise
-                    raise KeyUnavailable(
-                        sync.failure_message(refusal), denied, sync.error
-                    ) from denied
-            elif _is_denial(rejected) and (sync.active or sync.cached.state is not CacheState.NONE):
-                raise KeyUnavailable(sync.failure_message(None), rejected, sync.error) from rejected
+            if credential is not None:
+                outcome = await with_credential(device, credential, scan, cloud_wait)
             else:
-                raise
+                outcome = await whitelist(device, scan, cloud_wait)
+        else:
+            # No cloud, or the vehicle accepted this key on its whitelist last
+            # time: connect at once, the cloud's refresh (if any) runs beside.
+            try:
+                outcome = await attempt(device, None, scan, None)
+            except VehicleRejected as rejected:
+                if not _is_denial(rejected):
+                    raise
+                if whitelisted and sync.active:
+                    # Not whitelisted any more: now the cloud is worth the wait.
+                    denial = rejected
+                    credential = await sync.credential()
+                    if credential is None:
+                        raise KeyUnavailable(
+                            sync.failure_message(None), rejected, sync.cloud_error
+                        ) from rejected
+                    outcome = await with_credential(
+                        device, credential, None, None, then_whitelist=False
+                    )
+                elif sync.active or sync.cached.state is not CacheState.NONE:
+                    raise KeyUnavailable(
+                        sync.failure_message(None), rejected, sync.cloud_error
+                    ) from rejected
+                else:
+                    raise
     except BaseException as exc:
         if not isinstance(exc, Exception):
             sync.cancel()

@@ -411,6 +411,8 @@ def _list(args: argparse.Namespace) -> int:
         version = cache.revocation_version(crypto.key_id(trust.issuer), trust.issuers)
         if version:
             where += f", revocation news to version {version}"
+        if store.whitelist_accepted(card.vin):
+            where += ", on the vehicle's whitelist (connects without waiting for the cloud)"
         print(f"  {where}")
     return EXIT_OK
 

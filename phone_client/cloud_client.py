@@ -53,7 +53,7 @@ from .trust import VehicleTrust, check_credential, utc_text
 
 DEFAULT_CALL_TIMEOUT: Final = 2.0
 MAX_ANSWER: Final = 64 * 1024  # every answer but the full revocation list is < 1 KiB
-MAX_LIST_ANSWER: Final = 4 * 1024 * 1024  # 100 000 revoked key ids in base64, and some
+MAX_LIST_ANSWER: Final = 4 * 1024 * 1024  # 100 000 revocation ids in base64, and some
 MAX_DELTA_CALLS: Final = 8  # one-delta-per-call cloud: at most 8 x 16 versions per sync
 _MAX_ERROR_TEXT: Final = 200
 _UNPRINTABLE: Final = re.compile(r"[^\x20-\x7e]")

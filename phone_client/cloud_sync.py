@@ -9,6 +9,11 @@ two tasks, each with the same deadline:
 - a revocation sync: deltas from the version the vehicle last reported, cached
   per issuer, so the phone can carry them to the vehicle even offline.
 
+When the vehicle refuses a credential the phone holds as valid because of its
+own clock (not yet valid, or expired), ``correct_vehicle_clock`` fetches
+issuer-signed time for the nonce the vehicle sent at connect and hands it
+over, so the credential can be presented again on that connection.
+
 After the vehicle's answer (the door is already open), ``after_command``
 hands the vehicle what it lacks: cached deltas that start at the version its
 status reports, and, if the cloud answered in this run, signed time for its
@@ -26,6 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from protocol import Command, ProtocolError, credentials
+from protocol.errors import RejectedCredentialExpired, RejectedCredentialNotYetValid
 
 from .credential_cache import CachedCredential, CacheState, CredentialCache
 from .errors import CloudRefused, CloudUnavailable, PhoneError
@@ -47,6 +53,17 @@ arrives with the answer; a vehicle that trusts no issuer sends none)."""
 HANDOFF_TIMEOUT: Final = 1.0
 """Seconds for the vehicle to acknowledge one handoff (deltas, or time)."""
 _FINISH_GRACE: Final = 0.5
+_CLOCK_WRONG: Final = "the vehicle's clock was wrong; corrected it with issuer-signed time, then"
+
+
+class ClockNotCorrected(PhoneError):
+    """The vehicle's clock could not be corrected (``CloudSync.clock_error`` says why)."""
+
+
+def is_clock_refusal(rejected: Exception) -> bool:
+    """The vehicle refused a credential by its own clock: a wrong clock would do that."""
+    return isinstance(rejected, RejectedCredentialNotYetValid | RejectedCredentialExpired)
+
 
 _VERBS: Final = {Command.UNLOCK: "unlocked", Command.LOCK: "locked", Command.STATUS: "status read"}
 ADVICE: Final = "use an owner's phone to share a key, or the keycard"
@@ -86,6 +103,8 @@ class CloudSync:
         self.error: CloudUnavailable | None = None  # why the credential fetch failed
         self.deltas_sent: tuple[int, int] | None = None  # (from, to) versions handed over
         self.time_sent = False
+        self.clock_corrected = False  # the vehicle took signed time before the credential
+        self.clock_error: Exception | None = None  # why correcting its clock failed
         self._credential_task: asyncio.Task[credentials.Credential | None] | None = None
         self._revocation_task: asyncio.Task[None] | None = None
         self._ends_at = 0.0
@@ -114,6 +133,14 @@ class CloudSync:
     def _call_timeout(self, cloud: CloudClient) -> float:
         """One call's deadline: the client's, cut to what is left of the budget."""
         return min(cloud.call_timeout, self._remaining())
+
+    @property
+    def can_correct_clock(self) -> bool:
+        """A cloud is configured and, as far as this run saw, answering."""
+        if self.cloud is None:
+            return False
+        task = self._credential_task
+        return task is None or not task.done() or self.cloud_up
 
     async def credential(self) -> credentials.Credential | None:
         """Wait (bounded by the deadline) for the refresh; its credential or None."""
@@ -184,6 +211,39 @@ class CloudSync:
             if task is not None:
                 task.cancel()
 
+    # --- a vehicle with a wrong clock ---------------------------------------------------------
+    async def correct_vehicle_clock(self, session: VehicleSession) -> None:
+        """Hand the vehicle issuer-signed time for the nonce it sent at connect
+        and wait for its acknowledgement (its next status).
+
+        The cloud call gets its own deadline (the cloud's share of a command);
+        the vehicle ``HANDOFF_TIMEOUT`` s to answer. Raises ``ClockNotCorrected``
+        (reason in ``clock_error``); the session is unusable after a refusal.
+        """
+        cloud = self.cloud
+        try:
+            if cloud is None:
+                raise ClockNotCorrected("no cloud is configured")
+            status = await session.status_at_connect(STATUS_WAIT)
+            if status is None:
+                raise ClockNotCorrected("the vehicle sent no time nonce")
+            signed = await cloud.signed_time(
+                status.time_nonce,
+                self.trust.issuers,
+                timeout=min(cloud.call_timeout, self.deadline),
+            )
+            answer = await session.send_time_update(signed.to_bytes(), timeout=HANDOFF_TIMEOUT)
+            if answer is None:
+                raise ClockNotCorrected("the vehicle did not acknowledge the signed time")
+        except ClockNotCorrected as exc:
+            self.clock_error = exc
+            raise
+        except (CloudUnavailable, ProtocolError, PhoneError, credentials.CredentialError) as exc:
+            self.clock_error = exc
+            raise ClockNotCorrected(str(exc)) from exc
+        self.clock_corrected = True
+        logger.info("corrected the clock of %s with issuer-signed time", self.trust.vin)
+
     # --- after the answer -------------------------------------------------------------------
     async def after_command(self, session: VehicleSession) -> None:
         """Hand the vehicle signed news it lacks; never raises (but cancellation)."""
@@ -250,8 +310,13 @@ class CloudSync:
                 )
         else:
             text = f"{verb} with this phone's whitelisted key"
+            if refusal is not None and self._blames_clock(refusal):
+                # It names the cloud's failure already, if there was one.
+                return f"{self._refusal_clauses(refusal)}; {text}"
             if refusal is not None:
-                text = f"the vehicle refused the credential ({refusal}); {text}"
+                text = f"{self._refusal_text(refusal)}; {text}"
+        if source in ("cloud", "cache") and self.clock_corrected:
+            text = f"{_CLOCK_WRONG} {text}"
         if self.error is None or (source == "whitelist" and isinstance(self.error, CloudRefused)):
             # A whitelisted phone the cloud never enrolled is no news worth printing.
             return text
@@ -262,20 +327,55 @@ class CloudSync:
         now = self.now()
         cached, held = self.cached, self.cached.credential
         if refusal is not None:
-            first = f"the vehicle refused the credential ({refusal})"
-        elif cached.state is CacheState.EXPIRED and held is not None:
-            first = f"cached credential expired {duration_text(now - held.not_after)} ago"
-        elif cached.state is CacheState.NOT_YET_VALID and held is not None:
-            first = f"cached credential is not valid before {utc_text(held.not_before)}"
-        elif cached.state is CacheState.CORRUPT:
-            first = f"the credential cache is corrupt ({cached.detail})"
-        elif cached.state is CacheState.UNTRUSTED:
-            first = f"the cached credential does not verify ({cached.detail})"
+            joined = self._refusal_clauses(refusal)
         else:
-            first = "no credential is cached"
-        second = self._cloud_clause()
-        joined = first if second is None else f"{first} and {second}"
+            if cached.state is CacheState.EXPIRED and held is not None:
+                first = f"cached credential expired {duration_text(now - held.not_after)} ago"
+            elif cached.state is CacheState.NOT_YET_VALID and held is not None:
+                first = f"cached credential is not valid before {utc_text(held.not_before)}"
+            elif cached.state is CacheState.CORRUPT:
+                first = f"the credential cache is corrupt ({cached.detail})"
+            elif cached.state is CacheState.UNTRUSTED:
+                first = f"the cached credential does not verify ({cached.detail})"
+            else:
+                first = "no credential is cached"
+            second = self._cloud_clause()
+            joined = first if second is None else f"{first} and {second}"
         return f"{joined}; this phone's key is not on the vehicle's whitelist: {ADVICE}"
+
+    @property
+    def cloud_error(self) -> CloudUnavailable | None:
+        """The cloud's failure worth reporting: the credential fetch's, else the clock's."""
+        if self.error is not None:
+            return self.error
+        return self.clock_error if isinstance(self.clock_error, CloudUnavailable) else None
+
+    def _blames_clock(self, refusal: Exception) -> bool:
+        """Refused by the vehicle's clock, and the clock was not corrected."""
+        return is_clock_refusal(refusal) and not self.clock_corrected
+
+    def _refusal_text(self, refusal: Exception) -> str:
+        text = f"the vehicle refused the credential ({refusal})"
+        if self.clock_corrected:
+            text += " even after its clock was corrected with issuer-signed time"
+        return text
+
+    def _refusal_clauses(self, refusal: Exception) -> str:
+        """The vehicle's refusal of the credential, and what the cloud did about it."""
+        text = self._refusal_text(refusal)
+        if not self._blames_clock(refusal):
+            clause = self._cloud_clause()
+            return text if clause is None else f"{text} and {clause}"
+        text += ": the vehicle's clock may be wrong"
+        error = self.clock_error
+        if isinstance(error, CloudUnavailable):
+            return f"{text} and {_describe_cloud_error(error)} to correct it"
+        if error is not None:
+            return f"{text} and correcting it with issuer-signed time failed ({error})"
+        clause = self._cloud_clause()
+        if clause is None:
+            return text
+        return f"{text} and {clause} to correct it"
 
     def _cloud_clause(self) -> str | None:
         if self.cloud is None:
@@ -283,10 +383,14 @@ class CloudSync:
         error = self.error
         if error is None:
             return None  # it answered: its credential is what the vehicle refused
-        if isinstance(error, CloudRefused):
-            return f"the cloud refused ({error.reason})"
-        if error.status == "circuit-open":
-            return f"the cloud is unreachable (not asked: {error.reason})"
-        if error.status in ("bad-signature", "lying"):
-            return f"the cloud's answer failed verification ({error.reason})"
-        return f"the cloud is unreachable ({error.reason})"
+        return _describe_cloud_error(error)
+
+
+def _describe_cloud_error(error: CloudUnavailable) -> str:
+    if isinstance(error, CloudRefused):
+        return f"the cloud refused ({error.reason})"
+    if error.status == "circuit-open":
+        return f"the cloud is unreachable (not asked: {error.reason})"
+    if error.status in ("bad-signature", "lying"):
+        return f"the cloud's answer failed verification ({error.reason})"
+    return f"the cloud is unreachable ({error.reason})"

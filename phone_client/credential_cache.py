@@ -20,7 +20,7 @@ replaces it); it never raises.
 Ordering: of two credentials for a vehicle the cache keeps the one that ends
 later (then the higher serial), so a slow or replayed answer never replaces
 a newer credential with an older one. A cloud that wants to end access early
-revokes the key; it does not shorten credentials. Revocation versions only go
+revokes the key on that vehicle; it does not shorten credentials. Revocation versions only go
 forward.
 """
 

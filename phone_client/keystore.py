@@ -4,12 +4,15 @@ Layout of the home directory (mode 0700)::
 
     key.pem       the phone's P-256 private key, PKCS#8 PEM, mode 0600
     phone.json    {"format": 1, "vehicles": {VIN: {"card": ..., "counter": N,
-                   "issuer": "p256:...", "cloud": "http://..."}}}
+                   "issuer": "p256:...", "cloud": "http://...", "whitelisted": true}}}
     credentials/  cached cloud credentials and revocation news (credential_cache)
     cloud-breaker.json   the cloud circuit breaker's state (circuit_breaker)
 
 ``issuer`` and ``cloud`` are optional: the issuer key this phone trusts to
 sign credentials for the vehicle, and the cloud it asks for them.
+``whitelisted`` (optional, default false) records that the vehicle last
+accepted this phone's key on the whitelist path: such a phone need not wait
+for the cloud before connecting (see ``central.run_command``).
 
 ``phone.json`` is only ever replaced whole (temp file + fsync + os.replace),
 so a crash leaves either the old or the new file, never a torn one.
@@ -158,6 +161,8 @@ class KeyStore:
             cloud_url = validate_cloud_url(cloud_url)
         state = self._load_state()
         entry = state["vehicles"].setdefault(card.vin, {"counter": 0})
+        if entry.get("card") != card.to_text():
+            entry.pop("whitelisted", None)  # learnt about another vehicle key
         entry["card"] = card.to_text()
         if issuer is not None:
             entry["issuer"] = crypto.public_key_to_text(issuer)
@@ -196,6 +201,32 @@ class KeyStore:
     def vehicles(self) -> list[VehicleCard]:
         vehicles = self._load_state()["vehicles"]
         return [self._card(vin, entry) for vin, entry in sorted(vehicles.items())]
+
+    # --- what the vehicle said about this phone's key -----------------------------
+    def whitelist_accepted(self, vin: str) -> bool:
+        """Whether ``vin`` last accepted this phone's key on the whitelist path."""
+        vin = _vin(vin)
+        entry = self._load_state()["vehicles"].get(vin)
+        if entry is None:
+            raise UnknownVehicle(vin)
+        return bool(entry.get("whitelisted", False))
+
+    def set_whitelist_accepted(self, vin: str, accepted: bool) -> None:
+        """Record the vehicle's latest verdict on the whitelist path: True after an
+        authenticated OK, False after UNKNOWN_KEY or a revocation. Written only
+        when it changes."""
+        vin = _vin(vin)
+        state = self._load_state()
+        entry = state["vehicles"].get(vin)
+        if entry is None:
+            raise UnknownVehicle(vin)
+        if bool(entry.get("whitelisted", False)) is accepted:
+            return
+        if accepted:
+            entry["whitelisted"] = True
+        else:
+            entry.pop("whitelisted", None)
+        self._save_state(state)
 
     # --- counters --------------------------------------------------------------
     def next_counter(self, vin: str) -> int:
@@ -318,6 +349,8 @@ def _check_state(state: Any) -> None:
         for optional in ("issuer", "cloud"):
             if optional in entry and not isinstance(entry[optional], str):
                 raise ValueError(f"entry for {vin!r} has a bad {optional!r}")
+        if "whitelisted" in entry and not isinstance(entry["whitelisted"], bool):
+            raise ValueError(f"entry for {vin!r} has a bad 'whitelisted'")
 
 
 def _write_new_file(path: Path, data: bytes) -> None:

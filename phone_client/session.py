@@ -15,7 +15,10 @@ subscribing, while the first challenge is on its way, so it costs no round
 trip. A vehicle that trusts an issuer follows every answer with a
 ``VehicleStatusReceived`` (its revocation version and a time nonce), kept in
 ``statuses``; ``send_revocation_updates`` and ``send_time_update`` hand it the
-signed news it lacks, after the command, off the critical path.
+signed news it lacks, after the command, off the critical path. It sends one
+at connect too (``status_at_connect``): a vehicle whose clock refuses a valid
+credential can be handed signed time first, then the credential
+(``present_credential``) on the same session.
 """
 
 from __future__ import annotations
@@ -153,6 +156,16 @@ class VehicleSession:
         await self._wait_for(ChallengeReceived, deadline, "its first challenge")
         self.timings.challenge = time.perf_counter() - start
 
+    async def present_credential(self, credential: bytes) -> None:
+        """Present an encoded issuer credential now, on an open session (after
+        correcting the vehicle's clock, say). It binds into every later command;
+        a refusal reaches the next wait as ``protocol.VehicleRejected``."""
+        async with self._lock:
+            self._raise_if_failed()
+            self._conn.present_credential(credential)
+            self.credential_presented = True
+            await self._write_pending()
+
     # --- commands -------------------------------------------------------------------
     async def command(self, command: Command, *, timeout: float | None = None) -> CommandCompleted:
         """Send ``command`` and return the vehicle's authenticated answer.
@@ -195,6 +208,12 @@ class VehicleSession:
         up to ``timeout`` s for it; None if none came (a vehicle that trusts no
         issuer sends none)."""
         return await self._wait_statuses(self._status_mark + 1, timeout)
+
+    async def status_at_connect(self, timeout: float) -> VehicleStatusReceived | None:
+        """The status the vehicle sent with its first challenge (its time nonce
+        lets a phone correct the vehicle's clock before any command), waiting
+        up to ``timeout`` s; None from a vehicle that trusts no issuer."""
+        return await self._wait_statuses(1, timeout)
 
     async def send_revocation_updates(
         self, deltas: Sequence[bytes], *, timeout: float

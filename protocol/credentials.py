@@ -372,9 +372,7 @@ def check_credential_claims_at_time(
         raise CredentialNotYetValid(f"credential valid from {credential.not_before}, now {now}")
     if now - leeway > credential.not_after:
         raise CredentialExpired(f"credential expired at {credential.not_after}, now {now}")
-    if is_revoked is not None and is_revoked(
-        revocation_id(vehicle_id, credential.holder_key_id)
-    ):
+    if is_revoked is not None and is_revoked(revocation_id(vehicle_id, credential.holder_key_id)):
         raise CredentialRevoked("the holder's key is revoked")
 
 

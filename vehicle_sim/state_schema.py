@@ -8,7 +8,8 @@ Format history:
 - 1: VIN, whitelist, counters, spent nonces, lock state.
 - 2: adds what offline credential verification needs: ``issuers`` (trusted
   issuer public keys, at most two), ``revocations`` (list version and the
-  revoked key ids as a sorted hex list) and ``time`` (the persisted time
+  revocation ids, ``protocol.credentials.revocation_id(vehicle_id, key_id)``,
+  as a sorted hex list) and ``time`` (the persisted time
   floor and clock offset). A format-1 file loads with no issuer, revocation
   version 0, nothing revoked and a zero floor and offset; the next write
   (opening for writing is one) stores it as format 2.
@@ -56,7 +57,7 @@ class StoredState:
     issuers: dict[bytes, crypto.PublicKey] = field(default_factory=dict)  # by key id
     revocation_version: int = 0
     # Immutable, so a copy shares it: a command's commit never copies 10,000 ids.
-    revoked: frozenset[bytes] = frozenset()
+    revoked: frozenset[bytes] = frozenset()  # revocation ids, not raw key ids
     time_floor: int = 0  # unix seconds the vehicle's clock never reads below
     clock_offset: int = 0  # seconds added to the wall clock (set from issuer time)
 
@@ -106,9 +107,9 @@ _REVOKED_MARKER = "\x00revoked\x00"  # no real field value can hold a NUL
 
 @functools.lru_cache(maxsize=2)
 def _revoked_json(revoked: frozenset[bytes]) -> str:
-    # Lowercase hex sorts like the bytes, so the file lists them in key id order;
+    # Lowercase hex sorts like the bytes, so the file lists them in id order;
     # hex digits need no JSON escaping.
-    return "[" + ", ".join(f'"{key_id.hex()}"' for key_id in sorted(revoked)) + "]"
+    return "[" + ", ".join(f'"{rev_id.hex()}"' for rev_id in sorted(revoked)) + "]"
 
 
 def load_state(data: bytes) -> StoredState:

@@ -12,7 +12,7 @@ import aiohttp
 
 from cloud_sim.requests_auth import sign_credential_request
 from cloud_sim.server import RunningCloud
-from protocol import crypto
+from protocol import credentials, crypto
 from protocol.card import VehicleCard
 
 VIN = "1HGCM82633A004352"
@@ -41,6 +41,11 @@ def key_text(key: crypto.PrivateKey) -> str:
 
 def key_id_hex(key: crypto.PrivateKey) -> str:
     return crypto.key_id(key.public_key()).hex()
+
+
+def revocation_id_of(vehicle_id: str, key: crypto.PrivateKey) -> bytes:
+    """The revocation list entry that revokes ``key`` on vehicle ``vehicle_id`` (hex)."""
+    return credentials.revocation_id(bytes.fromhex(vehicle_id), crypto.key_id(key.public_key()))
 
 
 async def call(

@@ -18,6 +18,7 @@ from cloud_testkit import (
     new_card,
     register,
     request_credential,
+    revocation_id_of,
 )
 
 from cloud_sim.app import OWNER_REFUSED
@@ -195,6 +196,7 @@ async def test_revocation_bumps_version_and_list_verifies(cloud: RunningCloud, h
             http, cloud, "POST", path, {"key_id": key_id_hex(phone)}, owned.auth
         )
         assert status == 200
+        assert answer["revocation_id"] == revocation_id_of(owned.vehicle_id, phone).hex()
         versions.append(answer["version"])
     assert versions == [1, 2, 2]
 
@@ -202,7 +204,8 @@ async def test_revocation_bumps_version_and_list_verifies(cloud: RunningCloud, h
     listed = credentials.RevocationList.from_bytes(b64(answer["revocation_list"]))
     credentials.verify_revocation_list(listed, issuers=cloud.issuers, newer_than=0)
     assert answer["version"] == listed.version == 2
-    assert all(listed.is_revoked(crypto.key_id(p.public_key())) for p in phones)
+    assert listed.revoked == tuple(sorted(revocation_id_of(owned.vehicle_id, p) for p in phones))
+    assert not any(listed.is_revoked(crypto.key_id(p.public_key())) for p in phones)
 
     unknown = {"key_id": os.urandom(16).hex()}
     assert (await call(http, cloud, "POST", path, unknown, owned.auth))[0] == 404
@@ -220,10 +223,82 @@ async def test_revocation_delta_for_a_vehicle_behind(cloud: RunningCloud, http: 
     assert (answer["from_version"], answer["to_version"], answer["current_version"]) == (1, 3, 3)
     delta = credentials.RevocationDelta.from_bytes(b64(answer["delta"]))
     credentials.verify_revocation_delta(delta, issuers=cloud.issuers)
-    assert list(delta.added) == [crypto.key_id(p.public_key()) for p in phones[1:]]
+    assert list(delta.added) == [revocation_id_of(owned.vehicle_id, p) for p in phones[1:]]
     status, answer = await call(http, cloud, "GET", "/v1/revocations/delta?from_version=3")
     assert status == 200 and answer["delta"] is None
     assert (await call(http, cloud, "GET", "/v1/revocations/delta?from_version=4"))[0] == 409
+
+
+async def test_revoking_on_one_vehicle_leaves_the_phone_on_another(
+    cloud: RunningCloud, http: Http
+) -> None:
+    """Two owners enrolled one phone; A's owner revokes it. The entry names
+    (A, phone): B's credentials keep coming and B's entry is not on the list."""
+    owner_a, owner_b = await register(http, cloud), await register(http, cloud)
+    phone = crypto.generate_private_key()
+    for owned in (owner_a, owner_b):
+        assert (await enroll(http, cloud, owned, phone))[0] == 201
+    entry_a = revocation_id_of(owner_a.vehicle_id, phone)
+    entry_b = revocation_id_of(owner_b.vehicle_id, phone)
+    assert entry_a != entry_b
+
+    revoke_a = f"/v1/vehicles/{owner_a.vehicle_id}/revocations"
+    status, answer = await call(
+        http, cloud, "POST", revoke_a, {"key_id": key_id_hex(phone)}, owner_a.auth
+    )
+    assert status == 200 and answer == {"version": 1, "revocation_id": entry_a.hex()}
+    assert (await request_credential(http, cloud, phone, owner_a.vehicle_id))[0] == 403
+    status, answer = await request_credential(http, cloud, phone, owner_b.vehicle_id)
+    assert status == 200, answer
+    issued = credentials.Credential.from_bytes(b64(answer["credential"]))
+    _, listed_answer = await call(http, cloud, "GET", "/v1/revocations")
+    listed = credentials.RevocationList.from_bytes(b64(listed_answer["revocation_list"]))
+    assert listed.revoked == (entry_a,)
+    # B verifies B's credential against the very list that revokes the phone on A.
+    credentials.verify_credential_at_time(
+        issued,
+        issuers=cloud.issuers,
+        vehicle_id=bytes.fromhex(owner_b.vehicle_id),
+        now=int(time.time()),
+        is_revoked=listed.is_revoked,
+    )
+    _, delta_answer = await call(http, cloud, "GET", "/v1/revocations/delta?from_version=0")
+    assert credentials.RevocationDelta.from_bytes(b64(delta_answer["delta"])).added == (entry_a,)
+
+    # A's owner token cannot revoke on B; B's owner revoking too is a separate entry.
+    revoke_b = f"/v1/vehicles/{owner_b.vehicle_id}/revocations"
+    status, _ = await call(
+        http, cloud, "POST", revoke_b, {"key_id": key_id_hex(phone)}, owner_a.auth
+    )
+    assert status in (401, 403)
+    status, answer = await call(
+        http, cloud, "POST", revoke_b, {"key_id": key_id_hex(phone)}, owner_b.auth
+    )
+    assert status == 200 and answer == {"version": 2, "revocation_id": entry_b.hex()}
+    _, listed_answer = await call(http, cloud, "GET", "/v1/revocations")
+    listed = credentials.RevocationList.from_bytes(b64(listed_answer["revocation_list"]))
+    assert listed.revoked == tuple(sorted((entry_a, entry_b)))
+
+
+async def test_an_owner_cannot_revoke_a_strangers_key_elsewhere(
+    cloud: RunningCloud, http: Http
+) -> None:
+    """Public keys are public: an owner enrolls a stranger's phone key on their
+    own car and revokes it. That revokes it on their car, and nowhere else."""
+    victim, attacker = await register(http, cloud), await register(http, cloud)
+    phone = crypto.generate_private_key()
+    assert (await enroll(http, cloud, victim, phone))[0] == 201
+    assert (await enroll(http, cloud, attacker, phone))[0] == 201
+    path = f"/v1/vehicles/{attacker.vehicle_id}/revocations"
+    status, _ = await call(http, cloud, "POST", path, {"key_id": key_id_hex(phone)}, attacker.auth)
+    assert status == 200
+    assert (await request_credential(http, cloud, phone, victim.vehicle_id))[0] == 200
+    _, answer = await call(http, cloud, "GET", "/v1/revocations")
+    listed = credentials.RevocationList.from_bytes(b64(answer["revocation_list"]))
+    assert not listed.is_revoked(revocation_id_of(victim.vehicle_id, phone))
+    # A third owner may still enroll the phone: the revocation was the attacker's car's.
+    third = await register(http, cloud)
+    assert (await enroll(http, cloud, third, phone))[0] == 201
 
 
 async def test_signed_time_binds_the_nonce(cloud: RunningCloud, http: Http) -> None:

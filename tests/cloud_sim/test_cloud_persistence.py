@@ -7,7 +7,15 @@ import sqlite3
 from pathlib import Path
 
 import aiohttp
-from cloud_testkit import b64, call, enroll, key_id_hex, register, request_credential
+from cloud_testkit import (
+    b64,
+    call,
+    enroll,
+    key_id_hex,
+    register,
+    request_credential,
+    revocation_id_of,
+)
 
 from cloud_sim.db import CloudDB
 from cloud_sim.server import start_cloud
@@ -43,7 +51,7 @@ async def test_state_survives_restart(tmp_path: Path) -> None:
             assert listed["version"] == 1
             revocations = credentials.RevocationList.from_bytes(b64(listed["revocation_list"]))
             credentials.verify_revocation_list(revocations, issuers=cloud.issuers)
-            assert revocations.is_revoked(crypto.key_id(revoked.public_key()))
+            assert revocations.revoked == (revocation_id_of(owned.vehicle_id, revoked),)
             # The owner token still works, and the vehicle is still registered.
             status, _ = await enroll(http, cloud, owned, crypto.generate_private_key(), "guest")
             assert status == 201
@@ -75,3 +83,43 @@ def test_issuer_key_created_once(tmp_path: Path) -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_a_schema_1_database_moves_to_per_vehicle_revocations(tmp_path: Path) -> None:
+    """Schema 1 listed raw key ids (issuer-wide). Opening it re-lists each revoked
+    enrollment as its per-vehicle revocation id at a new version, so vehicles
+    holding the old list get the entries as deltas, and drops the raw ids."""
+    from cloud_sim.db import Enrollment, Vehicle, hash_token
+
+    path = tmp_path / "cloud.db"
+    vehicle_a, vehicle_b, phone = (
+        crypto.key_id(crypto.generate_private_key().public_key()).hex() for _ in range(3)
+    )
+    db = CloudDB(path)
+    for n, vehicle_id in enumerate((vehicle_a, vehicle_b)):
+        assert db.add_vehicle(Vehicle(vehicle_id, f"VIN{n}", "card"), hash_token(str(n)), 0)
+        db.enroll(Enrollment(vehicle_id, phone, "02" * 33, "driver", 0, vehicle_id == vehicle_a))
+    db.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # back to what schema 1 wrote
+        conn.executescript(
+            "DROP TABLE revocations;"
+            "CREATE TABLE revoked_keys (key_id TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+            "revoked_at INTEGER NOT NULL);"
+            f"INSERT INTO revoked_keys VALUES ('{phone}', 1, 5);"
+            "UPDATE revocation_state SET version = 1, updated_at = 5;"
+            "PRAGMA user_version = 1;"
+        )
+
+    db = CloudDB(path)
+    try:
+        entry_a = credentials.revocation_id(bytes.fromhex(vehicle_a), bytes.fromhex(phone))
+        listed = db.revocations()
+        assert (listed.version, listed.revoked) == (2, [entry_a])
+        assert db.revoked_between(1, 2) == [entry_a]
+        assert db.is_revoked(vehicle_a, phone) and not db.is_revoked(vehicle_b, phone)
+    finally:
+        db.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert "revoked_keys" not in tables

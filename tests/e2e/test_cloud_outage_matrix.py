@@ -25,7 +25,7 @@ from phone_client.keystore import KeyStore
 from phonekey.demo_cloud import cache_credential_from, enroll, register_vehicle, revoke
 from protocol import Command, LockState
 from protocol.card import VehicleCard
-from protocol.credentials import DEFAULT_VALIDITY
+from protocol.credentials import DEFAULT_VALIDITY, revocation_id
 from vehicle_sim.runtime import VehicleRuntime
 from vehicle_sim.state_store import FileVehicleStore, init_vehicle, open_store
 
@@ -114,7 +114,8 @@ async def _prepare(rig: Rig, credential: str) -> None:
         # The owner revoked the phone; another phone already carried the news
         # to the vehicle (tested on its own in test_bleak_unlock / the demo).
         version = await revoke(rig.cloud, rig.token, rig.card, rig.keystore.key_id())
-        rig.store.apply_revocations(version, (rig.keystore.key_id(),))
+        entry = revocation_id(rig.card.vehicle_id, rig.keystore.key_id())
+        rig.store.apply_revocations(version, (entry,))
 
 
 @pytest.mark.parametrize("credential", CREDENTIAL_STATES)

@@ -112,6 +112,11 @@ async def test_refresh_fetches_and_credentials_lists(
     listing = capsys.readouterr().out
     assert f"{VIN}: driver credential #1 valid until" in listing and " d left)" in listing
     assert f"cloud {cloud.url}" in listing
+    assert "whitelist" not in listing
+
+    KeyStore(home).set_whitelist_accepted(VIN, True)  # as after a whitelisted unlock
+    assert await phonekey(*h, "credentials") == 0
+    assert "on the vehicle's whitelist (connects without waiting" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

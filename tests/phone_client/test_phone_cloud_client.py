@@ -30,6 +30,7 @@ from protocol.credentials import (
     issue_credential,
     issue_revocation_delta,
     issue_signed_time,
+    revocation_id,
 )
 
 DEADLINE = 0.4  # seconds per call in these tests
@@ -81,11 +82,15 @@ async def test_issuer_revocations_deltas_and_signed_time(
         assert info.public_key == cloud.issuer_public_key
         listed = await cc.revocations(cloud.issuers)
         assert listed.version == 2
-        assert listed.is_revoked(crypto.key_id(others[0]))
+        vehicle_id = owned.card.vehicle_id
+        assert listed.is_revoked(revocation_id(vehicle_id, crypto.key_id(others[0])))
+        assert not listed.is_revoked(crypto.key_id(others[0]))  # entries are per vehicle
         deltas = await cc.revocation_deltas(0, cloud.issuers)
         assert deltas is not None
         assert [(d.from_version, d.to_version) for d in deltas] == [(0, 2)]
-        assert set(deltas[0].added) == {crypto.key_id(k) for k in others[:2]}
+        assert set(deltas[0].added) == {
+            revocation_id(vehicle_id, crypto.key_id(k)) for k in others[:2]
+        }
         assert await cc.revocation_deltas(2, cloud.issuers) == []  # up to date
         assert await cc.revocation_deltas(7, cloud.issuers) == []  # ahead of the cloud (409)
         nonce = os.urandom(16)

@@ -146,6 +146,39 @@ def test_replacing_a_card_keeps_its_counter(store: KeyStore) -> None:
     assert store.counter("TESTCAR1") == counter
 
 
+def test_whitelist_verdict_is_remembered_per_vehicle(store: KeyStore) -> None:
+    store.add_vehicle(make_card())
+    store.add_vehicle(make_card("TESTCAR2"))
+    assert not store.whitelist_accepted("TESTCAR1")
+    store.set_whitelist_accepted("TESTCAR1", True)
+    reopened = KeyStore(store.home)
+    assert reopened.whitelist_accepted("TESTCAR1")
+    assert not reopened.whitelist_accepted("TESTCAR2")
+    reopened.set_whitelist_accepted("TESTCAR1", False)
+    assert not store.whitelist_accepted("TESTCAR1")
+    assert "whitelisted" not in json.loads(store.state_path.read_text())["vehicles"]["TESTCAR1"]
+    with pytest.raises(UnknownVehicle):
+        store.set_whitelist_accepted("TESTCAR3", True)
+
+
+def test_an_unchanged_whitelist_verdict_is_not_rewritten(store: KeyStore) -> None:
+    store.add_vehicle(make_card())
+    store.set_whitelist_accepted("TESTCAR1", True)
+    before = store.state_path.stat().st_ino
+    store.set_whitelist_accepted("TESTCAR1", True)
+    assert store.state_path.stat().st_ino == before
+
+
+def test_a_new_card_forgets_the_whitelist_verdict(store: KeyStore) -> None:
+    card = make_card()
+    store.add_vehicle(card)
+    store.set_whitelist_accepted("TESTCAR1", True)
+    store.add_vehicle(card, cloud_url="http://cloud.example")  # same vehicle key: kept
+    assert store.whitelist_accepted("TESTCAR1")
+    store.add_vehicle(make_card())  # another vehicle key: nothing known about it
+    assert not store.whitelist_accepted("TESTCAR1")
+
+
 def test_state_is_replaced_atomically(store: KeyStore, monkeypatch: pytest.MonkeyPatch) -> None:
     store.add_vehicle(make_card())
     good = store.state_path.read_bytes()
@@ -171,6 +204,7 @@ def test_state_is_replaced_atomically(store: KeyStore, monkeypatch: pytest.Monke
         '{"format": 1, "vehicles": {"CAR1": {"counter": 1}}}',
         '{"format": 1, "vehicles": {"CAR1": {"card": "x", "counter": -1}}}',
         '{"format": 1}',
+        '{"format": 1, "vehicles": {"CAR1": {"card": "x", "counter": 0, "whitelisted": 1}}}',
     ],
 )
 def test_corrupt_state_is_a_keystore_error(store: KeyStore, content: str) -> None:

@@ -34,8 +34,8 @@ from phone_client import (
 from phone_client.cloud_client import CloudClient
 from phone_client.trust import utc_text
 from protocol import Command, LockState, Role, crypto
-from protocol.credentials import DEFAULT_VALIDITY, issue_credential
-from protocol.errors import RejectedUnknownKey
+from protocol.credentials import DEFAULT_VALIDITY, issue_credential, revocation_id
+from protocol.errors import RejectedCredentialNotYetValid, RejectedUnknownKey
 from protocol.events import ClockCorrected, CommandExecuted, RevocationsUpdated
 from vehicle_sim.display import ReportedEvent
 from vehicle_sim.runtime import VehicleRuntime
@@ -101,12 +101,26 @@ async def radio() -> AsyncIterator[VirtualRadio]:
 
 
 @pytest.fixture
+def vehicle_wall_clock() -> Callable[[], float]:
+    """The vehicle's wall clock (override by parametrizing ``vehicle_wall_clock``)."""
+    return time.time
+
+
+@pytest.fixture
 async def vehicle(
-    radio: VirtualRadio, cloud: RunningCloud, tmp_path: Path
+    radio: VirtualRadio,
+    cloud: RunningCloud,
+    tmp_path: Path,
+    vehicle_wall_clock: Callable[[], float],
 ) -> AsyncIterator[Vehicle]:
-    card = init_vehicle(tmp_path / "vehicle", VIN, issuers=[cloud.issuer_public_key])
+    card = init_vehicle(
+        tmp_path / "vehicle",
+        VIN,
+        issuers=[cloud.issuer_public_key],
+        wall_clock=vehicle_wall_clock,  # its persisted time floor too
+    )
     owned = await register(cloud, card)
-    store = open_store(tmp_path / "vehicle")
+    store = open_store(tmp_path / "vehicle", wall_clock=vehicle_wall_clock)
     device = await radio.create_device("vehicle")
     events: list[ReportedEvent] = []
     runtime = VehicleRuntime(store, device, on_event=lambda _peer, event: events.append(event))
@@ -361,7 +375,10 @@ async def test_revocations_are_carried_to_the_vehicle_even_offline(
     outcome = await courier.run(cloud=False)  # at the car, no network at all
     assert outcome.ok and outcome.credential == "cache" and outcome.cloud == "none"
     assert vehicle.store.revocation_version() == 1
-    assert vehicle.store.is_revoked(crypto.key_id(stolen))
+    assert vehicle.store.is_key_revoked(crypto.key_id(stolen))
+    assert vehicle.store.is_revoked(
+        revocation_id(vehicle.owned.card.vehicle_id, crypto.key_id(stolen))
+    )
     assert any(isinstance(e, RevocationsUpdated) for e in vehicle.events)
     assert courier.cache().vehicle_revocation_version(VIN) == 1
 
@@ -392,3 +409,172 @@ async def test_a_cloud_failure_never_delays_the_answer_of_a_whitelisted_cached_p
     assert outcome.credential == "cache" and outcome.cloud == "blackhole"
     assert watch.result_at is not None and watch.result_at < DEADLINE
     assert vehicle.executed()[-1].role is Role.OWNER
+
+
+# --- a vehicle whose clock is wrong ------------------------------------------------------
+THREE_WEEKS = 21 * 24 * 3600
+
+
+def three_weeks_late() -> float:
+    """A vehicle clock three weeks behind: every fresh credential is 'not yet valid'."""
+    return time.time() - THREE_WEEKS
+
+
+def clock_error(vehicle: Vehicle) -> float:
+    return vehicle.store.now() - time.time()
+
+
+async def cache_a_credential(phone: Phone, vehicle: Vehicle, cloud: RunningCloud) -> int:
+    """Fetch and cache the phone's credential out of band; its not_after."""
+    async with CloudClient(cloud.url) as cc:
+        credential = await cc.request_credential(phone.keystore, vehicle.owned.card)
+    assert phone.cache().store(VIN, credential, int(time.time()))
+    return credential.not_after
+
+
+@pytest.mark.parametrize("vehicle_wall_clock", [three_weeks_late])
+@pytest.mark.parametrize("cached", [True, False], ids=["cached", "fetched"])
+async def test_a_vehicle_clock_that_refuses_the_credential_is_corrected_with_signed_time(
+    make_phone_for: PhoneFactory, vehicle: Vehicle, cloud: RunningCloud, cached: bool
+) -> None:
+    assert clock_error(vehicle) < -THREE_WEEKS + 60
+    phone = await make_phone_for(enrolled="driver")  # not on the whitelist: credential only
+    not_after = await cache_a_credential(phone, vehicle, cloud) if cached else None
+    outcome = await phone.run()
+    assert (outcome.ok, outcome.lock_state) == (True, LockState.UNLOCKED)
+    assert vehicle.store.lock_state() is LockState.UNLOCKED
+    corrected = [e for e in vehicle.events if isinstance(e, ClockCorrected)]
+    assert corrected and corrected[0].before < time.time() - THREE_WEEKS + 60
+    assert abs(clock_error(vehicle)) < 60
+    assert vehicle.executed()[-1].credential_serial is not None  # the credential, not a whitelist
+    prefix = "the vehicle's clock was wrong; corrected it with issuer-signed time, then "
+    if cached:
+        assert outcome.credential == "cache"
+        assert outcome.message.startswith(
+            f"{prefix}unlocked with cached credential valid until {utc_text(not_after or 0)}"
+        )
+    else:
+        assert outcome.credential == "cloud"
+        assert outcome.message == (
+            f"{prefix}unlocked with a credential fetched from the cloud, "
+            f"valid until {utc_text(outcome.credential_not_after or 0)}"
+        )
+
+
+@pytest.mark.parametrize("vehicle_wall_clock", [three_weeks_late])
+async def test_a_wrong_vehicle_clock_without_a_cloud_to_correct_it_denies_naming_both(
+    make_phone_for: PhoneFactory, vehicle: Vehicle, cloud: RunningCloud
+) -> None:
+    phone = await make_phone_for(enrolled="driver")
+    await cache_a_credential(phone, vehicle, cloud)
+    advice = (
+        "; this phone's key is not on the vehicle's whitelist: "
+        "use an owner's phone to share a key, or the keycard"
+    )
+    refused = (
+        "the vehicle refused the credential (the vehicle says the credential is not valid yet): "
+        "the vehicle's clock may be wrong"
+    )
+
+    with pytest.raises(KeyUnavailable) as offline:
+        await phone.run(cloud=False)
+    assert str(offline.value) == f"{refused} and no cloud is configured to correct it{advice}"
+
+    cloud.set_fault("blackhole")
+    start = time.perf_counter()
+    with pytest.raises(KeyUnavailable) as info:
+        await phone.run()
+    elapsed = time.perf_counter() - start
+    assert elapsed < DEADLINE + TIMEOUT  # one bounded try at the cloud, not more
+    assert str(info.value) == (
+        f"{refused} and the cloud is unreachable (no answer within {DEADLINE:g} s) "
+        f"to correct it{advice}"
+    )
+    assert isinstance(info.value.rejection, RejectedUnknownKey)
+    assert info.value.cloud_error is not None and info.value.cloud_error.status == "blackhole"
+    assert clock_error(vehicle) < -THREE_WEEKS + 60  # still wrong
+    assert not any(isinstance(e, ClockCorrected) for e in vehicle.events)
+    assert vehicle.store.lock_state() is LockState.LOCKED
+
+
+@pytest.mark.parametrize("vehicle_wall_clock", [three_weeks_late])
+async def test_a_wrong_vehicle_clock_and_a_blackholed_cloud_leave_the_whitelist(
+    make_phone_for: PhoneFactory, vehicle: Vehicle, cloud: RunningCloud
+) -> None:
+    phone = await make_phone_for(enrolled="driver", whitelisted=Role.DRIVER)
+    await cache_a_credential(phone, vehicle, cloud)
+    cloud.set_fault("blackhole")
+    outcome = await phone.run()
+    assert (outcome.credential, outcome.ok) == ("whitelist", True)
+    assert outcome.message == (
+        "the vehicle refused the credential (the vehicle says the credential is not valid yet): "
+        "the vehicle's clock may be wrong and the cloud is unreachable "
+        f"(no answer within {DEADLINE:g} s) to correct it; "
+        "unlocked with this phone's whitelisted key"
+    )
+
+
+def test_the_clock_refusals_are_the_ones_a_wrong_clock_explains() -> None:
+    from phone_client.cloud_sync import is_clock_refusal
+    from protocol.errors import (
+        RejectedCredential,
+        RejectedCredentialExpired,
+        RejectedCredentialRevoked,
+    )
+
+    assert is_clock_refusal(RejectedCredentialNotYetValid())
+    assert is_clock_refusal(RejectedCredentialExpired())
+    assert not is_clock_refusal(RejectedCredential())
+    assert not is_clock_refusal(RejectedCredentialRevoked())
+
+
+# --- a phone the vehicle whitelisted -----------------------------------------------------
+async def test_a_phone_the_vehicle_whitelisted_does_not_wait_for_a_blackholed_cloud(
+    make_phone_for: PhoneFactory, vehicle: Vehicle, cloud: RunningCloud
+) -> None:
+    phone = await make_phone_for(enrolled=None, whitelisted=Role.DRIVER)
+    assert not phone.keystore.whitelist_accepted(VIN)
+    first = await phone.run()  # the cloud refuses at once (not enrolled): the whitelist
+    assert (first.credential, first.ok) == ("whitelist", True)
+    assert phone.keystore.whitelist_accepted(VIN)
+
+    cloud.set_fault("blackhole")
+    watch = Stopwatch()
+    outcome = await phone.run(Command.LOCK, on_result=watch)
+    assert (outcome.credential, outcome.lock_state) == ("whitelist", LockState.LOCKED)
+    # Connected at once: the answer came before the cloud's deadline elapsed ...
+    assert watch.result_at is not None and watch.result_at < DEADLINE
+    assert outcome.latency.total < DEADLINE and outcome.latency.cloud_wait is None
+    # ... and the refresh beside it gave up at the deadline.
+    assert outcome.cloud == "blackhole"
+    assert outcome.message == (
+        f"cloud unreachable (no answer within {DEADLINE:g} s); "
+        "locked with this phone's whitelisted key"
+    )
+    assert phone.keystore.whitelist_accepted(VIN)
+
+    assert vehicle.store.remove_key(phone.keystore.key_id()) is not None
+    with pytest.raises(KeyUnavailable) as info:
+        await phone.run()
+    assert isinstance(info.value.rejection, RejectedUnknownKey)
+    assert str(info.value) == (
+        f"no credential is cached and the cloud is unreachable (no answer within {DEADLINE:g} s); "
+        "this phone's key is not on the vehicle's whitelist: "
+        "use an owner's phone to share a key, or the keycard"
+    )
+    assert not phone.keystore.whitelist_accepted(VIN)
+    assert vehicle.store.lock_state() is LockState.LOCKED
+
+
+async def test_a_phone_dropped_from_the_whitelist_gets_in_with_the_clouds_credential(
+    make_phone_for: PhoneFactory, vehicle: Vehicle, cloud: RunningCloud
+) -> None:
+    phone = await make_phone_for(enrolled=None, whitelisted=Role.DRIVER)
+    phone.keystore.set_whitelist_accepted(VIN, True)
+    vehicle.store.remove_key(phone.keystore.key_id())
+    await vehicle.owned.enroll(phone.keystore.public_key(), "driver")
+    outcome = await phone.run()
+    assert (outcome.credential, outcome.ok) == ("cloud", True)
+    assert outcome.message.startswith("unlocked with a credential fetched from the cloud")
+    assert not phone.keystore.whitelist_accepted(VIN)
+    assert vehicle.executed()[-1].credential_serial is not None

@@ -43,6 +43,7 @@ from protocol.credentials import (
     issue_credential,
     issue_revocation_delta,
     issue_signed_time,
+    revocation_id,
 )
 from protocol.events import VehicleStatusReceived
 from protocol.memory_pair import ConnectionPair
@@ -81,6 +82,11 @@ def issue(
         not_after=not_after,
         serial=serial,
     )
+
+
+def rev_id(key_id: bytes, vehicle_id: bytes = VEHICLE_ID) -> bytes:
+    """The revocation list entry that revokes ``key_id`` on ``vehicle_id``."""
+    return revocation_id(vehicle_id, key_id)
 
 
 def delta(
@@ -158,6 +164,7 @@ def make_cred_rig(
     vehicle_rng: crypto.Random = os.urandom,
     phone_rng: crypto.Random = os.urandom,
     start: bool = True,
+    vehicle_key: crypto.PrivateKey = VEHICLE_KEY,
 ) -> CredRig:
     """A phone (by default NOT on the whitelist) and a vehicle that trusts
     ``ISSUER_KEY``; ``trust=None`` makes a whitelist-only vehicle."""
@@ -169,7 +176,7 @@ def make_cred_rig(
     store = store if store is not None else MemoryStore()
     if role is not None:
         store.add_key(phone_key.public_key(), role)
-    identity = VehicleIdentity(VEHICLE_KEY, VIN)
+    identity = VehicleIdentity(vehicle_key, VIN)
     vehicle = VehicleConnection(
         identity,
         store,
@@ -180,7 +187,7 @@ def make_cred_rig(
         credential_leeway=leeway,
     )
     phone = PhoneConnection(
-        phone_key, VEHICLE_KEY.public_key(), clock=clock, rng=phone_rng, att_mtu=mtu
+        phone_key, vehicle_key.public_key(), clock=clock, rng=phone_rng, att_mtu=mtu
     )
     rig = CredRig(ConnectionPair(phone, vehicle), store, clock, identity, mtu, trust, wall)
     if start:
@@ -210,5 +217,6 @@ __all__ = [
     "make_trust",
     "mtus",
     "presentation_frames",
+    "rev_id",
     "signed_time",
 ]

@@ -19,6 +19,7 @@ from credential_testkit import (
     make_trust,
     mtus,
     presentation_frames,
+    rev_id,
     signed_time,
 )
 from protocol_testkit import (
@@ -29,6 +30,7 @@ from protocol_testkit import (
     VEHICLE_KEY,
     FakeClock,
     frames_of,
+    key_from_label,
     messages_of,
     raw_messages_of,
 )
@@ -285,7 +287,7 @@ def test_refused_credentials(
 def test_revoked_credential_is_refused(mtu: int) -> None:
     rig = make_cred_rig(mtu)
     assert rig.trust is not None
-    rig.trust.revoked.add(PHONE_KEY_ID)
+    rig.trust.revoked.add(rev_id(PHONE_KEY_ID))
     exc = rig.refused(issue())
     assert type(exc) is RejectedCredentialRevoked
     assert exc.code is ResultCode.CREDENTIAL_REVOKED
@@ -421,13 +423,13 @@ def test_revocation_delta_applied_when_it_starts_at_the_held_version(mtu: int) -
     rig = make_cred_rig(mtu)
     status = _after_one_command(rig)
     assert status.revocation_version == 0
-    rig.phone.send_revocation_update(delta(0, 1, [GUEST_KEY_ID]).to_bytes())
+    rig.phone.send_revocation_update(delta(0, 1, [rev_id(GUEST_KEY_ID)]).to_bytes())
     rig.pair.pump()
     assert [e for e in rig.pair.vehicle_events if isinstance(e, RevocationsUpdated)] == [
         RevocationsUpdated(0, 1, 1)
     ]
     assert rig.trust is not None
-    assert rig.trust.version == 1 and rig.trust.revoked == {GUEST_KEY_ID}
+    assert rig.trust.version == 1 and rig.trust.revoked == {rev_id(GUEST_KEY_ID)}
     assert rig.statuses()[-1].revocation_version == 1  # the vehicle says what it holds now
     assert rig.vehicle.state is VehicleState.CHALLENGED and rig.phone.state is PhoneState.READY
     assert rig.store.commits == 1  # revocations live in the trust store, not in commands
@@ -441,7 +443,7 @@ def test_revocation_delta_applied_when_it_starts_at_the_held_version(mtu: int) -
 def test_revoking_the_presenting_holder_stops_its_next_request() -> None:
     rig = make_cred_rig()
     _after_one_command(rig)
-    rig.phone.send_revocation_update(delta(0, 1, [PHONE_KEY_ID]).to_bytes())
+    rig.phone.send_revocation_update(delta(0, 1, [rev_id(PHONE_KEY_ID)]).to_bytes())
     rig.pair.pump()
     rig.phone.send_command(Command.LOCK, 2)
     with pytest.raises(RejectedCredentialRevoked):
@@ -466,7 +468,9 @@ def test_revocation_delta_not_starting_at_the_held_version_is_ignored(
     rig.trust.version = held
     _after_one_command(rig)
     statuses_before = len(rig.statuses())
-    rig.phone.send_revocation_update(delta(from_version, to_version, [GUEST_KEY_ID]).to_bytes())
+    rig.phone.send_revocation_update(
+        delta(from_version, to_version, [rev_id(GUEST_KEY_ID)]).to_bytes()
+    )
     rig.pair.pump()
     assert not [e for e in rig.pair.vehicle_events if isinstance(e, RevocationsUpdated)]
     assert rig.trust.version == held and rig.trust.revoked == set()
@@ -482,15 +486,15 @@ def test_revocation_delta_not_starting_at_the_held_version_is_ignored(
     [
         pytest.param(
             lambda: replace(
-                delta(0, 1, [GUEST_KEY_ID]), signature=delta(0, 1, []).signature
+                delta(0, 1, [rev_id(GUEST_KEY_ID)]), signature=delta(0, 1, []).signature
             ).to_bytes(),
             id="bad-signature",
         ),
         pytest.param(
-            lambda: delta(0, 1, [GUEST_KEY_ID], issuer=ROGUE_ISSUER_KEY).to_bytes(),
+            lambda: delta(0, 1, [rev_id(GUEST_KEY_ID)], issuer=ROGUE_ISSUER_KEY).to_bytes(),
             id="unknown-issuer",
         ),
-        pytest.param(lambda: delta(0, 1, [GUEST_KEY_ID]).to_bytes()[:-1], id="malformed"),
+        pytest.param(lambda: delta(0, 1, [rev_id(GUEST_KEY_ID)]).to_bytes()[:-1], id="malformed"),
         pytest.param(lambda: issue().to_bytes(), id="a-credential"),
     ],
 )
@@ -510,7 +514,7 @@ def test_whitelisted_phone_carries_revocations_too() -> None:
     rig = make_cred_rig(role=Role.OWNER)
     rig.command(Command.UNLOCK, 1)  # no credential needed
     assert rig.statuses()[-1].revocation_version == 0
-    rig.phone.send_revocation_update(delta(0, 1, [GUEST_KEY_ID]).to_bytes())
+    rig.phone.send_revocation_update(delta(0, 1, [rev_id(GUEST_KEY_ID)]).to_bytes())
     rig.pair.pump()
     assert rig.trust is not None and rig.trust.version == 1
 
@@ -672,7 +676,7 @@ def test_whitelist_only_vehicle_sends_no_status_and_refuses_updates() -> None:
     rig = make_cred_rig(trust=None, role=Role.OWNER)
     rig.command(Command.UNLOCK, 1)
     assert rig.statuses() == []
-    rig.phone.send_revocation_update(delta(0, 1, [GUEST_KEY_ID]).to_bytes())
+    rig.phone.send_revocation_update(delta(0, 1, [rev_id(GUEST_KEY_ID)]).to_bytes())
     with pytest.raises(RejectedUpdate):
         rig.pair.pump()
     rig = make_cred_rig(trust=None, role=Role.OWNER)
@@ -784,7 +788,7 @@ def test_revoked_whitelisted_key_is_refused(mtu: int) -> None:
     whitelist lookup and the counter (no signature work)."""
     rig = make_cred_rig(mtu, role=Role.OWNER, store=MemoryStore(counters={PHONE_KEY_ID: 9}))
     assert rig.trust is not None
-    rig.trust.revoked.add(PHONE_KEY_ID)
+    rig.trust.revoked.add(rev_id(PHONE_KEY_ID))
     rig.phone.send_command(Command.UNLOCK, 9)  # also a stale counter
     with pytest.raises(RejectedCredentialRevoked):
         rig.pair.pump()
@@ -795,12 +799,52 @@ def test_revoked_whitelisted_key_is_refused(mtu: int) -> None:
 def test_revocation_delta_ends_a_whitelisted_key() -> None:
     rig = make_cred_rig(role=Role.OWNER)
     rig.command(Command.UNLOCK, 1)
-    rig.phone.send_revocation_update(delta(0, 1, [PHONE_KEY_ID]).to_bytes())
+    rig.phone.send_revocation_update(delta(0, 1, [rev_id(PHONE_KEY_ID)]).to_bytes())
     rig.pair.pump()
     rig.phone.send_command(Command.LOCK, 2)
     with pytest.raises(RejectedCredentialRevoked):
         rig.pair.pump()
     assert rig.store.state is LockState.UNLOCKED and rig.store.commits == 1
+
+
+@pytest.mark.parametrize("whitelisted", [False, True], ids=["credential", "whitelisted"])
+def test_a_raw_key_id_on_the_list_revokes_nothing(whitelisted: bool) -> None:
+    """Entries are revocation ids: a bare key id (the old issuer-wide form) is
+    just an unknown entry to the vehicle."""
+    rig = make_cred_rig(role=Role.OWNER if whitelisted else None)
+    assert rig.trust is not None
+    rig.trust.revoked.add(PHONE_KEY_ID)
+    if not whitelisted:
+        rig.present(issue())
+    assert rig.command(Command.UNLOCK, 1).result is ResultCode.OK
+
+
+@pytest.mark.parametrize("whitelisted", [False, True], ids=["credential", "whitelisted"])
+def test_a_key_revoked_for_vehicle_a_still_unlocks_vehicle_b(whitelisted: bool) -> None:
+    """Two owners enrolled one phone on their two vehicles; the issuer-wide list
+    carries A's revocation to both. A refuses the phone, B still opens for it."""
+    vehicle_b = key_from_label("phonekey tests: a second owner's vehicle")
+    vehicle_b_id = crypto.key_id(vehicle_b.public_key())
+    role = Role.DRIVER if whitelisted else None
+    rig_a = make_cred_rig(role=role)
+    rig_b = make_cred_rig(role=role, vehicle_key=vehicle_b)
+    news = delta(0, 1, [rev_id(PHONE_KEY_ID)]).to_bytes()  # revoked on vehicle A only
+    assert rev_id(PHONE_KEY_ID) != rev_id(PHONE_KEY_ID, vehicle_b_id)
+    for rig in (rig_a, rig_b):
+        rig.phone.send_revocation_update(news)
+        rig.pair.pump()
+        assert rig.trust is not None and rig.trust.version == 1
+    if whitelisted:
+        rig_a.phone.send_command(Command.UNLOCK, 1)
+        with pytest.raises(RejectedCredentialRevoked):
+            rig_a.pair.pump()
+        assert rig_a.rejections() == [ResultCode.CREDENTIAL_REVOKED]
+    else:
+        assert type(rig_a.refused(issue())) is RejectedCredentialRevoked
+        rig_b.present(issue(vehicle_key=vehicle_b))
+    rig_a.assert_untouched()
+    assert rig_b.command(Command.UNLOCK, 1).result is ResultCode.OK
+    assert rig_b.store.state is LockState.UNLOCKED
 
 
 def test_whitelist_only_vehicle_has_no_revocations() -> None:

@@ -51,6 +51,7 @@ from protocol.credentials import (
     issue_revocation_delta,
     issue_revocation_list,
     issue_signed_time,
+    revocation_id,
     verify_credential_at_time,
     verify_credential_signature,
     verify_revocation_delta,
@@ -601,18 +602,43 @@ def test_leeway_beyond_five_minutes_is_refused(leeway: int) -> None:
             check(issue(), issuers=ISSUERS, vehicle_id=VEHICLE_ID, now=WALL, leeway=leeway)
 
 
+def test_revocation_id_is_the_truncated_labelled_hash() -> None:
+    expected = hashlib.sha256(b"phonekey/v1 revocation" + VEHICLE_ID + PHONE_KEY_ID).digest()
+    assert revocation_id(VEHICLE_ID, PHONE_KEY_ID) == expected[:16]
+    assert revocation_id(VEHICLE_ID, PHONE_KEY_ID) != revocation_id(PHONE_KEY_ID, VEHICLE_ID)
+    other_vehicle = crypto.key_id(ATTACKER_KEY.public_key())
+    assert revocation_id(VEHICLE_ID, PHONE_KEY_ID) != revocation_id(other_vehicle, PHONE_KEY_ID)
+    for bad in (b"", bytes(15), bytes(17)):
+        with pytest.raises(ValueError):
+            revocation_id(bad, PHONE_KEY_ID)
+        with pytest.raises(ValueError):
+            revocation_id(VEHICLE_ID, bad)
+
+
 def test_revoked() -> None:
     credential = issue()
+    phone_rev_id = revocation_id(VEHICLE_ID, PHONE_KEY_ID)
     with pytest.raises(CredentialRevoked):
-        _verify(credential, is_revoked=lambda key_id: key_id == PHONE_KEY_ID)
+        _verify(credential, is_revoked=lambda rev_id: rev_id == phone_rev_id)
     with pytest.raises(CredentialRevoked):
-        _verify(credential, is_revoked=_list([*REVOKED_IDS, PHONE_KEY_ID]).is_revoked)
+        _verify(credential, is_revoked=_list([*REVOKED_IDS, phone_rev_id]).is_revoked)
     _verify(credential, is_revoked=_list().is_revoked)
+    # The raw key id is no entry: the old issuer-wide form revokes nothing.
+    _verify(credential, is_revoked=_list([*REVOKED_IDS, PHONE_KEY_ID]).is_revoked)
+
+
+def test_revocation_for_another_vehicle_does_not_apply() -> None:
+    """The same phone key revoked on another vehicle stays valid on this one."""
+    other_vehicle = crypto.key_id(ATTACKER_KEY.public_key())
+    rl = _list([revocation_id(other_vehicle, PHONE_KEY_ID)])
+    _verify(issue(), is_revoked=rl.is_revoked)
+    with pytest.raises(CredentialRevoked):
+        _verify(issue(vehicle_key=ATTACKER_KEY), vehicle_id=other_vehicle, is_revoked=rl.is_revoked)
 
 
 def test_revocation_is_by_holder_key_id_not_serial() -> None:
     """Revoking the key revokes every credential the key holds, whatever its serial."""
-    rl = _list([PHONE_KEY_ID])
+    rl = _list([revocation_id(VEHICLE_ID, PHONE_KEY_ID)])
     for serial in (1, 2, 2**64 - 1):
         with pytest.raises(CredentialRevoked):
             _verify(issue(serial=serial), is_revoked=rl.is_revoked)

@@ -158,6 +158,38 @@ def test_lost_phone_keys() -> None:
         assert key_id(private(entry).public_key()).hex() == entry["key_id_hex"]
 
 
+def revocation_id_of(vehicle_id: bytes, phone_key_id: bytes) -> bytes:
+    """SHA-256("phonekey/v1 revocation" || vehicle_id || key_id), first 16 bytes."""
+    assert len(vehicle_id) == len(phone_key_id) == 16
+    return hashlib.sha256(b"phonekey/v1 revocation" + vehicle_id + phone_key_id).digest()[:16]
+
+
+LOST_REVOCATION_IDS = [
+    revocation_id_of(hx(KEYS["vehicle"]["key_id_hex"]), hx(e["key_id_hex"]))
+    for e in KEYS["lost_phones"]
+]
+
+
+def test_revocation_id_vectors() -> None:
+    section = V["revocation_id"]
+    assert section["label"] == "phonekey/v1 revocation"
+    vectors = section["vectors"]
+    assert len(vectors) == len(KEYS["lost_phones"])
+    for vector, lost, expected in zip(
+        vectors, KEYS["lost_phones"], LOST_REVOCATION_IDS, strict=True
+    ):
+        vehicle_id, phone_key_id = hx(vector["vehicle_id_hex"]), hx(vector["key_id_hex"])
+        assert vehicle_id == hx(KEYS["vehicle"]["key_id_hex"])
+        assert phone_key_id == hx(lost["key_id_hex"])
+        message = hx(vector["hashed_message_hex"])
+        assert message == b"phonekey/v1 revocation" + vehicle_id + phone_key_id
+        assert hashlib.sha256(message).hexdigest() == vector["sha256_hex"]
+        assert hx(vector["revocation_id_hex"]) == expected == hx(vector["sha256_hex"])[:16]
+        # per vehicle: the same key on another vehicle has another entry, and the
+        # raw key id is none of them
+        assert revocation_id_of(bytes(16), phone_key_id) != expected != phone_key_id
+
+
 # --- the four objects, parsed by hand ----------------------------------------------------
 @pytest.mark.parametrize("name", list(OBJ))
 def test_object_signatures(name: str) -> None:
@@ -205,7 +237,7 @@ def test_revocation_list_layout() -> None:
     fields, data = entry["fields"], hx(entry["encoded_hex"])
     revoked = [hx(k) for k in fields["revoked_hex"]]
     assert revoked == sorted(set(revoked))
-    assert revoked == sorted(hx(e["key_id_hex"]) for e in KEYS["lost_phones"])
+    assert revoked == sorted(LOST_REVOCATION_IDS)  # revocation ids, never raw key ids
     assert data[0:2] == bytes([1, 0x42])
     assert data[2:18] == ISSUER_ID
     assert u64(data[18:26]) == fields["version"] == 1
@@ -445,7 +477,7 @@ def test_connections_reproduce_the_exchange() -> None:
     assert vehicle.data_to_send() == frames["vehicle_status_after_time_update"]
     assert trust.now() == EX["clock_after_time_update"]
     assert trust.version == 1
-    assert trust.revoked == {hx(e["key_id_hex"]) for e in KEYS["lost_phones"]}
+    assert trust.revoked == set(LOST_REVOCATION_IDS)
 
 
 def test_vectors_are_current() -> None:

@@ -6,7 +6,9 @@
 
 The file holds one of each issuer-signed object of docs/credentials.md (a
 credential, a revocation list, a revocation delta, signed time), each with its
-fields, the exact bytes the issuer signs, the signature and the encoding; and
+fields, the exact bytes the issuer signs, the signature and the encoding; the
+per-vehicle revocation ids of the two lost phone keys on the vehicle (inputs,
+hashed message and output) that the list and the delta carry; and
 one credential-based UNLOCK at ATT MTU 247 produced by driving
 ``protocol.PhoneConnection`` and ``protocol.VehicleConnection`` with fixed keys
 and the deterministic rng of ``generate_vectors.py``: the challenge, the
@@ -72,6 +74,7 @@ from protocol.credentials import (
     issue_revocation_delta,
     issue_revocation_list,
     issue_signed_time,
+    revocation_id,
 )
 from protocol.events import ClockCorrected, RevocationsUpdated, VehicleStatusReceived
 from protocol.framing import Reassembler
@@ -111,6 +114,7 @@ LABELS = {
     "revocation_delta": b"phonekey/v1 revocation delta",
     "signed_time": b"phonekey/v1 signed time",
 }
+REVOCATION_ID_LABEL = b"phonekey/v1 revocation"
 
 
 def _key(seed: bytes) -> crypto.PrivateKey:
@@ -170,7 +174,11 @@ def run_exchange() -> dict[str, Any]:
     vehicle_key = _key(VEHICLE_KEY_SEED)
     phone_key = _key(PHONE_KEY_SEED)
     issuer = _key(ISSUER_KEY_SEED)
-    lost_ids = [crypto.key_id(_key(seed).public_key()) for seed in LOST_KEY_SEEDS]
+    vehicle_id = crypto.key_id(vehicle_key.public_key())
+    # Revoked on this vehicle: the entries are per-vehicle revocation ids.
+    lost_ids = [
+        revocation_id(vehicle_id, crypto.key_id(_key(seed).public_key())) for seed in LOST_KEY_SEEDS
+    ]
     store = MemoryStore()  # the phone is NOT on the whitelist
     trust = MemoryTrust(clock=lambda: WALL)
     trust.add_issuer(issuer.public_key())
@@ -257,6 +265,7 @@ def run_exchange() -> dict[str, Any]:
     (status3,) = to_phone(status3_frames)
     assert isinstance(status3, VehicleStatusReceived)
     assert trust.now() == ISSUER_TIME and store.state is LockState.UNLOCKED
+    assert trust.revoked == set(lost_ids)
 
     messages = {
         "challenge": challenge_frames,
@@ -273,13 +282,26 @@ def run_exchange() -> dict[str, Any]:
     }
     return {
         "keys": {"vehicle": vehicle_key, "phone": phone_key, "issuer": issuer},
-        "lost_ids": lost_ids,
+        "lost_revocation_ids": lost_ids,
         "credential": credential,
         "revocation_list": revocation_list,
         "delta": delta,
         "signed_time": signed_time,
         "frames": messages,
         "messages": {name: _messages(frames)[0] for name, frames in messages.items()},
+    }
+
+
+def _revocation_id_entry(vehicle_id: bytes, key_id: bytes) -> dict[str, str]:
+    message = REVOCATION_ID_LABEL + vehicle_id + key_id
+    digest = hashlib.sha256(message).digest()
+    assert revocation_id(vehicle_id, key_id) == digest[:16]
+    return {
+        "vehicle_id_hex": vehicle_id.hex(),
+        "key_id_hex": key_id.hex(),
+        "hashed_message_hex": message.hex(),
+        "sha256_hex": digest.hex(),
+        "revocation_id_hex": digest[:16].hex(),
     }
 
 
@@ -309,6 +331,15 @@ def build() -> dict[str, Any]:
         )
     ]
     assert all(isinstance(s, VehicleStatus) for s in statuses)
+
+    vehicle_id = crypto.key_id(keys["vehicle"].public_key())
+    revocation_ids = [
+        _revocation_id_entry(vehicle_id, crypto.key_id(_key(seed).public_key()))
+        for seed in LOST_KEY_SEEDS
+    ]
+    assert [entry["revocation_id_hex"] for entry in revocation_ids] == [
+        rid.hex() for rid in run["lost_revocation_ids"]
+    ]
 
     digest = credential.digest()
     th = request_transcript_hash(msgs["challenge"], keys["vehicle"].public_key(), request, digest)
@@ -352,6 +383,16 @@ def build() -> dict[str, Any]:
         "clock": CLOCK,
         "wall_clock": WALL,
         "max_leeway": MAX_LEEWAY,
+        "revocation_id": {
+            "definition": (
+                "SHA-256(label || vehicle_id (16 bytes) || key_id (16 bytes)), first 16 bytes; "
+                "revocation lists and deltas carry these, never raw key ids, so a revocation "
+                "applies to one key on one vehicle"
+            ),
+            "label": REVOCATION_ID_LABEL.decode(),
+            "vectors": revocation_ids,
+            "vectors_are": "the lost phone keys revoked on the vehicle, in key order of 'keys'",
+        },
         "objects": {
             "credential": {
                 "fields": {

@@ -25,7 +25,12 @@ from protocol import (
     crypto,
 )
 from protocol.card import VehicleCard
-from protocol.credentials import issue_credential, issue_revocation_delta, issue_signed_time
+from protocol.credentials import (
+    issue_credential,
+    issue_revocation_delta,
+    issue_signed_time,
+    revocation_id,
+)
 from protocol.events import ClockCorrected, RevocationsUpdated, VehicleStatusReceived
 from vehicle_sim.display import describe_event
 from vehicle_sim.state_store import FileVehicleStore, open_store
@@ -180,7 +185,7 @@ async def test_a_revoked_holder_is_refused(
     vehicle: RunningVehicle, make_phone: PhoneFactory, issuer: crypto.PrivateKey, card: VehicleCard
 ) -> None:
     phone = await make_phone("cloud", role=None)
-    vehicle.store.apply_revocations(1, (phone.key_id,))
+    vehicle.store.apply_revocations(1, (revocation_id(card.vehicle_id, phone.key_id),))
     await connect(phone, vehicle)
     await present(phone, credential(issuer, phone, card))
     await phone.send(Command.UNLOCK)
@@ -189,14 +194,41 @@ async def test_a_revoked_holder_is_refused(
 
 
 async def test_a_revoked_whitelisted_key_is_refused_as_revoked(
-    vehicle: RunningVehicle, make_phone: PhoneFactory, issuer: crypto.PrivateKey
+    vehicle: RunningVehicle, make_phone: PhoneFactory, issuer: crypto.PrivateKey, card: VehicleCard
 ) -> None:
     stolen = await make_phone("stolen", role=Role.OWNER)
-    vehicle.store.apply_revocations(1, (stolen.key_id,))
+    vehicle.store.apply_revocations(1, (revocation_id(card.vehicle_id, stolen.key_id),))
     await connect(stolen, vehicle)
     await stolen.send(Command.UNLOCK)
     await refused(stolen, ResultCode.CREDENTIAL_REVOKED)
     assert vehicle.store.lock_state() is LockState.LOCKED
+
+
+async def test_keys_revoked_on_another_vehicle_still_open_this_one(
+    vehicle: RunningVehicle, make_phone: PhoneFactory, issuer: crypto.PrivateKey, card: VehicleCard
+) -> None:
+    """Another owner revoked these phones on their vehicle (and the list also
+    holds the raw key ids, the old issuer-wide form): neither applies here."""
+    owner = await make_phone("owner", role=Role.OWNER)
+    holder = await make_phone("cloud", role=None)
+    elsewhere = crypto.key_id(crypto.generate_private_key().public_key())
+    vehicle.store.apply_revocations(
+        1,
+        (
+            revocation_id(elsewhere, owner.key_id),
+            revocation_id(elsewhere, holder.key_id),
+            owner.key_id,
+            holder.key_id,
+        ),
+    )
+    await connect(owner, vehicle)
+    await command(owner, Command.UNLOCK)
+    await owner.disconnect()
+    await connect(holder, vehicle)
+    await present(holder, credential(issuer, holder, card))
+    await command(holder, Command.LOCK)
+    assert vehicle.store.lock_state() is LockState.LOCKED
+    assert vehicle.store.last_counter(holder.key_id) > 0
 
 
 # --- revocation deltas --------------------------------------------------------------------
@@ -215,7 +247,12 @@ async def test_a_revocation_delta_is_applied_durably_and_bars_the_holder(
     await connect(owner, vehicle)
     _, status = await command(owner, Command.LOCK)
     assert status.revocation_version == 0
-    delta = issue_revocation_delta(issuer, from_version=0, to_version=1, added=[holder.key_id])
+    delta = issue_revocation_delta(
+        issuer,
+        from_version=0,
+        to_version=1,
+        added=[revocation_id(card.vehicle_id, holder.key_id)],
+    )
     assert owner.protocol is not None
     owner.protocol.send_revocation_update(delta.to_bytes())
     await owner.write_frames()
@@ -227,7 +264,7 @@ async def test_a_revocation_delta_is_applied_durably_and_bars_the_holder(
     assert describe_event(update) == "revocations updated: version 0 -> 1, 1 key revoked"
 
     with open_store(vehicle.store.state_dir, read_only=True) as disk:  # durable
-        assert disk.revocation_version() == 1 and disk.is_revoked(holder.key_id)
+        assert disk.revocation_version() == 1 and disk.is_key_revoked(holder.key_id)
 
     # The same delta again is old news: ignored, the session goes on.
     owner.protocol.send_revocation_update(delta.to_bytes())
@@ -246,19 +283,23 @@ async def test_a_revocation_delta_is_applied_durably_and_bars_the_holder(
 
 
 async def test_a_delta_from_another_issuer_is_refused(
-    vehicle: RunningVehicle, make_phone: PhoneFactory, issuer: crypto.PrivateKey
+    vehicle: RunningVehicle, make_phone: PhoneFactory, issuer: crypto.PrivateKey, card: VehicleCard
 ) -> None:
     owner = await make_phone("owner", role=Role.OWNER)
     await connect(owner, vehicle)
     await command(owner, Command.UNLOCK)
     forged = issue_revocation_delta(
-        crypto.generate_private_key(), from_version=0, to_version=1, added=[owner.key_id]
+        crypto.generate_private_key(),
+        from_version=0,
+        to_version=1,
+        added=[revocation_id(card.vehicle_id, owner.key_id)],
     )
     assert owner.protocol is not None
     owner.protocol.send_revocation_update(forged.to_bytes())
     await owner.write_frames()
     await refused(owner, ResultCode.UPDATE_REJECTED)
-    assert vehicle.store.revocation_version() == 0 and not vehicle.store.is_revoked(owner.key_id)
+    assert vehicle.store.revocation_version() == 0
+    assert not vehicle.store.is_key_revoked(owner.key_id)
 
 
 # --- signed time ----------------------------------------------------------------------------

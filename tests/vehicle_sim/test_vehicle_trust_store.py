@@ -12,6 +12,7 @@ from conftest import VIN
 
 from protocol import LockState, Role, crypto
 from protocol.card import VehicleCard
+from protocol.credentials import revocation_id
 from vehicle_sim.state_schema import MAX_ISSUERS
 from vehicle_sim.state_store import (
     STATE_FILE_NAME,
@@ -41,6 +42,7 @@ def _key() -> crypto.PublicKey:
 
 
 def _key_id(n: int) -> bytes:
+    """An opaque 16-byte list entry (the store keeps revocation ids as given)."""
     return n.to_bytes(crypto.KEY_ID_LEN, "big")
 
 
@@ -251,14 +253,22 @@ def test_a_revoked_whitelisted_key_is_not_whitelisted(
     new_vehicle: VehicleCard, state_dir: Path
 ) -> None:
     stolen, kept = _key(), _key()
+    other_vehicle = crypto.key_id(_key())
     with open_store(state_dir) as store:
         stolen_entry = store.add_key(stolen, Role.OWNER)
         kept_entry = store.add_key(kept, Role.DRIVER)
-        store.apply_revocations(1, (stolen_entry.key_id,))
+        stolen_here = revocation_id(new_vehicle.vehicle_id, stolen_entry.key_id)
+        # The kept key is revoked on another vehicle only, and its raw key id
+        # (the old issuer-wide form) is no entry: neither touches this vehicle.
+        kept_elsewhere = revocation_id(other_vehicle, kept_entry.key_id)
+        store.apply_revocations(1, (stolen_here, kept_elsewhere, kept_entry.key_id))
+        assert store.is_revoked(stolen_here) and store.is_key_revoked(stolen_entry.key_id)
+        assert not store.is_key_revoked(kept_entry.key_id)
         assert store.whitelist_entry(stolen_entry.key_id) is None
         assert store.whitelist_entry(kept_entry.key_id) == kept_entry
     with open_store(state_dir, read_only=True) as store:
         assert store.whitelist_entry(stolen_entry.key_id) is None
+        assert store.whitelist_entry(kept_entry.key_id) == kept_entry
         # Still listed, so `show` can tell the owner about it.
         assert stolen_entry in store.keys()
 
