@@ -45,6 +45,7 @@ from platformdirs import user_data_dir
 from protocol import crypto
 from protocol.card import InvalidCard, VehicleCard, validate_vin
 
+from .atomic import fsync_directory
 from .errors import KeyStoreError, UnknownVehicle
 from .trust import VehicleTrust
 
@@ -94,7 +95,7 @@ class KeyStore:
                 tmp.unlink()
             _write_new_file(tmp, pem)
             os.replace(tmp, self.key_path)
-            _fsync_dir(self.home)
+            fsync_directory(self.home)
         else:
             try:
                 _write_new_file(self.key_path, pem)
@@ -103,7 +104,7 @@ class KeyStore:
                     f"{self.key_path} already holds this phone's key; pass --force to "
                     "replace it (vehicles that whitelisted the old key will refuse the new one)"
                 ) from None
-            _fsync_dir(self.home)
+            fsync_directory(self.home)
         self._private_key = key
         return key.public_key()
 
@@ -300,7 +301,7 @@ class KeyStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(self.home)
+        fsync_directory(self.home)
 
     def _card(self, vin: str, entry: dict[str, Any]) -> VehicleCard:
         try:
@@ -366,13 +367,3 @@ def _write_new_file(path: Path, data: bytes) -> None:
             os.unlink(path)
         raise
 
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable; directories cannot be opened for this on Windows."""
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
