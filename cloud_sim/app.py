@@ -71,6 +71,7 @@ def make_app(state: CloudState, faults: FaultState | None = None) -> web.Applica
     app[CLOUD] = state
     app[FAULTS] = faults or FaultState()
     app.router.add_get("/v1/issuer", _get_issuer)
+    app.router.add_get("/v1/issuer/rotations", _get_issuer_rotations)
     app.router.add_post("/v1/vehicles", _post_vehicle)
     app.router.add_post("/v1/vehicles/{vehicle_id}/phones", _post_phone)
     app.router.add_post("/v1/vehicles/{vehicle_id}/revocations", _post_revocation)
@@ -154,6 +155,14 @@ async def _get_issuer(request: web.Request) -> web.Response:
     return web.json_response(
         {"public_key": crypto.public_key_to_text(public), "key_id": crypto.key_id(public).hex()}
     )
+
+
+async def _get_issuer_rotations(request: web.Request) -> web.Response:
+    """Every issuer rotation statement, oldest first: phones verify each against
+    the key they pinned and carry it to vehicles (``IssuerUpdate``)."""
+    state = request.app[CLOUD]
+    rotations = [signed_b64(request, data) for data in state.db.issuer_rotations()]
+    return web.json_response({"rotations": rotations})
 
 
 async def _post_vehicle(request: web.Request) -> web.Response:

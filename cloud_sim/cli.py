@@ -68,6 +68,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = _sub(
         commands,
+        "rotate-issuer",
+        "replace the issuer key; the old key signs the new one (run with the cloud stopped)",
+        _rotate_issuer,
+    )
+    p.add_argument("--db", required=True, metavar="PATH", help="SQLite database file")
+
+    p = _sub(
+        commands,
         "register-vehicle",
         "register a vehicle; prints its owner token",
         _register_vehicle,
@@ -283,6 +291,26 @@ def _issuer(args: argparse.Namespace) -> int:
     print(f"issuer key id {crypto.key_id(public).hex()}")
     print("provision vehicles with the line below")
     print(crypto.public_key_to_text(public))  # last line: machine-readable
+    return EXIT_OK
+
+
+def _rotate_issuer(args: argparse.Namespace) -> int:
+    import time
+
+    from protocol import crypto
+
+    from .db import CloudDB
+
+    db = CloudDB(args.db)
+    try:
+        rotation = db.rotate_issuer(int(time.time()))
+    finally:
+        db.close()
+    old_id, new_id = rotation.old_issuer_key_id.hex(), rotation.new_issuer_key_id.hex()
+    print(f"issuer key {old_id} rotated to {new_id} (the old key signed the rotation)")
+    print("phones carry the rotation to vehicles; credentials of the old key stay valid")
+    print("restart a running cloud to sign with the new key; the new issuer key:")
+    print(crypto.public_key_to_text(rotation.new_public_key))  # last line: machine-readable
     return EXIT_OK
 
 

@@ -36,6 +36,11 @@ CREATE TABLE IF NOT EXISTS issuer (
     private_key_pem BLOB NOT NULL,
     created_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS issuer_rotations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    rotation BLOB NOT NULL,                -- encoded IssuerRotation, signed by the old key
+    created_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS vehicles (
     vehicle_id TEXT PRIMARY KEY,           -- lowercase hex key id of the vehicle key
     vin TEXT NOT NULL,
@@ -183,6 +188,40 @@ class CloudDB:
             return crypto.private_key_from_pem(bytes(pem))
         except ValueError as exc:
             raise DatabaseError(f"the stored issuer key is unusable: {exc}") from None
+
+    def rotate_issuer(self, now: int) -> credentials.IssuerRotation:
+        """Make a fresh issuer key the signing key, and keep the old key's
+        signed statement that the new one succeeds it (``issuer_rotations``).
+
+        Vehicles learn the new key from phones carrying that statement; they
+        keep the old key too, so credentials it issued stay valid until they
+        expire. The old private key is dropped: it signs nothing more. A
+        running server keeps the key it loaded at start, so rotate with the
+        cloud stopped (or restart it).
+        """
+        self.issuer_key()  # a new database gets its first key before rotating it
+        new_key = crypto.generate_private_key()
+        with self._write() as conn:
+            (pem,) = conn.execute("SELECT private_key_pem FROM issuer WHERE id = 1").fetchone()
+            try:
+                old_key = crypto.private_key_from_pem(bytes(pem))
+            except ValueError as exc:
+                raise DatabaseError(f"the stored issuer key is unusable: {exc}") from None
+            rotation = credentials.issue_issuer_rotation(old_key, new_key.public_key(), now)
+            conn.execute(
+                "INSERT INTO issuer_rotations (rotation, created_at) VALUES (?, ?)",
+                (rotation.to_bytes(), now),
+            )
+            conn.execute(
+                "UPDATE issuer SET private_key_pem = ?, created_at = ? WHERE id = 1",
+                (crypto.private_key_to_pem(new_key), now),
+            )
+        return rotation
+
+    def issuer_rotations(self) -> list[bytes]:
+        """Every encoded ``IssuerRotation`` the issuer made, oldest first."""
+        rows = self._conn.execute("SELECT rotation FROM issuer_rotations ORDER BY seq").fetchall()
+        return [bytes(row[0]) for row in rows]
 
     # --- vehicles -------------------------------------------------------------------
     def add_vehicle(self, vehicle: Vehicle, token_sha256: str, now: int) -> bool:

@@ -55,6 +55,7 @@ DEFAULT_CALL_TIMEOUT: Final = 2.0
 MAX_ANSWER: Final = 64 * 1024  # every answer but the full revocation list is < 1 KiB
 MAX_LIST_ANSWER: Final = 4 * 1024 * 1024  # 100 000 revocation ids in base64, and some
 MAX_DELTA_CALLS: Final = 8  # one-delta-per-call cloud: at most 8 x 16 versions per sync
+MAX_ROTATIONS: Final = 64  # issuer rotations a phone reads in one answer
 _MAX_ERROR_TEXT: Final = 200
 _UNPRINTABLE: Final = re.compile(r"[^\x20-\x7e]")
 
@@ -139,7 +140,7 @@ class CloudClient:
         against the issuer key pinned for it: signature, vehicle, holder key,
         role (at most driver) and a window containing now."""
         stored = keystore.vehicle_trust(card.vin)
-        trust = VehicleTrust(card, stored.issuer, stored.cloud_url)
+        trust = VehicleTrust(card, stored.issuer, stored.cloud_url, stored.previous_issuer)
         if trust.issuer is None:
             raise NoTrustedIssuer(card.vin)  # before any network: nothing could be verified
         holder = keystore.private_key
@@ -195,6 +196,32 @@ class CloudClient:
                 return None
             self._delta_route = "delta"
             return deltas
+
+    async def issuer_rotations(
+        self, issuers: IssuerKeys | None = None, *, timeout: float | None = None
+    ) -> list[credentials.IssuerRotation]:
+        """The issuer rotations that lead on from the pinned keys, oldest first,
+        each verified against a key pinned or vouched for by the one before.
+
+        Rotations to keys already known, or signed by keys this phone never
+        trusted (from before it pinned its key), are skipped; a bad signature
+        by a trusted key is a lie (``CloudLied``)."""
+        known = dict(self._pinned(issuers))
+        async with self._operation(timeout):
+            data = await self._get_json("GET", "/v1/issuer/rotations")
+            items = data.get("rotations")
+            if not isinstance(items, list) or len(items) > MAX_ROTATIONS:
+                raise _garbage("the rotations are not a list")
+            chain: list[credentials.IssuerRotation] = []
+            for item in items:
+                raw = _decode_base64(item, "rotation", MAX_ANSWER)
+                rotation = _parse(credentials.IssuerRotation.from_bytes, raw, "issuer rotation")
+                if rotation.new_issuer_key_id in known or rotation.old_issuer_key_id not in known:
+                    continue
+                _verify(credentials.verify_issuer_rotation, rotation, known, "issuer rotation")
+                known[rotation.new_issuer_key_id] = rotation.new_public_key
+                chain.append(rotation)
+        return chain
 
     async def signed_time(
         self, nonce: bytes, issuers: IssuerKeys | None = None, *, timeout: float | None = None

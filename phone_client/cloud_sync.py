@@ -34,11 +34,13 @@ from protocol import Command, ProtocolError, credentials
 from protocol.errors import RejectedCredentialExpired, RejectedCredentialNotYetValid
 
 from .credential_cache import CachedCredential, CacheState, CredentialCache
-from .errors import CloudRefused, CloudUnavailable, PhoneError
+from .errors import CloudLied, CloudRefused, CloudUnavailable, PhoneError
 from .keystore import KeyStore
 from .trust import VehicleTrust, duration_text, utc_text
 
 if TYPE_CHECKING:
+    from protocol.events import VehicleStatusReceived
+
     from .cloud_client import CloudClient
     from .session import VehicleSession
 
@@ -103,6 +105,7 @@ class CloudSync:
         self.error: CloudUnavailable | None = None  # why the credential fetch failed
         self.deltas_sent: tuple[int, int] | None = None  # (from, to) versions handed over
         self.time_sent = False
+        self.issuer_rotated: bytes | None = None  # new issuer key id handed over and pinned
         self.clock_corrected = False  # the vehicle took signed time before the credential
         self.clock_error: Exception | None = None  # why correcting its clock failed
         self._credential_task: asyncio.Task[credentials.Credential | None] | None = None
@@ -258,6 +261,12 @@ class CloudSync:
             if status is None:
                 return
             vin = self.trust.vin
+            if self.cloud is not None and self.cloud_answered:
+                # First: until the new key is pinned, what the cloud signs now
+                # (time, deltas) verifies neither here nor on the vehicle.
+                status = await self._hand_over_issuer_rotations(session, self.cloud) or status
+                issuer_key_id, issuers = self.trust.issuer_key_id, self.trust.issuers
+                assert issuer_key_id is not None  # a rotation never unpins
             self.cache.record_vehicle_revocation_version(vin, status.revocation_version)
             chain = self.cache.deltas_from(issuer_key_id, status.revocation_version, issuers)
             if not chain and self.cloud is not None and self.cloud_up:
@@ -287,6 +296,47 @@ class CloudSync:
                 )
         except (CloudUnavailable, ProtocolError, PhoneError, credentials.CredentialError) as exc:
             logger.info("handing signed news to %s stopped: %s", self.trust.vin, exc)
+
+    @property
+    def cloud_answered(self) -> bool:
+        """The cloud answered this run's refresh, even with something this phone
+        refused: after an issuer rotation the fresh credential is signed by a
+        key not pinned yet, and the rotation is what fixes that."""
+        task = self._credential_task
+        if task is None or not task.done():
+            return False
+        return self.error is None or isinstance(self.error, CloudRefused | CloudLied)
+
+    async def _hand_over_issuer_rotations(
+        self, session: VehicleSession, cloud: CloudClient
+    ) -> VehicleStatusReceived | None:
+        """Issuer rotations to keys this phone has not pinned, each verified
+        against a pinned key (or the one before it in the chain): hand them to
+        the vehicle, then pin the newest key, the one it replaced staying
+        trusted. Pinned only once the vehicle acknowledged, so a phone keeps
+        carrying a rotation until one vehicle took it."""
+        try:
+            chain = await cloud.issuer_rotations(self.trust.issuers, timeout=cloud.call_timeout)
+        except CloudUnavailable as exc:  # e.g. a cloud without rotations: go on with the rest
+            logger.info("no issuer rotations for %s: %s", self.trust.vin, exc)
+            return None
+        if not chain:
+            return None
+        answer = await session.send_issuer_updates(
+            [r.to_bytes() for r in chain], timeout=HANDOFF_TIMEOUT
+        )
+        if answer is None:
+            return None
+        for rotation in chain:
+            self.keystore.pin_rotated_issuer(self.trust.vin, rotation.new_public_key)
+        self.trust = self.keystore.vehicle_trust(self.trust.vin)
+        self.issuer_rotated = chain[-1].new_issuer_key_id
+        logger.info(
+            "%s now trusts issuer key %s (rotated)",
+            self.trust.vin,
+            chain[-1].new_issuer_key_id.hex(),
+        )
+        return answer
 
     # --- words ----------------------------------------------------------------------------
     def success_message(

@@ -10,6 +10,8 @@ Layout of the home directory (mode 0700)::
 
 ``issuer`` and ``cloud`` are optional: the issuer key this phone trusts to
 sign credentials for the vehicle, and the cloud it asks for them.
+``previous_issuer`` (optional) is the key ``issuer`` replaced in an issuer
+rotation signed by it; it stays trusted (``pin_rotated_issuer``).
 ``whitelisted`` (optional, default false) records that the vehicle last
 accepted this phone's key on the whitelist path: such a phone need not wait
 for the cloud before connecting (see ``central.run_command``).
@@ -171,19 +173,38 @@ class KeyStore:
             entry["cloud"] = cloud_url
         self._save_state(state)
 
+    def pin_rotated_issuer(self, vin: str, new_issuer: crypto.PublicKey) -> None:
+        """Pin ``new_issuer`` (vouched for by the pinned key in a verified
+        rotation) as the vehicle's issuer; the key it replaces stays trusted as
+        ``previous_issuer``, any older one is dropped (as on the vehicle)."""
+        vin = _vin(vin)
+        state = self._load_state()
+        entry = state["vehicles"].get(vin)
+        if entry is None:
+            raise UnknownVehicle(vin)
+        new_text = crypto.public_key_to_text(new_issuer)
+        if entry.get("issuer") == new_text:
+            return
+        if "issuer" in entry:
+            entry["previous_issuer"] = entry["issuer"]
+        entry["issuer"] = new_text
+        self._save_state(state)
+
     def vehicle_trust(self, vin: str) -> VehicleTrust:
         """The card, pinned issuer key and cloud URL for ``vin``."""
         vin = _vin(vin)
         entry = self._load_state()["vehicles"].get(vin)
         if entry is None:
             raise UnknownVehicle(vin)
-        issuer = None
-        if "issuer" in entry:
-            try:
+        issuer, previous = None, None
+        try:
+            if "issuer" in entry:
                 issuer = crypto.public_key_from_text(entry["issuer"])
-            except ValueError as exc:
-                raise KeyStoreError(f"{self.state_path}: bad issuer key for {vin}: {exc}") from None
-        return VehicleTrust(self._card(vin, entry), issuer, entry.get("cloud"))
+            if "previous_issuer" in entry:
+                previous = crypto.public_key_from_text(entry["previous_issuer"])
+        except ValueError as exc:
+            raise KeyStoreError(f"{self.state_path}: bad issuer key for {vin}: {exc}") from None
+        return VehicleTrust(self._card(vin, entry), issuer, entry.get("cloud"), previous)
 
     def remove_vehicle(self, vin: str) -> None:
         vin = _vin(vin)
@@ -347,7 +368,7 @@ def _check_state(state: Any) -> None:
         counter = entry.get("counter")
         if not isinstance(counter, int) or isinstance(counter, bool) or counter < 0:
             raise ValueError(f"entry for {vin!r} has a bad counter")
-        for optional in ("issuer", "cloud"):
+        for optional in ("issuer", "previous_issuer", "cloud"):
             if optional in entry and not isinstance(entry[optional], str):
                 raise ValueError(f"entry for {vin!r} has a bad {optional!r}")
         if "whitelisted" in entry and not isinstance(entry["whitelisted"], bool):
@@ -366,4 +387,3 @@ def _write_new_file(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(path)
         raise
-

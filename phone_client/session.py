@@ -230,6 +230,20 @@ class VehicleSession:
             await self._write_pending()
             return await self._wait_statuses(seen + len(deltas), timeout)
 
+    async def send_issuer_updates(
+        self, rotations: Sequence[bytes], *, timeout: float
+    ) -> VehicleStatusReceived | None:
+        """Hand the vehicle issuer rotations, oldest first, and return the status
+        it answers the last one with (None if it did not within ``timeout`` s).
+        A refusal raises ``protocol.VehicleRejected`` and ends the session."""
+        async with self._lock:
+            self._raise_if_failed()
+            seen = len(self.statuses)
+            for rotation in rotations:
+                self._conn.send_issuer_update(rotation)
+            await self._write_pending()
+            return await self._wait_statuses(seen + len(rotations), timeout)
+
     async def send_time_update(
         self, signed_time: bytes, *, timeout: float
     ) -> VehicleStatusReceived | None:

@@ -28,6 +28,10 @@ class VehicleTrust:
     card: VehicleCard
     issuer: crypto.PublicKey | None = None
     cloud_url: str | None = None
+    previous_issuer: crypto.PublicKey | None = None
+    """The issuer key ``issuer`` replaced in a verified rotation: still trusted,
+    so credentials it issued keep verifying until they expire (the vehicle
+    keeps it too)."""
 
     @property
     def vin(self) -> str:
@@ -38,7 +42,10 @@ class VehicleTrust:
         """The mapping ``protocol.credentials`` verifies against (empty if none pinned)."""
         if self.issuer is None:
             return {}
-        return {crypto.key_id(self.issuer): self.issuer}
+        keys = {crypto.key_id(self.issuer): self.issuer}
+        if self.previous_issuer is not None:
+            keys[crypto.key_id(self.previous_issuer)] = self.previous_issuer
+        return keys
 
     @property
     def issuer_key_id(self) -> bytes | None:

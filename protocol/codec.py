@@ -34,6 +34,7 @@ from .messages import (
     CommandResponse,
     CredentialPresentation,
     ErrorMessage,
+    IssuerUpdate,
     Message,
     RevocationUpdate,
     TimeUpdate,
@@ -55,6 +56,7 @@ _MSG_CREDENTIAL = 0x06
 _MSG_VEHICLE_STATUS = 0x07
 _MSG_REVOCATION_UPDATE = 0x08
 _MSG_TIME_UPDATE = 0x09
+_MSG_ISSUER_UPDATE = 0x0A
 MAX_SIGNED_OBJECT_SIZE: Final = 400
 MAX_CREDENTIAL_SIZE: Final = 300
 
@@ -92,6 +94,7 @@ _BODIES: dict[int, c.Construct] = {
     ),
     _MSG_REVOCATION_UPDATE: c.Struct("delta" / c.Prefixed(c.Int16ub, c.GreedyBytes)),
     _MSG_TIME_UPDATE: c.Struct("signed_time" / c.Prefixed(c.Int16ub, c.GreedyBytes)),
+    _MSG_ISSUER_UPDATE: c.Struct("rotation" / c.Prefixed(c.Int16ub, c.GreedyBytes)),
 }
 
 _TYPE_OF: dict[type, int] = {
@@ -104,6 +107,7 @@ _TYPE_OF: dict[type, int] = {
     VehicleStatus: _MSG_VEHICLE_STATUS,
     RevocationUpdate: _MSG_REVOCATION_UPDATE,
     TimeUpdate: _MSG_TIME_UPDATE,
+    IssuerUpdate: _MSG_ISSUER_UPDATE,
 }
 
 _RESPONSE_RESULTS = frozenset({ResultCode.OK, ResultCode.FORBIDDEN})
@@ -229,13 +233,22 @@ def _to_message(msg_type: int, p: Any) -> Message:
         return CredentialPresentation(credential)
     if msg_type == _MSG_VEHICLE_STATUS:
         return VehicleStatus(p.revocation_version, bytes(p.time_nonce))
-    if msg_type in (_MSG_REVOCATION_UPDATE, _MSG_TIME_UPDATE):
-        blob = bytes(p.delta if msg_type == _MSG_REVOCATION_UPDATE else p.signed_time)
+    if msg_type in (_MSG_REVOCATION_UPDATE, _MSG_TIME_UPDATE, _MSG_ISSUER_UPDATE):
+        if msg_type == _MSG_REVOCATION_UPDATE:
+            blob = bytes(p.delta)
+        elif msg_type == _MSG_TIME_UPDATE:
+            blob = bytes(p.signed_time)
+        else:
+            blob = bytes(p.rotation)
         if not 0 < len(blob) <= MAX_SIGNED_OBJECT_SIZE:
             raise FieldValueError(
                 f"signed object of {len(blob)} bytes (allowed 1..{MAX_SIGNED_OBJECT_SIZE})"
             )
-        return RevocationUpdate(blob) if msg_type == _MSG_REVOCATION_UPDATE else TimeUpdate(blob)
+        if msg_type == _MSG_REVOCATION_UPDATE:
+            return RevocationUpdate(blob)
+        if msg_type == _MSG_TIME_UPDATE:
+            return TimeUpdate(blob)
+        return IssuerUpdate(blob)
     code = _enum(ResultCode, p.code, "code")
     if code in _RESPONSE_RESULTS:
         raise FieldValueError(f"an error message cannot carry {code.name}")

@@ -1,7 +1,7 @@
 """Issuer-signed objects the vehicle verifies offline: credentials, revocation
-lists and signed time.
+lists and deltas, signed time, and issuer rotations.
 
-All three are compact binary (construct), start with a format version and an
+All are compact binary (construct), start with a format version and an
 object type, and end with an ECDSA-P256-SHA256 signature (raw r||s, low-S)
 by the issuer over ``"phonekey/v1 <object>" || body``. Verification raises a
 ``CredentialError`` subclass and never returns False. Functions that depend
@@ -12,6 +12,10 @@ Revocation is per vehicle: list and delta entries are revocation ids,
 would revoke the key on every vehicle that trusts the issuer, so one owner
 could lock a phone out of another owner's car (public keys are public: an
 owner may enroll a stranger's key on their own car just to revoke it).
+
+Issuer rotation: an ``IssuerRotation`` names the issuer's next key and is
+signed by the current one, so a vehicle accepts a new issuer key only from a
+key it already trusts; it keeps the signer too (docs/credentials.md section 8).
 
 Authority: the cloud issuer may grant at most ``Role.DRIVER``. A credential
 naming ``Role.OWNER`` is refused by the vehicle whatever its signature, so a
@@ -42,6 +46,7 @@ _OBJ_CREDENTIAL: Final = 0x41
 _OBJ_REVOCATIONS: Final = 0x42
 _OBJ_SIGNED_TIME: Final = 0x43
 _OBJ_REVOCATION_DELTA: Final = 0x44
+_OBJ_ISSUER_ROTATION: Final = 0x45
 MAX_DELTA_ENTRIES: Final = 16  # keeps a delta inside one protocol message
 _HEADER_LEN: Final = 2
 REVOCATION_ID_LEN: Final = 16
@@ -96,6 +101,10 @@ class SignedTimeRejected(CredentialError):
     """Signed time not bound to the nonce we chose, or otherwise unusable."""
 
 
+class IssuerRotationRejected(CredentialError):
+    """An issuer rotation that names a key it was not signed by, or rotates to itself."""
+
+
 _Credential = c.Struct(
     "vehicle_id" / c.Bytes(crypto.KEY_ID_LEN),
     "holder_key" / c.Bytes(crypto.COMPRESSED_POINT_LEN),
@@ -122,12 +131,18 @@ _SignedTime = c.Struct(
     "nonce" / c.Bytes(SIGNED_TIME_NONCE_LEN),
     "time" / c.Int64ub,
 )
+_IssuerRotation = c.Struct(
+    "old_issuer_key_id" / c.Bytes(crypto.KEY_ID_LEN),
+    "new_issuer_key" / c.Bytes(crypto.COMPRESSED_POINT_LEN),
+    "issued_at" / c.Int64ub,
+)
 
 _LABELS = {
     _OBJ_CREDENTIAL: b"phonekey/v1 credential",
     _OBJ_REVOCATIONS: b"phonekey/v1 revocation list",
     _OBJ_SIGNED_TIME: b"phonekey/v1 signed time",
     _OBJ_REVOCATION_DELTA: b"phonekey/v1 revocation delta",
+    _OBJ_ISSUER_ROTATION: b"phonekey/v1 issuer rotation",
 }
 
 
@@ -250,6 +265,38 @@ class SignedTime:
         return cls(**fields, signature=signature)
 
 
+@dataclass(frozen=True)
+class IssuerRotation:
+    """The old issuer key vouching for its successor: "trust ``new_issuer_key``
+    too". Signed by the old key (``old_issuer_key_id``), so a vehicle accepts a
+    new issuer key only from a key it already trusts."""
+
+    old_issuer_key_id: bytes
+    new_issuer_key: bytes  # compressed SEC1 point of the new issuer key
+    issued_at: int
+    signature: bytes = b""
+
+    @property
+    def new_issuer_key_id(self) -> bytes:
+        return crypto.key_id(self.new_public_key)
+
+    @property
+    def new_public_key(self) -> crypto.PublicKey:
+        return crypto.public_key_from_bytes(self.new_issuer_key)
+
+    def to_bytes(self) -> bytes:
+        return _encode(_OBJ_ISSUER_ROTATION, _IssuerRotation, self, self.signature)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> IssuerRotation:
+        fields, signature = _decode(_OBJ_ISSUER_ROTATION, _IssuerRotation, data)
+        try:
+            crypto.public_key_from_bytes(fields["new_issuer_key"])
+        except (ValueError, crypto.InvalidKeyEncoding) as exc:
+            raise CredentialMalformed(f"new issuer key invalid: {exc}") from None
+        return cls(**fields, signature=signature)
+
+
 # --- issuing ------------------------------------------------------------------
 def issue_credential(
     issuer: crypto.PrivateKey,
@@ -308,6 +355,23 @@ def issue_signed_time(issuer: crypto.PrivateKey, *, nonce: bytes, time: int) -> 
         raise ValueError(f"nonce must be {SIGNED_TIME_NONCE_LEN} bytes")
     unsigned = SignedTime(crypto.key_id(issuer.public_key()), nonce, time)
     return replace(unsigned, signature=_sign(issuer, _OBJ_SIGNED_TIME, _SignedTime, unsigned))
+
+
+def issue_issuer_rotation(
+    old_issuer: crypto.PrivateKey, new_issuer: crypto.PublicKey, issued_at: int
+) -> IssuerRotation:
+    """The old issuer key's statement that ``new_issuer`` succeeds it."""
+    old_key_id = crypto.key_id(old_issuer.public_key())
+    if crypto.key_id(new_issuer) == old_key_id:
+        raise ValueError("an issuer key cannot rotate to itself")
+    unsigned = IssuerRotation(
+        old_issuer_key_id=old_key_id,
+        new_issuer_key=crypto.public_bytes(new_issuer),
+        issued_at=issued_at,
+    )
+    return replace(
+        unsigned, signature=_sign(old_issuer, _OBJ_ISSUER_ROTATION, _IssuerRotation, unsigned)
+    )
 
 
 # --- verifying ----------------------------------------------------------------
@@ -423,6 +487,22 @@ def verify_signed_time(signed: SignedTime, *, issuers: IssuerKeys, expected_nonc
     if not crypto.constant_time_equal(signed.nonce, expected_nonce):
         raise SignedTimeRejected("signed time answers another nonce (replayed?)")
     return signed.time
+
+
+def verify_issuer_rotation(rotation: IssuerRotation, *, issuers: IssuerKeys) -> None:
+    """Raise a ``CredentialError`` unless ``rotation`` is signed by a trusted
+    issuer key (``UnknownIssuer`` / ``CredentialSignatureInvalid``) and names
+    a new key other than its signer (``IssuerRotationRejected``)."""
+    _verify_signature(
+        issuers,
+        rotation.old_issuer_key_id,
+        _OBJ_ISSUER_ROTATION,
+        _IssuerRotation,
+        rotation,
+        rotation.signature,
+    )
+    if rotation.new_issuer_key_id == rotation.old_issuer_key_id:
+        raise IssuerRotationRejected("an issuer rotation names its own signer as the new key")
 
 
 # --- encoding helpers ---------------------------------------------------------

@@ -77,7 +77,21 @@ class ClockCorrected:
     after: int
 
 
+@dataclass(frozen=True)
+class IssuerRotated:
+    """The vehicle now trusts ``new_key_id``, vouched for by ``old_key_id``
+    (kept as the second issuer key)."""
+
+    old_key_id: bytes
+    new_key_id: bytes
+
+
 PhoneEvent = ChallengeReceived | CommandCompleted | VehicleStatusReceived
 VehicleEvent = (
-    ChallengeIssued | CommandExecuted | RequestRejected | RevocationsUpdated | ClockCorrected
+    ChallengeIssued
+    | CommandExecuted
+    | RequestRejected
+    | RevocationsUpdated
+    | ClockCorrected
+    | IssuerRotated
 )

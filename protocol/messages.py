@@ -96,6 +96,14 @@ class TimeUpdate:
     signed_time: bytes
 
 
+@dataclass(frozen=True)
+class IssuerUpdate:
+    """Phone -> vehicle: an ``IssuerRotation`` signed by an issuer key the
+    vehicle trusts, naming the key that succeeds it."""
+
+    rotation: bytes
+
+
 Message = (
     Challenge
     | ChallengeRequest
@@ -106,4 +114,5 @@ Message = (
     | VehicleStatus
     | RevocationUpdate
     | TimeUpdate
+    | IssuerUpdate
 )

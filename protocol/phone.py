@@ -36,6 +36,7 @@ from .messages import (
     CommandResponse,
     CredentialPresentation,
     ErrorMessage,
+    IssuerUpdate,
     Message,
     RevocationUpdate,
     TimeUpdate,
@@ -144,7 +145,11 @@ class PhoneConnection:
         """Hand the vehicle issuer-signed time bound to its latest time nonce."""
         self._send_update(TimeUpdate(signed_time))
 
-    def _send_update(self, message: RevocationUpdate | TimeUpdate) -> None:
+    def send_issuer_update(self, rotation: bytes) -> None:
+        """Hand the vehicle an issuer rotation signed by an issuer key it trusts."""
+        self._send_update(IssuerUpdate(rotation))
+
+    def _send_update(self, message: RevocationUpdate | TimeUpdate | IssuerUpdate) -> None:
         if self.state not in (PhoneState.WAIT_CHALLENGE, PhoneState.READY):
             raise LocalProtocolError(f"cannot send an update in state {self.state.value}")
         self._send(message)

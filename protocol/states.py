@@ -18,6 +18,7 @@ from .messages import (
     CommandResponse,
     CredentialPresentation,
     ErrorMessage,
+    IssuerUpdate,
     RevocationUpdate,
     TimeUpdate,
     VehicleStatus,
@@ -52,6 +53,7 @@ VEHICLE_TRANSITIONS: dict[VehicleState, dict[type, VehicleState]] = {
         CredentialPresentation: VehicleState.CHALLENGED,
         RevocationUpdate: VehicleState.CHALLENGED,
         TimeUpdate: VehicleState.CHALLENGED,
+        IssuerUpdate: VehicleState.CHALLENGED,
     },
     VehicleState.ERROR: {},
 }

@@ -84,6 +84,14 @@ class CredentialTrust(Protocol):
         """Set the clock (and its floor) to fresh issuer-signed time, durably."""
         ...
 
+    def rotate_issuer(self, old_key_id: bytes, new_key: crypto.PublicKey) -> None:
+        """Durably trust ``new_key``, which the trusted issuer key ``old_key_id``
+        vouched for (the caller verified the rotation). Afterwards exactly the
+        new key and the old one are trusted: the old key stays as the second
+        slot, so credentials it issued stay valid until they expire; any other
+        key is dropped. Nothing changes if ``new_key`` is already trusted."""
+        ...
+
 
 @dataclass
 class MemoryTrust:
@@ -118,6 +126,13 @@ class MemoryTrust:
     def correct_clock(self, issuer_time: int) -> None:
         self.offset = issuer_time - int(self.clock())
         self.floor = issuer_time
+
+    def rotate_issuer(self, old_key_id: bytes, new_key: crypto.PublicKey) -> None:
+        new_key_id = crypto.key_id(new_key)
+        if new_key_id in self.issuers:
+            return
+        old_key = self.issuers[old_key_id]
+        self.issuers = {new_key_id: new_key, old_key_id: old_key}
 
 
 @dataclass

@@ -42,6 +42,7 @@ from .events import (
     ChallengeIssued,
     ClockCorrected,
     CommandExecuted,
+    IssuerRotated,
     RequestRejected,
     RevocationsUpdated,
     VehicleEvent,
@@ -54,6 +55,7 @@ from .messages import (
     CommandResponse,
     CredentialPresentation,
     ErrorMessage,
+    IssuerUpdate,
     Message,
     RevocationUpdate,
     TimeUpdate,
@@ -191,6 +193,8 @@ class VehicleConnection:
             self._apply_revocation_update(message.delta)
         elif isinstance(message, TimeUpdate):
             self._apply_time_update(message.signed_time)
+        elif isinstance(message, IssuerUpdate):
+            self._apply_issuer_update(message.rotation)
         elif isinstance(message, CommandRequest):
             self._claimed_key_id = message.key_id
             self._handle_request(message)
@@ -348,6 +352,32 @@ class VehicleConnection:
         except Exception as exc:
             raise _StorageFailure(f"could not persist the clock: {exc}") from exc
         self._events.append(ClockCorrected(before, issuer_time))
+        self._send_status()
+
+    def _apply_issuer_update(self, data: bytes) -> None:
+        """Trust the new issuer key of a rotation signed by a trusted issuer key.
+
+        The signer stays trusted as the second key, so credentials it issued
+        keep working until they expire. A rotation to a key already trusted is
+        old news: ignored before any signature work, without an error."""
+        trust = self._require_trust()
+        try:
+            rotation = credentials.IssuerRotation.from_bytes(data)
+        except credentials.CredentialError as exc:
+            raise UpdateRefused(f"issuer rotation refused: {exc}") from None
+        issuers = self._issuers()
+        if rotation.new_issuer_key_id not in issuers:
+            try:
+                credentials.verify_issuer_rotation(rotation, issuers=issuers)
+            except credentials.CredentialError as exc:
+                raise UpdateRefused(f"issuer rotation refused: {exc}") from None
+            try:
+                trust.rotate_issuer(rotation.old_issuer_key_id, rotation.new_public_key)
+            except Exception as exc:
+                raise _StorageFailure(f"could not persist the issuer rotation: {exc}") from exc
+            self._events.append(
+                IssuerRotated(rotation.old_issuer_key_id, rotation.new_issuer_key_id)
+            )
         self._send_status()
 
     def _require_trust(self) -> CredentialTrust:

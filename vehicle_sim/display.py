@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import datetime
 
-from protocol.events import ClockCorrected, CommandExecuted, RequestRejected, RevocationsUpdated
+from protocol.events import (
+    ClockCorrected,
+    CommandExecuted,
+    IssuerRotated,
+    RequestRejected,
+    RevocationsUpdated,
+)
 from protocol.types import LockState, ResultCode
 
 SHORT_ID_BYTES = 4
 
-ReportedEvent = CommandExecuted | RequestRejected | RevocationsUpdated | ClockCorrected
+ReportedEvent = (
+    CommandExecuted | RequestRejected | RevocationsUpdated | ClockCorrected | IssuerRotated
+)
 """What the vehicle decided or learnt: the events worth a log line."""
 
 
@@ -66,6 +74,11 @@ def describe_event(event: ReportedEvent, peer: str | None = None) -> str:
         return (
             f"revocations updated{origin}: version {event.from_version} -> "
             f"{event.to_version}, {added} revoked"
+        )
+    if isinstance(event, IssuerRotated):
+        return (
+            f"issuer key rotated{origin}: now trusts {short_id(event.new_key_id)} "
+            f"(signed by {short_id(event.old_key_id)}, kept for credentials it issued)"
         )
     if isinstance(event, ClockCorrected):
         delta = event.after - event.before

@@ -35,6 +35,7 @@ from protocol import credentials, crypto
 from protocol.events import (
     ClockCorrected,
     CommandExecuted,
+    IssuerRotated,
     RequestRejected,
     RevocationsUpdated,
     VehicleEvent,
@@ -50,7 +51,13 @@ logger = logging.getLogger(__name__)
 
 EventHook = Callable[[str, ReportedEvent], None]
 """Observer of what the vehicle decided: ``hook(peer_address, event)``."""
-_REPORTED: Final = (CommandExecuted, RequestRejected, RevocationsUpdated, ClockCorrected)
+_REPORTED: Final = (
+    CommandExecuted,
+    RequestRejected,
+    RevocationsUpdated,
+    ClockCorrected,
+    IssuerRotated,
+)
 
 TICK_SECONDS: Final = 0.5
 """How often an idle session checks for a stalled partial message (the

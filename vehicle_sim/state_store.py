@@ -231,6 +231,24 @@ class FileVehicleStore:
         self._commit(new)
         return True
 
+    def rotate_issuer(self, old_key_id: bytes, new_key: crypto.PublicKey) -> None:
+        """Durably trust ``new_key``, vouched for by the trusted key ``old_key_id``
+        in an issuer rotation the caller verified.
+
+        Afterwards the vehicle trusts exactly the new key and ``old_key_id``:
+        the old key stays as the second slot so credentials it issued remain
+        valid until they expire, and any third key (from an earlier rotation)
+        is dropped to keep at most ``MAX_ISSUERS``. A no-op if ``new_key`` is
+        already trusted. Raises ``KeyError`` if ``old_key_id`` is not trusted.
+        """
+        new_key_id = crypto.key_id(new_key)
+        if new_key_id in self._state.issuers:
+            return
+        old_key = self._state.issuers[old_key_id]
+        new = self._state.copy()
+        new.issuers = {new_key_id: new_key, old_key_id: old_key}
+        self._commit(new)
+
     def revoked_count(self) -> int:
         return len(self._state.revoked)
 

@@ -357,3 +357,25 @@ async def test_news_is_verified_against_the_pinned_keys_never_the_clouds(
     async with client(cloud.url) as cc:  # nothing pinned: nothing can be verified
         with pytest.raises(ValueError, match="no pinned issuer key"):
             await cc.revocations()
+
+
+async def test_issuer_rotations_are_verified_as_a_chain_from_the_pinned_key(
+    cloud: RunningCloud,
+) -> None:
+    first = cloud.issuer_public_key
+    async with client(cloud.url) as cc:
+        assert await cc.issuer_rotations(cloud.issuers) == []
+        db = cloud.state.db
+        one, two = db.rotate_issuer(1000), db.rotate_issuer(2000)
+        chain = await cc.issuer_rotations({crypto.key_id(first): first})
+        assert chain == [one, two]
+        # a phone that pinned the second key already needs only the last one
+        middle = one.new_public_key
+        assert await cc.issuer_rotations({crypto.key_id(middle): middle}) == [two]
+        # a key that signed nothing gets nothing
+        stranger = crypto.generate_private_key().public_key()
+        assert await cc.issuer_rotations({crypto.key_id(stranger): stranger}) == []
+        cloud.set_fault("bad-signature")
+        with pytest.raises(CloudLied) as info:
+            await cc.issuer_rotations({crypto.key_id(first): first})
+        assert info.value.status == "bad-signature"

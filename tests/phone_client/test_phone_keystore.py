@@ -225,3 +225,19 @@ def test_default_home_is_per_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
         assert KeyStore().home == tmp_path / "phonekey" / "phone"
     else:
         assert KeyStore().home.name == "phone"
+
+
+def test_a_rotated_issuer_is_pinned_and_the_previous_one_kept(store: KeyStore) -> None:
+    card = make_card()
+    keys = [crypto.generate_private_key().public_key() for _ in range(3)]
+    store.add_vehicle(card, issuer=keys[0])
+    store.pin_rotated_issuer(card.vin, keys[1])
+    store.pin_rotated_issuer(card.vin, keys[1])  # already pinned: nothing changes
+    trust = KeyStore(store.home).vehicle_trust(card.vin)
+    assert trust.issuer == keys[1] and trust.previous_issuer == keys[0]
+    assert set(trust.issuers) == {crypto.key_id(k) for k in keys[:2]}
+    store.pin_rotated_issuer(card.vin, keys[2])  # the oldest goes, as on the vehicle
+    trust = store.vehicle_trust(card.vin)
+    assert trust.issuer == keys[2] and trust.previous_issuer == keys[1]
+    with pytest.raises(UnknownVehicle):
+        store.pin_rotated_issuer("ANTHERCAR2", keys[0])

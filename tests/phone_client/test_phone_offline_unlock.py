@@ -36,7 +36,7 @@ from phone_client.trust import utc_text
 from protocol import Command, LockState, Role, crypto
 from protocol.credentials import DEFAULT_VALIDITY, issue_credential, revocation_id
 from protocol.errors import RejectedCredentialNotYetValid, RejectedUnknownKey
-from protocol.events import ClockCorrected, CommandExecuted, RevocationsUpdated
+from protocol.events import ClockCorrected, CommandExecuted, IssuerRotated, RevocationsUpdated
 from vehicle_sim.display import ReportedEvent
 from vehicle_sim.runtime import VehicleRuntime
 from vehicle_sim.state_store import FileVehicleStore, init_vehicle, open_store
@@ -577,4 +577,38 @@ async def test_a_phone_dropped_from_the_whitelist_gets_in_with_the_clouds_creden
     assert (outcome.credential, outcome.ok) == ("cloud", True)
     assert outcome.message.startswith("unlocked with a credential fetched from the cloud")
     assert not phone.keystore.whitelist_accepted(VIN)
+    assert vehicle.executed()[-1].credential_serial is not None
+
+
+async def test_an_issuer_rotation_is_carried_to_the_vehicle_and_pinned(
+    make_phone_for: PhoneFactory, vehicle: Vehicle, cloud: RunningCloud
+) -> None:
+    old = cloud.issuer_public_key
+    phone = await make_phone_for()
+    assert (await phone.run()).ok  # caches a credential of the old key
+
+    # The issuer rotates (as `phonekey cloud rotate-issuer` plus a restart would).
+    rotation = cloud.state.db.rotate_issuer(int(time.time()))
+    cloud.state.issuer = cloud.state.db.issuer_key()
+    new = rotation.new_public_key
+
+    # Its fresh credential does not verify yet; the cached one opens the car and
+    # the phone hands over the rotation afterwards, then pins the new key.
+    outcome = await phone.run(Command.LOCK)
+    assert outcome.ok
+    assert [e for e in vehicle.events if isinstance(e, IssuerRotated)] == [
+        IssuerRotated(crypto.key_id(old), crypto.key_id(new))
+    ]
+    assert set(vehicle.store.issuer_keys()) == {crypto.key_id(old), crypto.key_id(new)}
+    trust = phone.keystore.vehicle_trust(VIN)
+    assert trust.issuer is not None and crypto.key_id(trust.issuer) == crypto.key_id(new)
+    assert trust.previous_issuer is not None
+    assert crypto.key_id(trust.previous_issuer) == crypto.key_id(old)
+
+    # Next time the new key's credential verifies on both sides; nothing is re-sent.
+    outcome = await phone.run()
+    assert outcome.ok and outcome.cloud == "up"
+    held = phone.cache().best(VIN, int(time.time()))
+    assert held is not None and held.issuer_key_id == crypto.key_id(new)
+    assert len([e for e in vehicle.events if isinstance(e, IssuerRotated)]) == 1
     assert vehicle.executed()[-1].credential_serial is not None

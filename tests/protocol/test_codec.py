@@ -157,7 +157,7 @@ def test_oversized() -> None:
 
 
 def test_unknown_message_type() -> None:
-    known = set(range(0x01, 0x0A))  # 0x01..0x09 are defined (docs/protocol.md)
+    known = set(range(0x01, 0x0B))  # 0x01..0x0A are defined (docs/protocol.md)
     for msg_type in range(256):
         if msg_type in known:
             continue

@@ -365,3 +365,37 @@ def test_a_failed_startup_write_releases_the_lock(
             open_store(state_dir)
     with open_store(state_dir):  # not left locked
         pass
+
+
+def test_issuer_rotation_persists_and_keeps_the_signer(
+    new_vehicle: VehicleCard, state_dir: Path, wall: WallClock
+) -> None:
+    old, new, newer = _key(), _key(), _key()
+    old_id, new_id, newer_id = (crypto.key_id(k) for k in (old, new, newer))
+    with open_store(state_dir, wall_clock=wall) as store:
+        store.add_issuer(old)
+        store.rotate_issuer(old_id, new)
+        store.rotate_issuer(old_id, new)  # already trusted: a no-op
+        assert dict(store.issuer_keys()) == {new_id: new, old_id: old}
+    with open_store(state_dir, read_only=True, wall_clock=wall) as store:
+        assert dict(store.issuer_keys()) == {new_id: new, old_id: old}
+        assert list(store.issuer_keys()) == [new_id, old_id]
+    assert len(_document(state_dir)["issuers"]) == 2  # type: ignore[arg-type]
+
+    with open_store(state_dir, wall_clock=wall) as store:
+        # the next rotation keeps its signer and the new key; the oldest goes
+        store.rotate_issuer(new_id, newer)
+    with open_store(state_dir, read_only=True, wall_clock=wall) as store:
+        assert dict(store.issuer_keys()) == {newer_id: newer, new_id: new}
+
+
+def test_issuer_rotation_refusals(new_vehicle: VehicleCard, state_dir: Path) -> None:
+    trusted, other = _key(), _key()
+    with open_store(state_dir) as store:
+        store.add_issuer(trusted)
+        with pytest.raises(KeyError):
+            store.rotate_issuer(crypto.key_id(other), _key())
+        assert list(store.issuer_keys()) == [crypto.key_id(trusted)]
+    with open_store(state_dir, read_only=True) as store:
+        with pytest.raises(VehicleStateError, match="not open for writing"):
+            store.rotate_issuer(crypto.key_id(trusted), _key())
