@@ -278,7 +278,9 @@ def _add_vehicle(args: argparse.Namespace) -> int:
 
     card = VehicleCard.from_text(args.card)
     store = _keystore(args)
-    issuer, fetched_from = args.issuer, None
+    # The issuer key comes from --issuer, else from the vehicle's own card,
+    # and only as a last resort from the cloud (trust on first use).
+    issuer, fetched_from = args.issuer if args.issuer is not None else card.issuer, None
     if args.cloud is not None and issuer is None:
         try:
             pinned = store.vehicle_trust(card.vin).issuer

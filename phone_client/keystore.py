@@ -164,9 +164,12 @@ class KeyStore:
             cloud_url = validate_cloud_url(cloud_url)
         state = self._load_state()
         entry = state["vehicles"].setdefault(card.vin, {"counter": 0})
-        if entry.get("card") != card.to_text():
+        old_card = entry.get("card")
+        if old_card is None or _card_vehicle_key(old_card) != _card_vehicle_key(card.to_text()):
             entry.pop("whitelisted", None)  # learnt about another vehicle key
         entry["card"] = card.to_text()
+        if issuer is None:
+            issuer = card.issuer  # the vehicle's own card names the issuer it trusts
         if issuer is not None:
             entry["issuer"] = crypto.public_key_to_text(issuer)
         if cloud_url is not None:
@@ -387,3 +390,9 @@ def _write_new_file(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(path)
         raise
+
+
+def _card_vehicle_key(card_text: str) -> str:
+    """The vehicle-key part of a card line (the issuer part may come and go)."""
+    parts = card_text.split(":")
+    return ":".join(parts[3:5])

@@ -2,7 +2,11 @@
 
 A card is one line of text that a phone needs to pair with a vehicle::
 
-    phonekey-card:1:<VIN>:p256:<compressed vehicle public key, hex>
+    phonekey-card:1:<VIN>:p256:<compressed vehicle public key, hex>[:p256:<issuer key, hex>]
+
+The optional last part is the credential issuer key the vehicle was
+provisioned with, so a phone pins the issuer from the vehicle's own card
+rather than trusting whatever key a cloud claims.
 
 The advertised tag lets a phone pick its vehicle out of a scan without
 connecting: the first 4 bytes of SHA-256("phonekey adv tag" || VIN). It is
@@ -43,13 +47,17 @@ def validate_vin(vin: str) -> str:
 class VehicleCard:
     vin: str
     public_key: crypto.PublicKey
+    issuer: crypto.PublicKey | None = None  # the credential issuer the vehicle trusts
 
     @property
     def vehicle_id(self) -> bytes:
         return crypto.key_id(self.public_key)
 
     def to_text(self) -> str:
-        return f"{CARD_PREFIX}{self.vin}:{crypto.public_key_to_text(self.public_key)}"
+        text = f"{CARD_PREFIX}{self.vin}:{crypto.public_key_to_text(self.public_key)}"
+        if self.issuer is not None:
+            text += ":" + crypto.public_key_to_text(self.issuer)
+        return text
 
     @classmethod
     def from_text(cls, text: str) -> VehicleCard:
@@ -59,12 +67,16 @@ class VehicleCard:
         parts = text[len(CARD_PREFIX) :].split(":", 1)
         if len(parts) != 2:
             raise InvalidCard("a vehicle card is phonekey-card:1:<VIN>:p256:<hex>")
+        keys = parts[1].split(":p256:") if ":p256:" in parts[1] else [parts[1]]
+        if len(keys) > 2:
+            raise InvalidCard("a vehicle card holds a vehicle key and at most one issuer key")
         try:
             vin = validate_vin(parts[0])
-            key = crypto.public_key_from_text(parts[1])
+            key = crypto.public_key_from_text(keys[0])
+            issuer = crypto.public_key_from_text(keys[1]) if len(keys) == 2 else None
         except ValueError as exc:
             raise InvalidCard(str(exc)) from None
-        return cls(vin, key)
+        return cls(vin, key, issuer)
 
 
 def advertised_tag(vin: str) -> bytes:

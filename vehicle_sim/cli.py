@@ -273,12 +273,14 @@ def _provision(args: argparse.Namespace) -> int:
         vin = store.identity.vin
         if not store.add_issuer(issuer):
             print(f"issuer {issuer_id} is already trusted by vehicle {vin}")
-            return EXIT_OK
-        count = len(store.issuer_keys())
-        print(
-            f"vehicle {vin} now trusts cloud credentials from issuer {issuer_id} "
-            f"({_plural(count, 'issuer key')})"
-        )
+        else:
+            count = len(store.issuer_keys())
+            print(
+                f"vehicle {vin} now trusts cloud credentials from issuer {issuer_id} "
+                f"({_plural(count, 'issuer key')})"
+            )
+        # Last line: the card for phones, now naming the issuer they should pin.
+        print(store.card.to_text())
     return EXIT_OK
 
 

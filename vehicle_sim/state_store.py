@@ -117,7 +117,10 @@ class FileVehicleStore:
 
     @property
     def card(self) -> VehicleCard:
-        return VehicleCard(self._identity.vin, self._identity.public_key)
+        """The card for phones; it names the primary issuer key, if any, so a
+        phone pins the issuer from the vehicle rather than from a cloud."""
+        issuer = next(iter(self._state.issuers.values()), None)
+        return VehicleCard(self._identity.vin, self._identity.public_key, issuer)
 
     @property
     def read_only(self) -> bool:
@@ -372,7 +375,7 @@ def init_vehicle(
             raise VehicleStateError(f"cannot write to {state_dir}: {_os_reason(exc)}") from exc
     finally:
         lock.release()
-    return VehicleCard(vin, private_key.public_key())
+    return VehicleCard(vin, private_key.public_key(), next(iter(trusted.values()), None))
 
 
 def open_store(
