@@ -16,6 +16,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, Final
 
+from phonekey.cli_args import number_in_range
+
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
@@ -134,14 +136,9 @@ def _validity_arg(text: str) -> int:
     return int(text)
 
 
-def _timeout_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError("a timeout is above 0 and at most 3600 seconds")
-    return value
+_timeout_arg = number_in_range(
+    float, lambda v: 0 < v <= 3600, "a timeout is above 0 and at most 3600 seconds"
+)
 
 
 def _fault_arg(text: str) -> str:

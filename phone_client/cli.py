@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from phonekey.cli_args import number_in_range
+
 if TYPE_CHECKING:
     from .central import CommandOutcome
 
@@ -177,24 +179,10 @@ def _url_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be above 0")
-    return value
+_positive = number_in_range(float, lambda v: v > 0, "must be above 0")
 
 
-def _mtu_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 23 <= value <= 517:
-        raise argparse.ArgumentTypeError("ATT MTU must be within 23..517")
-    return value
+_mtu_arg = number_in_range(int, lambda v: 23 <= v <= 517, "ATT MTU must be within 23..517")
 
 
 # --- error handling --------------------------------------------------------------

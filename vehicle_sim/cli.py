@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
 
+from phonekey.cli_args import number_in_range
+
 if TYPE_CHECKING:
     from protocol import crypto
 
@@ -130,14 +132,7 @@ def _sub(
     return parser
 
 
-def _interval_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 20 <= value <= 10240:
-        raise argparse.ArgumentTypeError("must be within 20..10240 ms")
-    return value
+_interval_arg = number_in_range(float, lambda v: 20 <= v <= 10240, "must be within 20..10240 ms")
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
