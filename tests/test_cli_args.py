@@ -23,5 +23,5 @@ def test_good_values_parse_to_their_kind() -> None:
     assert mtu("247") == 247 and isinstance(mtu("247"), int)
     with pytest.raises(argparse.ArgumentTypeError, match="not an integer"):
         mtu("247.0")
-    with pytest.raises(argparse.ArgumentTypeError, match="23..517"):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"23\.\.517"):
         mtu("22")
