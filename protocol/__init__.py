@@ -51,7 +51,7 @@ from .messages import (
 )
 from .phone import PhoneConnection
 from .states import PhoneState, VehicleState
-from .store import MemoryStore, VehicleStore, WhitelistEntry
+from .store import MemoryStore, StateChange, VehicleStore, WhitelistEntry
 from .types import Command, LockState, ResultCode, Role
 from .vehicle import SUPPORTED_VERSIONS, VehicleConnection, VehicleIdentity
 
@@ -93,6 +93,7 @@ __all__ = [
     "ResultCode",
     "Role",
     "StaleCounter",
+    "StateChange",
     "TrailingBytes",
     "TruncatedMessage",
     "UnexpectedMessage",

@@ -2,10 +2,12 @@
 
 The core talks to storage only through ``VehicleStore`` so the backing store
 can change (a JSON file today, emulated flash later) without touching the
-handshake. ``commit_command`` must be atomic and durable *before it returns*:
-the vehicle acknowledges a command only after the new counter, the spent
-nonce and the new lock state are safe, so a power cut can neither replay a
-command nor leave a car unlocked that the phone was told is locked.
+handshake. ``commit`` must be atomic and durable *before it returns*: the
+vehicle acknowledges a command only after everything it changed (the new
+counter, the spent nonce, the new lock state, a whitelist change, a fast-path
+key) is safe, so a power cut can neither replay a command nor leave a car
+unlocked that the phone was told is locked. Everything one request changes is
+one ``StateChange``: one commit, all of it or none of it.
 
 ``MemoryStore`` is the in-memory implementation used by tests and the
 in-memory connection pair.
@@ -36,6 +38,29 @@ class WhitelistEntry:
         return crypto.key_id(crypto.public_key_from_bytes(self.public_key))
 
 
+@dataclass(frozen=True)
+class StateChange:
+    """Everything one accepted request changes, committed atomically.
+
+    Applied in this order: ``wipe`` (drop every whitelist entry, fast-path key
+    and share revocation: factory reset and ownership transfer), then removals,
+    then additions, then the counter, nonce and lock state. Counters are never
+    dropped, not even by ``wipe``: a key that comes back continues above its
+    old counter.
+    """
+
+    key_id: bytes | None = None  # the authenticated requester whose counter moves
+    counter: int | None = None  # its new counter (strictly above the old one)
+    nonce: bytes | None = None  # the vehicle nonce the request spent
+    lock_state: LockState | None = None  # new lock state, None to keep it
+    wipe: bool = False
+    remove_keys: tuple[bytes, ...] = ()  # key ids; also drops their fast-path keys
+    add_keys: tuple[WhitelistEntry, ...] = ()  # add, or change the role of, a key
+    set_fast_keys: tuple[tuple[bytes, bytes], ...] = ()  # (key id, 32-byte secret)
+    drop_fast_keys: tuple[bytes, ...] = ()  # key ids
+    revoke_shares: tuple[tuple[bytes, int], ...] = ()  # (share id, its not_after)
+
+
 class VehicleStore(Protocol):
     def lock_state(self) -> LockState: ...
 
@@ -47,10 +72,21 @@ class VehicleStore(Protocol):
 
     def nonce_spent(self, nonce: bytes) -> bool: ...
 
-    def commit_command(
-        self, *, key_id: bytes, counter: int, nonce: bytes, lock_state: LockState
-    ) -> None:
-        """Atomically and durably record an accepted command; raise on failure."""
+    def fast_key(self, key_id: bytes) -> bytes | None:
+        """The fast-path secret shared with this key, if one is held."""
+        ...
+
+    def share_revoked(self, share_id: bytes) -> bool:
+        """True if an owner revoked the share ``share_id``."""
+        ...
+
+    def keys(self) -> list[WhitelistEntry]:
+        """Every whitelisted key (at most a few hundred)."""
+        ...
+
+    def commit(self, change: StateChange) -> None:
+        """Atomically and durably apply ``change``; raise on failure, leaving
+        the state as it was."""
         ...
 
 
@@ -143,6 +179,8 @@ class MemoryStore:
     counters: dict[bytes, int] = field(default_factory=dict)
     spent_nonces: deque[bytes] = field(default_factory=lambda: deque(maxlen=SPENT_NONCE_MEMORY))
     state: LockState = LockState.LOCKED
+    fast_keys: dict[bytes, bytes] = field(default_factory=dict)
+    revoked_shares: dict[bytes, int] = field(default_factory=dict)
     commits: int = 0
 
     def add_key(self, public_key: crypto.PublicKey, role: Role) -> WhitelistEntry:
@@ -162,10 +200,40 @@ class MemoryStore:
     def nonce_spent(self, nonce: bytes) -> bool:
         return nonce in self.spent_nonces
 
-    def commit_command(
-        self, *, key_id: bytes, counter: int, nonce: bytes, lock_state: LockState
-    ) -> None:
-        self.counters[key_id] = counter
-        self.spent_nonces.append(nonce)
-        self.state = lock_state
+    def fast_key(self, key_id: bytes) -> bytes | None:
+        return self.fast_keys.get(key_id)
+
+    def share_revoked(self, share_id: bytes) -> bool:
+        return share_id in self.revoked_shares
+
+    def keys(self) -> list[WhitelistEntry]:
+        return list(self.whitelist.values())
+
+    def commit(self, change: StateChange) -> None:
+        apply_change(self, change)
         self.commits += 1
+
+
+def apply_change(store: MemoryStore, change: StateChange) -> None:
+    """``StateChange`` semantics on plain dicts (reference for other stores)."""
+    if change.wipe:
+        store.whitelist.clear()
+        store.fast_keys.clear()
+        store.revoked_shares.clear()
+    for key_id in change.remove_keys:
+        store.whitelist.pop(key_id, None)
+        store.fast_keys.pop(key_id, None)
+    for entry in change.add_keys:
+        store.whitelist[entry.key_id] = entry
+    for key_id in change.drop_fast_keys:
+        store.fast_keys.pop(key_id, None)
+    for key_id, secret in change.set_fast_keys:
+        store.fast_keys[key_id] = secret
+    for share_id, not_after in change.revoke_shares:
+        store.revoked_shares[share_id] = not_after
+    if change.key_id is not None and change.counter is not None:
+        store.counters[change.key_id] = change.counter
+    if change.nonce is not None:
+        store.spent_nonces.append(change.nonce)
+    if change.lock_state is not None:
+        store.state = change.lock_state

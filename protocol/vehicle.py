@@ -62,7 +62,7 @@ from .messages import (
     VehicleStatus,
 )
 from .states import VehicleState, vehicle_next_state
-from .store import CredentialTrust, VehicleStore, WhitelistEntry
+from .store import CredentialTrust, StateChange, VehicleStore, WhitelistEntry
 from .transcript import request_transcript_hash, response_key, response_mac
 from .types import Command, LockState, ResultCode
 
@@ -260,11 +260,13 @@ class VehicleConnection:
             after = before
         # Persist before acknowledging: counter, spent nonce and lock state.
         try:
-            self._store.commit_command(
-                key_id=request.key_id,
-                counter=request.counter,
-                nonce=request.nonce,
-                lock_state=after,
+            self._store.commit(
+                StateChange(
+                    key_id=request.key_id,
+                    counter=request.counter,
+                    nonce=request.nonce,
+                    lock_state=after,
+                )
             )
         except Exception as exc:
             raise _StorageFailure(f"could not persist the command: {exc}") from exc

@@ -39,7 +39,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 
 from protocol import credentials, crypto
 from protocol.card import VehicleCard, validate_vin
-from protocol.store import CredentialTrust, VehicleStore, WhitelistEntry
+from protocol.store import CredentialTrust, StateChange, VehicleStore, WhitelistEntry
 from protocol.types import LockState, Role
 from protocol.vehicle import VehicleIdentity
 
@@ -151,13 +151,28 @@ class FileVehicleStore:
     def nonce_spent(self, nonce: bytes) -> bool:
         return nonce in self._state.spent_nonces
 
-    def commit_command(
-        self, *, key_id: bytes, counter: int, nonce: bytes, lock_state: LockState
-    ) -> None:
+    def fast_key(self, key_id: bytes) -> bytes | None:
+        return None  # format 2 holds no fast-path keys
+
+    def share_revoked(self, share_id: bytes) -> bool:
+        return False  # format 2 holds no share revocations
+
+    def commit(self, change: StateChange) -> None:
+        if change.set_fast_keys or change.revoke_shares:
+            raise VehicleStateError("this state format cannot hold fast-path keys or shares")
         new = self._state.copy()
-        new.counters[key_id] = counter
-        new.spent_nonces.append(nonce)
-        new.lock_state = lock_state
+        if change.wipe:
+            new.whitelist.clear()
+        for key_id in change.remove_keys:
+            new.whitelist.pop(key_id, None)
+        for entry in change.add_keys:
+            new.whitelist[entry.key_id] = entry
+        if change.key_id is not None and change.counter is not None:
+            new.counters[change.key_id] = change.counter
+        if change.nonce is not None:
+            new.spent_nonces.append(change.nonce)
+        if change.lock_state is not None:
+            new.lock_state = change.lock_state
         self._commit(new)  # also moves the time floor up to now
 
     # --- protocol.CredentialTrust --------------------------------------------------

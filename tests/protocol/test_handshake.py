@@ -47,6 +47,7 @@ from protocol import (
     RequestRejected,
     ResultCode,
     Role,
+    StateChange,
     UnexpectedMessage,
     VehicleConnection,
     VehicleRejected,
@@ -226,7 +227,7 @@ def test_highest_common_version_is_chosen() -> None:
 
 # --- storage ----------------------------------------------------------------------
 class FailingStore(MemoryStore):
-    def commit_command(self, **kwargs: object) -> None:
+    def commit(self, change: StateChange) -> None:
         raise OSError("disk full")
 
 
@@ -252,10 +253,10 @@ class RecordingStore(MemoryStore):
     vehicle: VehicleConnection | None = None
     queued_at_commit: list[list[bytes]] | None = None
 
-    def commit_command(self, **kwargs: object) -> None:  # type: ignore[override]
+    def commit(self, change: StateChange) -> None:
         assert self.vehicle is not None and self.queued_at_commit is not None
         self.queued_at_commit.append(self.vehicle.data_to_send())
-        super().commit_command(**kwargs)  # type: ignore[arg-type]
+        super().commit(change)
 
 
 def test_commit_happens_before_the_response_is_queued() -> None:

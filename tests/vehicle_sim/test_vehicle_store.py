@@ -17,7 +17,7 @@ from conftest import VIN
 
 from protocol import LockState, Role, crypto
 from protocol.card import VehicleCard
-from protocol.store import SPENT_NONCE_MEMORY
+from protocol.store import SPENT_NONCE_MEMORY, StateChange
 from vehicle_sim import atomic_file
 from vehicle_sim.state_store import (
     IDENTITY_FILE_NAME,
@@ -66,8 +66,13 @@ def test_everything_persists_across_reopen(card: VehicleCard, state_dir: Path) -
     with open_store(state_dir) as store:
         owner_entry = store.add_key(owner, Role.OWNER)
         guest_entry = store.add_key(guest, Role.GUEST)
-        store.commit_command(
-            key_id=owner_entry.key_id, counter=7, nonce=b"\x01" * 16, lock_state=LockState.UNLOCKED
+        store.commit(
+            StateChange(
+                key_id=owner_entry.key_id,
+                counter=7,
+                nonce=b"\x01" * 16,
+                lock_state=LockState.UNLOCKED,
+            )
         )
         assert store.remove_key(guest_entry.key_id) == guest_entry
         assert store.remove_key(guest_entry.key_id) is None
@@ -94,8 +99,8 @@ def test_spent_nonces_are_bounded(store: FileVehicleStore, state_dir: Path) -> N
     key_id = store.add_key(_key(), Role.OWNER).key_id
     nonces = [i.to_bytes(16, "big") for i in range(SPENT_NONCE_MEMORY + 5)]
     for counter, nonce in enumerate(nonces, start=1):
-        store.commit_command(
-            key_id=key_id, counter=counter, nonce=nonce, lock_state=LockState.LOCKED
+        store.commit(
+            StateChange(key_id=key_id, counter=counter, nonce=nonce, lock_state=LockState.LOCKED)
         )
     store.close()
     with open_store(state_dir, read_only=True) as reopened:
@@ -138,8 +143,8 @@ def test_a_failed_write_changes_nothing(
 
     monkeypatch.setattr(atomic_file.os, "replace", broken_replace)
     with pytest.raises(VehicleStateError, match="No space left on device"):
-        store.commit_command(
-            key_id=key_id, counter=1, nonce=b"\x05" * 16, lock_state=LockState.UNLOCKED
+        store.commit(
+            StateChange(key_id=key_id, counter=1, nonce=b"\x05" * 16, lock_state=LockState.UNLOCKED)
         )
     # Neither the file nor the store's view moved, and no temp file is left behind.
     assert (state_dir / STATE_FILE_NAME).read_bytes() == before

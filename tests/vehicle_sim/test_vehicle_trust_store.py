@@ -13,6 +13,7 @@ from conftest import VIN
 from protocol import LockState, Role, crypto
 from protocol.card import VehicleCard
 from protocol.credentials import revocation_id
+from protocol.store import StateChange
 from vehicle_sim.state_schema import MAX_ISSUERS
 from vehicle_sim.state_store import (
     STATE_FILE_NAME,
@@ -163,8 +164,10 @@ def test_ten_thousand_revocations_load_and_check(new_vehicle: VehicleCard, state
     with open_store(state_dir) as store:
         store.apply_revocations(1, tuple(revoked))
         # A command after that still commits (the list rides along in the same file).
-        store.commit_command(
-            key_id=_key_id(1), counter=1, nonce=b"\x01" * 16, lock_state=LockState.UNLOCKED
+        store.commit(
+            StateChange(
+                key_id=_key_id(1), counter=1, nonce=b"\x01" * 16, lock_state=LockState.UNLOCKED
+            )
         )
 
     size = (state_dir / STATE_FILE_NAME).stat().st_size
@@ -195,8 +198,8 @@ def test_a_clock_set_back_never_reads_below_the_floor(
     with open_store(state_dir, wall_clock=wall) as store:
         key_id = store.add_key(owner, Role.OWNER).key_id
         wall.now = T0 + 2 * HOUR
-        store.commit_command(
-            key_id=key_id, counter=1, nonce=b"\x01" * 16, lock_state=LockState.UNLOCKED
+        store.commit(
+            StateChange(key_id=key_id, counter=1, nonce=b"\x01" * 16, lock_state=LockState.UNLOCKED)
         )
         assert store.time_floor == T0 + 2 * HOUR  # every command moves the floor
 
@@ -285,8 +288,10 @@ def test_a_format_1_file_loads_with_defaults_and_is_written_back_as_format_2(
     owner = _key()
     with open_store(state_dir, wall_clock=wall) as store:
         entry = store.add_key(owner, Role.OWNER)
-        store.commit_command(
-            key_id=entry.key_id, counter=9, nonce=b"\x02" * 16, lock_state=LockState.UNLOCKED
+        store.commit(
+            StateChange(
+                key_id=entry.key_id, counter=9, nonce=b"\x02" * 16, lock_state=LockState.UNLOCKED
+            )
         )
     path = state_dir / STATE_FILE_NAME
     path.write_text(json.dumps(_as_format_1(_document(state_dir)), indent=2))
