@@ -217,10 +217,25 @@ class VirtualRadio:
 
     Must be used from inside a running event loop: bumble's controllers
     create futures on the running loop when they are made.
+
+    By default connection data moves on the next loop turn. With
+    ``connection_interval_ms`` it moves only at connection events of that
+    interval, with ``loss`` as retransmissions drawn from ``seed``
+    (``ble_stack.link_timing.ConnectionEventLink``).
     """
 
-    def __init__(self) -> None:
-        self.link = LocalLink()  # type: ignore[no-untyped-call]  # bumble lacks a hint
+    def __init__(
+        self, *, connection_interval_ms: float | None = None, loss: float = 0.0, seed: int = 0
+    ) -> None:
+        self.link: LocalLink
+        if connection_interval_ms is None:
+            if loss:
+                raise ValueError("loss needs a connection interval to retransmit at")
+            self.link = LocalLink()  # type: ignore[no-untyped-call]  # bumble lacks a hint
+        else:
+            from .link_timing import ConnectionEventLink
+
+            self.link = ConnectionEventLink(connection_interval_ms, loss=loss, seed=seed)
         self._used_addresses: set[bytes] = set()
         self._controllers: dict[int, VirtualController] = {}  # by id() of the Device
 
