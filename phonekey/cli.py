@@ -18,6 +18,7 @@ _SUBCOMMANDS: dict[str, str] = {
     "phone": "phone_client.cli",
     "radio": "ble_stack.radio_cli",
     "cloud": "cloud_sim.cli",
+    "bench": "bench.cli",
 }
 
 EXIT_CODES_HELP = """exit codes:

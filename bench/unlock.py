@@ -1,0 +1,94 @@
+"""Unlock latency on the virtual adapter: cold, warm (fast path) and cached credential.
+
+- ``cold``: first contact: a whitelisted phone that never talked to this
+  vehicle (a fresh one every run) runs the full handshake on a fresh
+  connection.
+- ``cached_credential``: a phone enrolled only through the cloud (not on the
+  whitelist) presents the credential it cached earlier; the cloud is not
+  consulted.
+- ``warm``: the fast path (an HMAC under the key the last full handshake
+  established, no public-key operation on the vehicle), once the protocol
+  and the phone offer it.
+
+Each kind runs once per round in a rotating order (interleaved). Wall time
+is the phone's, from the command to the authenticated result, split into
+scan + connect and handshake (subscribe to result). Round trips and bytes:
+see ``bench.rig``.
+
+    python -m bench.unlock [--runs 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from cloud_sim.server import start_cloud
+from phonekey.demo_cloud import cache_credential_from, enroll, register_vehicle
+
+from . import fast_path
+from .rig import UnlockRig, UnlockSample, describe, quiet_bumble
+from .stats import interleaved, machine_info
+
+
+async def measure(runs: int, workdir: Path) -> dict[str, Any]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    cloud = await start_cloud(workdir / "cloud.db")
+    try:
+        rig = UnlockRig(workdir / "unlock", issuer=cloud.issuer_public_key)
+        cold_phones = iter([rig.add_phone(f"cold{i}") for i in range(runs + 1)])
+        renter = rig.add_phone("renter", whitelisted=False)
+        token = await register_vehicle(cloud, rig.card)
+        await enroll(cloud, token, rig.card, renter.public_key())
+        await cache_credential_from(cloud, renter, rig.card, clock=time.time())
+    finally:
+        await cloud.close()  # the unlocks below never need it
+    warm = fast_path.status()
+    regular = rig.add_phone("regular") if warm is None else None
+    kinds = ["cold", "cached_credential"] + (["warm"] if warm is None else [])
+    samples: dict[str, list[UnlockSample]] = {kind: [] for kind in kinds}
+    await rig.start()
+    try:
+
+        async def one(kind: str) -> UnlockSample:
+            if kind == "cold":
+                return await rig.unlock(next(cold_phones))
+            if kind == "cached_credential":
+                return await rig.unlock(renter)
+            assert regular is not None
+            return await fast_path.unlock(rig, regular)
+
+        for kind in kinds:  # warm-up, not counted (and establishes the fast key)
+            await one(kind)
+        for kind in interleaved(runs, kinds):
+            samples[kind].append(await one(kind))
+    finally:
+        await rig.close()
+    result: dict[str, Any] = {kind: describe(values) for kind, values in samples.items()}
+    if warm is not None:
+        result["warm"] = warm
+    result["store_backend"] = rig.store_backend
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30)
+    args = parser.parse_args(argv)
+    undo = quiet_bumble()
+    try:
+        with tempfile.TemporaryDirectory(prefix="phonekey-bench-") as tmp:
+            result = asyncio.run(measure(args.runs, Path(tmp)))
+    finally:
+        undo()
+    print(json.dumps({"machine": machine_info(), "unlock": result}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
