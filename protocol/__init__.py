@@ -38,7 +38,15 @@ from .events import (
     ChallengeReceived,
     CommandCompleted,
     CommandExecuted,
+    FastPathRefusedEvent,
+    FastPathRefusedReceived,
+    KeyEnrolled,
+    KeyRemoved,
+    ManageCompleted,
+    ManageRefused,
+    OwnershipTransferred,
     RequestRejected,
+    ShareRevoked,
 )
 from .framing import Reassembler, fragment
 from .messages import (
@@ -47,12 +55,23 @@ from .messages import (
     CommandRequest,
     CommandResponse,
     ErrorMessage,
+    FastCommandRequest,
+    FastPathRefused,
+    ManageRequest,
+    ManageResponse,
     Message,
 )
 from .phone import PhoneConnection
 from .states import PhoneState, VehicleState
-from .store import MemoryStore, StateChange, VehicleStore, WhitelistEntry
-from .types import Command, LockState, ResultCode, Role
+from .store import (
+    EnrollmentWindow,
+    MemoryEnrollment,
+    MemoryStore,
+    StateChange,
+    VehicleStore,
+    WhitelistEntry,
+)
+from .types import Command, LockState, ManageOp, ResultCode, Role
 from .vehicle import SUPPORTED_VERSIONS, VehicleConnection, VehicleIdentity
 
 __all__ = [
@@ -73,15 +92,29 @@ __all__ = [
     "CommandRequest",
     "CommandResponse",
     "DecodeError",
+    "EnrollmentWindow",
     "ErrorMessage",
+    "FastCommandRequest",
+    "FastPathRefused",
+    "FastPathRefusedEvent",
+    "FastPathRefusedReceived",
     "Forbidden",
     "HandshakeError",
+    "KeyEnrolled",
+    "KeyRemoved",
     "LocalProtocolError",
     "LockState",
+    "ManageCompleted",
+    "ManageOp",
+    "ManageRefused",
+    "ManageRequest",
+    "ManageResponse",
+    "MemoryEnrollment",
     "MemoryStore",
     "Message",
     "MessageTooLarge",
     "NoCommonVersion",
+    "OwnershipTransferred",
     "PhoneConnection",
     "PhoneState",
     "ProtocolError",
@@ -92,6 +125,7 @@ __all__ = [
     "RequestRejected",
     "ResultCode",
     "Role",
+    "ShareRevoked",
     "StaleCounter",
     "StateChange",
     "TrailingBytes",

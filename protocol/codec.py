@@ -27,6 +27,7 @@ from .errors import (
     UnknownMessageType,
     UnsupportedWireVersion,
 )
+from .manage import ARGUMENT_LENGTHS
 from .messages import (
     Challenge,
     ChallengeRequest,
@@ -34,13 +35,17 @@ from .messages import (
     CommandResponse,
     CredentialPresentation,
     ErrorMessage,
+    FastCommandRequest,
+    FastPathRefused,
     IssuerUpdate,
+    ManageRequest,
+    ManageResponse,
     Message,
     RevocationUpdate,
     TimeUpdate,
     VehicleStatus,
 )
-from .types import Command, LockState, ResultCode
+from .types import Command, LockState, ManageOp, ResultCode
 
 WIRE_VERSION: Final = 1
 MAX_MESSAGE_SIZE: Final = 512  # leaves room for credentials in later versions
@@ -57,6 +62,11 @@ _MSG_VEHICLE_STATUS = 0x07
 _MSG_REVOCATION_UPDATE = 0x08
 _MSG_TIME_UPDATE = 0x09
 _MSG_ISSUER_UPDATE = 0x0A
+_MSG_MANAGE_REQUEST = 0x0B
+_MSG_MANAGE_RESPONSE = 0x0C
+_MSG_FAST_COMMAND_REQUEST = 0x0D
+_MSG_FAST_PATH_REFUSED = 0x0E
+MAX_MANAGE_ARGUMENT: Final = max(ARGUMENT_LENGTHS.values())
 MAX_SIGNED_OBJECT_SIZE: Final = 400
 MAX_CREDENTIAL_SIZE: Final = 300
 
@@ -95,6 +105,32 @@ _BODIES: dict[int, c.Construct] = {
     _MSG_REVOCATION_UPDATE: c.Struct("delta" / c.Prefixed(c.Int16ub, c.GreedyBytes)),
     _MSG_TIME_UPDATE: c.Struct("signed_time" / c.Prefixed(c.Int16ub, c.GreedyBytes)),
     _MSG_ISSUER_UPDATE: c.Struct("rotation" / c.Prefixed(c.Int16ub, c.GreedyBytes)),
+    _MSG_MANAGE_REQUEST: c.Struct(
+        "version" / c.Int8ub,
+        "offered_versions" / _Versions,
+        "nonce" / c.Bytes(NONCE_LEN),
+        "key_id" / c.Bytes(crypto.KEY_ID_LEN),
+        "counter" / c.Int64ub,
+        "operation" / c.Int8ub,
+        "argument" / c.Prefixed(c.Int8ub, c.GreedyBytes),
+        "ephemeral_key" / c.Bytes(crypto.COMPRESSED_POINT_LEN),
+        "signature" / c.Bytes(crypto.SIGNATURE_LEN),
+    ),
+    _MSG_MANAGE_RESPONSE: c.Struct(
+        "result" / c.Int8ub,
+        "operation" / c.Int8ub,
+        "counter" / c.Int64ub,
+        "mac" / c.Bytes(crypto.MAC_LEN),
+    ),
+    _MSG_FAST_COMMAND_REQUEST: c.Struct(
+        "version" / c.Int8ub,
+        "nonce" / c.Bytes(NONCE_LEN),
+        "key_id" / c.Bytes(crypto.KEY_ID_LEN),
+        "counter" / c.Int64ub,
+        "command" / c.Int8ub,
+        "mac" / c.Bytes(crypto.MAC_LEN),
+    ),
+    _MSG_FAST_PATH_REFUSED: c.Struct("reason" / c.Int8ub),
 }
 
 _TYPE_OF: dict[type, int] = {
@@ -108,9 +144,18 @@ _TYPE_OF: dict[type, int] = {
     RevocationUpdate: _MSG_REVOCATION_UPDATE,
     TimeUpdate: _MSG_TIME_UPDATE,
     IssuerUpdate: _MSG_ISSUER_UPDATE,
+    ManageRequest: _MSG_MANAGE_REQUEST,
+    ManageResponse: _MSG_MANAGE_RESPONSE,
+    FastCommandRequest: _MSG_FAST_COMMAND_REQUEST,
+    FastPathRefused: _MSG_FAST_PATH_REFUSED,
 }
 
 _RESPONSE_RESULTS = frozenset({ResultCode.OK, ResultCode.FORBIDDEN})
+_MANAGE_RESULTS = frozenset(
+    {ResultCode.OK, ResultCode.FORBIDDEN, ResultCode.NOT_FOUND, ResultCode.LAST_OWNER}
+)
+AUTHENTICATED_RESULTS: Final = _RESPONSE_RESULTS | _MANAGE_RESULTS
+"""Codes that only ever travel under a MAC: never in an Error or FastPathRefused."""
 
 
 def encode(message: Message) -> bytes:
@@ -160,9 +205,19 @@ def request_signed_part(request: CommandRequest) -> bytes:
     return encode(replace(request, signature=bytes(crypto.SIGNATURE_LEN)))[: -crypto.SIGNATURE_LEN]
 
 
-def response_maced_part(response: CommandResponse) -> bytes:
+def response_maced_part(response: CommandResponse | ManageResponse) -> bytes:
     """The encoded response without its trailing MAC: what the MAC covers."""
     return encode(replace(response, mac=bytes(crypto.MAC_LEN)))[: -crypto.MAC_LEN]
+
+
+def manage_signed_part(request: ManageRequest) -> bytes:
+    """The encoded manage request without its trailing signature."""
+    return encode(replace(request, signature=bytes(crypto.SIGNATURE_LEN)))[: -crypto.SIGNATURE_LEN]
+
+
+def fast_request_maced_part(request: FastCommandRequest) -> bytes:
+    """The encoded fast request without its trailing MAC."""
+    return encode(replace(request, mac=bytes(crypto.MAC_LEN)))[: -crypto.MAC_LEN]
 
 
 def _fields_of(message: Message) -> dict[str, Any]:
@@ -249,7 +304,54 @@ def _to_message(msg_type: int, p: Any) -> Message:
         if msg_type == _MSG_TIME_UPDATE:
             return TimeUpdate(blob)
         return IssuerUpdate(blob)
+    if msg_type == _MSG_MANAGE_REQUEST:
+        if p.version == 0:
+            raise FieldValueError("version 0 is not a protocol version")
+        operation = _enum(ManageOp, p.operation, "operation")
+        argument = bytes(p.argument)
+        if len(argument) != ARGUMENT_LENGTHS[operation]:
+            raise FieldValueError(
+                f"{operation.name} takes a {ARGUMENT_LENGTHS[operation]}-byte argument, "
+                f"not {len(argument)} bytes"
+            )
+        return ManageRequest(
+            version=p.version,
+            offered_versions=_versions(list(p.offered_versions), "offered_versions"),
+            nonce=bytes(p.nonce),
+            key_id=bytes(p.key_id),
+            counter=p.counter,
+            operation=operation,
+            argument=argument,
+            ephemeral_key=bytes(p.ephemeral_key),
+            signature=bytes(p.signature),
+        )
+    if msg_type == _MSG_MANAGE_RESPONSE:
+        result = _enum(ResultCode, p.result, "result")
+        if result not in _MANAGE_RESULTS:
+            raise FieldValueError(f"a manage response cannot carry result {result.name}")
+        return ManageResponse(
+            result=result,
+            operation=_enum(ManageOp, p.operation, "operation"),
+            counter=p.counter,
+            mac=bytes(p.mac),
+        )
+    if msg_type == _MSG_FAST_COMMAND_REQUEST:
+        if p.version == 0:
+            raise FieldValueError("version 0 is not a protocol version")
+        return FastCommandRequest(
+            version=p.version,
+            nonce=bytes(p.nonce),
+            key_id=bytes(p.key_id),
+            counter=p.counter,
+            command=_enum(Command, p.command, "command"),
+            mac=bytes(p.mac),
+        )
+    if msg_type == _MSG_FAST_PATH_REFUSED:
+        reason = _enum(ResultCode, p.reason, "reason")
+        if reason in AUTHENTICATED_RESULTS:
+            raise FieldValueError(f"a fast-path refusal cannot carry {reason.name}")
+        return FastPathRefused(reason=reason)
     code = _enum(ResultCode, p.code, "code")
-    if code in _RESPONSE_RESULTS:
+    if code in AUTHENTICATED_RESULTS:
         raise FieldValueError(f"an error message cannot carry {code.name}")
     return ErrorMessage(code=code)

@@ -47,6 +47,9 @@ _OBJ_REVOCATIONS: Final = 0x42
 _OBJ_SIGNED_TIME: Final = 0x43
 _OBJ_REVOCATION_DELTA: Final = 0x44
 _OBJ_ISSUER_ROTATION: Final = 0x45
+_OBJ_SHARE: Final = 0x46  # an owner-signed offline share (protocol/shares.py)
+OBJECT_TYPE_CREDENTIAL: Final = _OBJ_CREDENTIAL
+OBJECT_TYPE_SHARE: Final = _OBJ_SHARE
 MAX_DELTA_ENTRIES: Final = 16  # keeps a delta inside one protocol message
 _HEADER_LEN: Final = 2
 REVOCATION_ID_LEN: Final = 16
@@ -143,7 +146,14 @@ _LABELS = {
     _OBJ_SIGNED_TIME: b"phonekey/v1 signed time",
     _OBJ_REVOCATION_DELTA: b"phonekey/v1 revocation delta",
     _OBJ_ISSUER_ROTATION: b"phonekey/v1 issuer rotation",
+    _OBJ_SHARE: b"phonekey/v1 share",
 }
+
+
+def object_type(data: bytes) -> int | None:
+    """The object type byte of an encoded signed object (None if too short):
+    what a vehicle dispatches a presentation on."""
+    return data[1] if len(data) >= _HEADER_LEN else None
 
 
 def revocation_id(vehicle_id: bytes, key_id: bytes) -> bytes:
@@ -578,3 +588,14 @@ def _sorted_contains(items: tuple[bytes, ...], key: bytes) -> bool:
 
     index = bisect.bisect_left(items, key)
     return index < len(items) and items[index] == key
+
+
+# Shared with protocol/shares.py, which encodes and signs its objects the same way.
+encode_object = _encode
+decode_object = _decode
+sign_object = _sign
+
+
+def signed_message(obj_type: int, struct: c.Construct, obj: Any) -> bytes:
+    """``label || format_version || object_type || body``: what a signature covers."""
+    return _LABELS[obj_type] + _body(obj_type, struct, obj)

@@ -134,6 +134,41 @@ class UpdateRefused(HandshakeError):
     code = ResultCode.UPDATE_REJECTED
 
 
+class EnrollmentClosed(HandshakeError):
+    """ENROLL from a key not on the whitelist while no enrollment window is open."""
+
+    code = ResultCode.ENROLLMENT_CLOSED
+
+
+class BadManageArgument(HandshakeError):
+    """A manage argument that does not fit its operation (e.g. an invalid point)."""
+
+    code = ResultCode.BAD_ARGUMENT
+
+
+class ShareRefused(HandshakeError):
+    """A presented share does not authorise its holder (signer, vehicle, holder, role)."""
+
+    code = ResultCode.SHARE_INVALID
+
+
+class ShareRefusedOutsideWindow(ShareRefused):
+    code = ResultCode.SHARE_OUTSIDE_WINDOW
+
+
+class ShareRefusedRevoked(ShareRefused):
+    code = ResultCode.SHARE_REVOKED
+
+
+class FastPathFailure(HandshakeError):
+    """A fast-path request the vehicle refuses; NOT fatal: the vehicle answers
+    FastPathRefused with ``code`` as the reason and issues a new challenge."""
+
+    def __init__(self, code: ResultCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class WrongVehicle(HandshakeError):
     """The challenge names a vehicle other than the one the phone expects."""
 
@@ -219,6 +254,38 @@ class RejectedUpdate(VehicleRejected):
     code = ResultCode.UPDATE_REJECTED
 
 
+class RejectedEnrollmentClosed(VehicleRejected):
+    code = ResultCode.ENROLLMENT_CLOSED
+
+
+class RejectedArgument(VehicleRejected):
+    code = ResultCode.BAD_ARGUMENT
+
+
+class RejectedShare(VehicleRejected):
+    code = ResultCode.SHARE_INVALID
+
+
+class RejectedShareOutsideWindow(RejectedShare):
+    code = ResultCode.SHARE_OUTSIDE_WINDOW
+
+
+class RejectedShareRevoked(RejectedShare):
+    code = ResultCode.SHARE_REVOKED
+
+
+class RejectedFastKey(VehicleRejected):
+    code = ResultCode.FAST_KEY_UNKNOWN
+
+
+class RejectedMac(VehicleRejected):
+    code = ResultCode.BAD_MAC
+
+
+class RejectedFastPathUnavailable(VehicleRejected):
+    code = ResultCode.FAST_PATH_UNAVAILABLE
+
+
 class RejectedCredential(VehicleRejected):
     code = ResultCode.CREDENTIAL_INVALID
 
@@ -254,6 +321,14 @@ _REJECTION_TEXT: dict[ResultCode, str] = {
     ResultCode.CREDENTIAL_NOT_YET_VALID: "the vehicle says the credential is not valid yet",
     ResultCode.CREDENTIAL_REVOKED: "the vehicle says this key has been revoked",
     ResultCode.UPDATE_REJECTED: "the vehicle refused a revocation or time update",
+    ResultCode.ENROLLMENT_CLOSED: "the vehicle's enrollment window is closed (tap the keycard)",
+    ResultCode.BAD_ARGUMENT: "the vehicle refused the management request's argument",
+    ResultCode.SHARE_INVALID: "the vehicle refused the share (not valid for this key)",
+    ResultCode.SHARE_OUTSIDE_WINDOW: "the vehicle says the share is not valid at this time",
+    ResultCode.SHARE_REVOKED: "the vehicle says the share has been revoked",
+    ResultCode.FAST_KEY_UNKNOWN: "the vehicle holds no fast-path key for this phone",
+    ResultCode.BAD_MAC: "the vehicle rejected the fast-path MAC",
+    ResultCode.FAST_PATH_UNAVAILABLE: "the vehicle does not offer the fast path",
 }
 
 _BY_CODE: dict[ResultCode, type[VehicleRejected]] = {
@@ -277,6 +352,14 @@ _BY_CODE: dict[ResultCode, type[VehicleRejected]] = {
         RejectedCredentialExpired,
         RejectedCredentialNotYetValid,
         RejectedCredentialRevoked,
+        RejectedEnrollmentClosed,
+        RejectedArgument,
+        RejectedShare,
+        RejectedShareOutsideWindow,
+        RejectedShareRevoked,
+        RejectedFastKey,
+        RejectedMac,
+        RejectedFastPathUnavailable,
     )
 }
 

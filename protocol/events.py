@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .types import Command, LockState, ResultCode, Role
+from .types import Command, LockState, ManageOp, ResultCode, Role
 
 
 # --- phone side ------------------------------------------------------------
@@ -24,6 +24,31 @@ class CommandCompleted:
     result: ResultCode
     lock_state: LockState
     counter: int
+    # The fast-path secret both sides now hold (after an OK full handshake by
+    # a whitelisted key without a credential or share): keep it (secretly)
+    # for ``send_fast_command``. Replaces any earlier one. Never logged.
+    fast_key: bytes | None = field(default=None, repr=False, compare=False)
+    fast_path: bool = False  # True if this answered a FastCommandRequest
+
+
+@dataclass(frozen=True)
+class ManageCompleted:
+    """Authenticated outcome of a ManageRequest: OK, FORBIDDEN (not an
+    owner), NOT_FOUND (key to remove unknown) or LAST_OWNER (refused: the
+    vehicle would have no owner left)."""
+
+    operation: ManageOp
+    result: ResultCode
+    counter: int
+
+
+@dataclass(frozen=True)
+class FastPathRefusedReceived:
+    """Unauthenticated: the vehicle refused the fast attempt (``reason``).
+    Drop the fast key and wait for the next ``ChallengeReceived`` (it follows
+    at once), then send a full command on the same session."""
+
+    reason: ResultCode
 
 
 # --- vehicle side ----------------------------------------------------------
@@ -44,6 +69,57 @@ class CommandExecuted:
     lock_state: LockState
     counter: int
     credential_serial: int | None = None  # set when an issuer credential authorised it
+    share_id: bytes | None = None  # set when an offline share authorised it
+    fast_path: bool = False  # authenticated with the fast-path key (no public-key op)
+
+
+@dataclass(frozen=True)
+class KeyEnrolled:
+    """A key was added to the whitelist, or its role changed."""
+
+    key_id: bytes
+    role: Role
+    by_key_id: bytes  # the requester (the new key itself for "enrollment-window")
+    method: str  # "enrollment-window" or "owner"
+
+
+@dataclass(frozen=True)
+class KeyRemoved:
+    key_id: bytes
+    by_key_id: bytes
+
+
+@dataclass(frozen=True)
+class ShareRevoked:
+    share_id: bytes
+    by_key_id: bytes
+
+
+@dataclass(frozen=True)
+class OwnershipTransferred:
+    """Every key, share revocation and fast key was wiped; the new owner is the only key."""
+
+    new_owner_key_id: bytes
+    by_key_id: bytes
+
+
+@dataclass(frozen=True)
+class ManageRefused:
+    """An authenticated ManageRequest the vehicle refused under its MAC
+    (FORBIDDEN, NOT_FOUND or LAST_OWNER); nothing but the counter changed."""
+
+    key_id: bytes
+    operation: ManageOp
+    result: ResultCode
+
+
+@dataclass(frozen=True)
+class FastPathRefusedEvent:
+    """The vehicle refused a fast-path request and issued a new challenge."""
+
+    key_id: bytes
+    reason: ResultCode
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,7 +162,13 @@ class IssuerRotated:
     new_key_id: bytes
 
 
-PhoneEvent = ChallengeReceived | CommandCompleted | VehicleStatusReceived
+PhoneEvent = (
+    ChallengeReceived
+    | CommandCompleted
+    | VehicleStatusReceived
+    | ManageCompleted
+    | FastPathRefusedReceived
+)
 VehicleEvent = (
     ChallengeIssued
     | CommandExecuted
@@ -94,4 +176,10 @@ VehicleEvent = (
     | RevocationsUpdated
     | ClockCorrected
     | IssuerRotated
+    | KeyEnrolled
+    | KeyRemoved
+    | ShareRevoked
+    | OwnershipTransferred
+    | ManageRefused
+    | FastPathRefusedEvent
 )

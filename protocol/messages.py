@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .types import Command, LockState, ResultCode
+from .types import Command, LockState, ManageOp, ResultCode
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,55 @@ class IssuerUpdate:
     rotation: bytes
 
 
+@dataclass(frozen=True)
+class ManageRequest:
+    """Phone -> vehicle: a signed whitelist operation. Checked and signed like
+    a ``CommandRequest`` (its own transcript label); see protocol/manage.py
+    for the argument of each operation."""
+
+    version: int
+    offered_versions: tuple[int, ...]
+    nonce: bytes  # the challenge's nonce (16 bytes)
+    key_id: bytes  # the requester's key id (16 bytes)
+    counter: int  # shares the per-key counter with commands (u64)
+    operation: ManageOp
+    argument: bytes  # operation-specific, fixed length per operation
+    ephemeral_key: bytes  # compressed (33 bytes)
+    signature: bytes  # ECDSA-P256-SHA256 over the manage transcript, r||s (64 bytes)
+
+
+@dataclass(frozen=True)
+class ManageResponse:
+    """Vehicle -> phone, authenticated by a MAC bound to the manage request."""
+
+    result: ResultCode  # OK, FORBIDDEN, NOT_FOUND or LAST_OWNER
+    operation: ManageOp
+    counter: int
+    mac: bytes  # HMAC-SHA256 (32 bytes)
+
+
+@dataclass(frozen=True)
+class FastCommandRequest:
+    """Phone -> vehicle: a command authenticated with the fast-path key (no
+    public-key operation on either side). Answered by a ``CommandResponse``
+    whose MAC key comes from the fast key, or by ``FastPathRefused``."""
+
+    version: int  # one of the versions the outstanding challenge offers
+    nonce: bytes  # the outstanding challenge's nonce (16 bytes)
+    key_id: bytes
+    counter: int
+    command: Command
+    mac: bytes  # HMAC-SHA256 under the fast key over the fast transcript (32 bytes)
+
+
+@dataclass(frozen=True)
+class FastPathRefused:
+    """Vehicle -> phone, unauthenticated, NOT fatal: the fast attempt failed;
+    a new Challenge follows, on which the phone may send a full request."""
+
+    reason: ResultCode
+
+
 Message = (
     Challenge
     | ChallengeRequest
@@ -115,4 +164,8 @@ Message = (
     | RevocationUpdate
     | TimeUpdate
     | IssuerUpdate
+    | ManageRequest
+    | ManageResponse
+    | FastCommandRequest
+    | FastPathRefused
 )

@@ -18,7 +18,11 @@ from .messages import (
     CommandResponse,
     CredentialPresentation,
     ErrorMessage,
+    FastCommandRequest,
+    FastPathRefused,
     IssuerUpdate,
+    ManageRequest,
+    ManageResponse,
     RevocationUpdate,
     TimeUpdate,
     VehicleStatus,
@@ -35,13 +39,18 @@ class PhoneState(enum.Enum):
     WAIT_CHALLENGE = "wait-challenge"  # no usable challenge held
     READY = "ready"  # holds a challenge; a command can be sent
     AWAIT_RESPONSE = "await-response"  # command sent; waiting for its response
+    AWAIT_MANAGE_RESPONSE = "await-manage-response"  # manage request sent
+    AWAIT_FAST_RESPONSE = "await-fast-response"  # fast request sent: response or refusal
     ERROR = "error"
 
 
 # Vehicle: what the phone may send in each state. After a CommandRequest the
 # vehicle answers and immediately issues a new challenge, so it stays
 # CHALLENGED. A CredentialPresentation has no answer; it may even arrive before
-# the first challenge, because the phone sends it without waiting.
+# the first challenge, because the phone sends it without waiting. A
+# ManageRequest is answered like a CommandRequest. A FastCommandRequest is
+# answered by a CommandResponse or, when it fails, by FastPathRefused: that is
+# not fatal, the vehicle issues a new challenge and stays CHALLENGED.
 VEHICLE_TRANSITIONS: dict[VehicleState, dict[type, VehicleState]] = {
     VehicleState.IDLE: {
         ChallengeRequest: VehicleState.CHALLENGED,
@@ -50,6 +59,8 @@ VEHICLE_TRANSITIONS: dict[VehicleState, dict[type, VehicleState]] = {
     VehicleState.CHALLENGED: {
         ChallengeRequest: VehicleState.CHALLENGED,
         CommandRequest: VehicleState.CHALLENGED,
+        ManageRequest: VehicleState.CHALLENGED,
+        FastCommandRequest: VehicleState.CHALLENGED,
         CredentialPresentation: VehicleState.CHALLENGED,
         RevocationUpdate: VehicleState.CHALLENGED,
         TimeUpdate: VehicleState.CHALLENGED,
@@ -59,7 +70,9 @@ VEHICLE_TRANSITIONS: dict[VehicleState, dict[type, VehicleState]] = {
 }
 
 # Phone: what the vehicle may send in each state. An ErrorMessage is accepted
-# in every live state and always leads to ERROR.
+# in every live state and always leads to ERROR. After FastPathRefused the
+# phone waits for the challenge that follows it and may then send a full
+# CommandRequest on the same session.
 PHONE_TRANSITIONS: dict[PhoneState, dict[type, PhoneState]] = {
     PhoneState.WAIT_CHALLENGE: {
         Challenge: PhoneState.READY,
@@ -74,6 +87,17 @@ PHONE_TRANSITIONS: dict[PhoneState, dict[type, PhoneState]] = {
     PhoneState.AWAIT_RESPONSE: {
         CommandResponse: PhoneState.WAIT_CHALLENGE,
         VehicleStatus: PhoneState.AWAIT_RESPONSE,
+        ErrorMessage: PhoneState.ERROR,
+    },
+    PhoneState.AWAIT_MANAGE_RESPONSE: {
+        ManageResponse: PhoneState.WAIT_CHALLENGE,
+        VehicleStatus: PhoneState.AWAIT_MANAGE_RESPONSE,
+        ErrorMessage: PhoneState.ERROR,
+    },
+    PhoneState.AWAIT_FAST_RESPONSE: {
+        CommandResponse: PhoneState.WAIT_CHALLENGE,
+        FastPathRefused: PhoneState.WAIT_CHALLENGE,
+        VehicleStatus: PhoneState.AWAIT_FAST_RESPONSE,
         ErrorMessage: PhoneState.ERROR,
     },
     PhoneState.ERROR: {},

@@ -90,6 +90,32 @@ class VehicleStore(Protocol):
         ...
 
 
+class EnrollmentWindow(Protocol):
+    """The short window (opened by a keycard tap) in which a key that is not on
+    the whitelist may ENROLL itself as an owner over BLE."""
+
+    def is_open(self) -> bool: ...
+
+    def consume(self) -> None:
+        """Close the window: one enrollment per tap."""
+        ...
+
+
+@dataclass
+class MemoryEnrollment:
+    """An ``EnrollmentWindow`` in RAM, for tests: open until consumed or closed."""
+
+    open: bool = False
+    consumed: int = 0
+
+    def is_open(self) -> bool:
+        return self.open
+
+    def consume(self) -> None:
+        self.open = False
+        self.consumed += 1
+
+
 class CredentialTrust(Protocol):
     """What a vehicle needs to verify issuer-signed credentials offline."""
 

@@ -24,6 +24,23 @@ Response key and MAC (what proves the vehicle's answer genuine)::
 Only the holder of the vehicle's identity private key can compute Z, and K is
 bound to TH, so the MAC tells the phone that the genuine vehicle answered
 *this* request with *this* outcome.
+
+A ManageRequest is hashed the same way under its own label ("manage
+request"), and its response key and MAC use "manage response key" and
+"manage response", so a signature or MAC of one kind is never valid for the
+other.
+
+Fast path (docs/protocol.md section 10)::
+
+    FK  = HKDF-SHA256(ikm=Z, salt=TH, info="phonekey/v<N> fast-path key")
+          (derived after an OK full handshake; Z and TH of that handshake)
+    FTH = SHA-256( "phonekey/v<N> fast request"
+                   || u16 len || challenge bytes || vehicle public key (65)
+                   || u16 len || fast request bytes without the MAC )
+    request MAC  = HMAC-SHA256(FK, "phonekey/v<N> fast request mac" || FTH)
+    FK' = HKDF-SHA256(ikm=FK, salt=nonce, info="phonekey/v<N> fast response key" || FTH)
+    response MAC = HMAC-SHA256(FK', "phonekey/v<N> fast response" || FTH || response bytes
+                               without MAC)
 """
 
 from __future__ import annotations
@@ -31,8 +48,19 @@ from __future__ import annotations
 import hashlib
 
 from . import crypto
-from .codec import request_signed_part, response_maced_part
-from .messages import CommandRequest, CommandResponse
+from .codec import (
+    fast_request_maced_part,
+    manage_signed_part,
+    request_signed_part,
+    response_maced_part,
+)
+from .messages import (
+    CommandRequest,
+    CommandResponse,
+    FastCommandRequest,
+    ManageRequest,
+    ManageResponse,
+)
 
 
 def _label(version: int, what: str) -> bytes:
@@ -43,20 +71,53 @@ def _framed(data: bytes) -> bytes:
     return len(data).to_bytes(2, "big") + data
 
 
+def _transcript(
+    label: bytes,
+    challenge_bytes: bytes,
+    vehicle_public_key: crypto.PublicKey,
+    request_part: bytes,
+    credential_digest: bytes | None,
+) -> bytes:
+    h = hashlib.sha256()
+    h.update(label)
+    h.update(_framed(challenge_bytes))
+    h.update(crypto.public_bytes(vehicle_public_key, compressed=False))
+    h.update(_framed(request_part))
+    if credential_digest is not None:
+        h.update(_framed(credential_digest))
+    return h.digest()
+
+
 def request_transcript_hash(
     challenge_bytes: bytes,
     vehicle_public_key: crypto.PublicKey,
     request: CommandRequest,
     credential_digest: bytes | None = None,
 ) -> bytes:
-    h = hashlib.sha256()
-    h.update(_label(request.version, "request"))
-    h.update(_framed(challenge_bytes))
-    h.update(crypto.public_bytes(vehicle_public_key, compressed=False))
-    h.update(_framed(request_signed_part(request)))
-    if credential_digest is not None:
-        h.update(_framed(credential_digest))
-    return h.digest()
+    return _transcript(
+        _label(request.version, "request"),
+        challenge_bytes,
+        vehicle_public_key,
+        request_signed_part(request),
+        credential_digest,
+    )
+
+
+def manage_transcript_hash(
+    challenge_bytes: bytes,
+    vehicle_public_key: crypto.PublicKey,
+    request: ManageRequest,
+    credential_digest: bytes | None = None,
+) -> bytes:
+    """What the phone signs for a ManageRequest: it binds the operation and
+    its argument (both in the request bytes)."""
+    return _transcript(
+        _label(request.version, "manage request"),
+        challenge_bytes,
+        vehicle_public_key,
+        manage_signed_part(request),
+        credential_digest,
+    )
 
 
 def response_key(shared_secret: bytes, nonce: bytes, version: int, transcript_hash: bytes) -> bytes:
@@ -70,4 +131,58 @@ def response_mac(
 ) -> bytes:
     return crypto.hmac_sha256(
         key, _label(version, "response") + transcript_hash + response_maced_part(response)
+    )
+
+
+def manage_response_key(
+    shared_secret: bytes, nonce: bytes, version: int, transcript_hash: bytes
+) -> bytes:
+    return crypto.hkdf_sha256(
+        shared_secret, salt=nonce, info=_label(version, "manage response key") + transcript_hash
+    )
+
+
+def manage_response_mac(
+    key: bytes, version: int, transcript_hash: bytes, response: ManageResponse
+) -> bytes:
+    return crypto.hmac_sha256(
+        key, _label(version, "manage response") + transcript_hash + response_maced_part(response)
+    )
+
+
+# --- fast path -------------------------------------------------------------------
+def fast_path_key(shared_secret: bytes, version: int, transcript_hash: bytes) -> bytes:
+    """The persistent fast-path key of a full handshake (its Z and TH)."""
+    return crypto.hkdf_sha256(
+        shared_secret, salt=transcript_hash, info=_label(version, "fast-path key")
+    )
+
+
+def fast_transcript_hash(
+    challenge_bytes: bytes, vehicle_public_key: crypto.PublicKey, request: FastCommandRequest
+) -> bytes:
+    return _transcript(
+        _label(request.version, "fast request"),
+        challenge_bytes,
+        vehicle_public_key,
+        fast_request_maced_part(request),
+        None,
+    )
+
+
+def fast_request_mac(fast_key: bytes, version: int, transcript_hash: bytes) -> bytes:
+    return crypto.hmac_sha256(fast_key, _label(version, "fast request mac") + transcript_hash)
+
+
+def fast_response_key(fast_key: bytes, nonce: bytes, version: int, transcript_hash: bytes) -> bytes:
+    return crypto.hkdf_sha256(
+        fast_key, salt=nonce, info=_label(version, "fast response key") + transcript_hash
+    )
+
+
+def fast_response_mac(
+    key: bytes, version: int, transcript_hash: bytes, response: CommandResponse
+) -> bytes:
+    return crypto.hmac_sha256(
+        key, _label(version, "fast response") + transcript_hash + response_maced_part(response)
     )

@@ -23,8 +23,8 @@ class LockState(enum.IntEnum):
 class Role(enum.IntEnum):
     """Authority of a key on the vehicle's whitelist, most powerful first.
 
-    owner: everything (later: manage keys); driver: lock, unlock, status;
-    guest: unlock and lock only.
+    owner: everything, including managing keys and shares; driver: lock,
+    unlock, status; guest: unlock and lock only.
     """
 
     OWNER = 1
@@ -33,6 +33,14 @@ class Role(enum.IntEnum):
 
     def permits(self, command: Command) -> bool:
         return command in _ROLE_COMMANDS[self]
+
+    def may_manage(self) -> bool:
+        """Only owners manage the whitelist and shares."""
+        return self is Role.OWNER
+
+    def at_most(self, other: Role) -> bool:
+        """True if this role grants nothing that ``other`` does not."""
+        return self.value >= other.value
 
     @classmethod
     def from_name(cls, name: str) -> Role:
@@ -50,17 +58,31 @@ _ROLE_COMMANDS: dict[Role, frozenset[Command]] = {
 }
 
 
+class ManageOp(enum.IntEnum):
+    """Whitelist management operations of a ``ManageRequest`` (owner only,
+    except ENROLL while an enrollment window is open)."""
+
+    ENROLL = 1  # argument: the requester's compressed public key (33 bytes)
+    ADD_KEY = 2  # argument: compressed public key (33) + role (1)
+    REMOVE_KEY = 3  # argument: key id (16)
+    REVOKE_SHARE = 4  # argument: share id (16) + the share's not_after (u64)
+    TRANSFER_OWNERSHIP = 5  # argument: the new owner's compressed public key (33)
+
+
 class ResultCode(enum.IntEnum):
     """Outcome codes carried on the wire.
 
-    ``OK`` and ``FORBIDDEN`` appear in authenticated responses (the vehicle
-    knows who asked and says so under a MAC). Every other code only appears in
-    unauthenticated ``Error`` messages sent before the request was
-    authenticated: the phone must never infer vehicle state from them.
+    ``OK`` and ``FORBIDDEN`` (and, in a ManageResponse, ``NOT_FOUND`` and
+    ``LAST_OWNER``) appear in authenticated responses (the vehicle knows who
+    asked and says so under a MAC). Every other code only appears in
+    unauthenticated ``Error`` or ``FastPathRefused`` messages sent before the
+    request was authenticated: the phone must never infer vehicle state from them.
     """
 
     OK = 0
-    FORBIDDEN = 1  # authenticated: the key's role does not permit the command
+    FORBIDDEN = 1  # authenticated: the key's role does not permit the command/operation
+    NOT_FOUND = 2  # authenticated (manage): the key to remove is not on the whitelist
+    LAST_OWNER = 3  # authenticated (manage): the vehicle would be left without an owner
     MALFORMED = 0x10  # the frame or message could not be decoded
     UNEXPECTED_MESSAGE = 0x11  # valid message at the wrong point of the exchange
     UNSUPPORTED_VERSION = 0x12  # the chosen version was not offered
@@ -78,4 +100,13 @@ class ResultCode(enum.IntEnum):
     CREDENTIAL_NOT_YET_VALID = 0x22  # before not_before (beyond the leeway)
     CREDENTIAL_REVOKED = 0x23  # the holder's key id is on the vehicle's revocation list
     UPDATE_REJECTED = 0x24  # a revocation delta or signed time failed verification
+    ENROLLMENT_CLOSED = 0x25  # ENROLL from an unknown key while no enrollment window is open
+    # malformed share, signer not an owner / unknown / revoked, wrong vehicle, holder or role:
+    SHARE_INVALID = 0x26
+    SHARE_OUTSIDE_WINDOW = 0x27  # not valid at the vehicle's time (dates, weekday or hours)
+    SHARE_REVOKED = 0x28  # an owner revoked the share
+    FAST_KEY_UNKNOWN = 0x29  # fast path: the vehicle holds no fast key for this key id
+    BAD_MAC = 0x2A  # fast path: the request MAC does not verify
+    BAD_ARGUMENT = 0x2B  # manage: the argument does not fit the operation
+    FAST_PATH_UNAVAILABLE = 0x2C  # fast path: this vehicle does not offer the fast path
     INTERNAL = 0x1F  # the vehicle failed; nothing was executed

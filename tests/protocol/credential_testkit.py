@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import pytest
 from protocol_testkit import (
@@ -165,6 +165,7 @@ def make_cred_rig(
     phone_rng: crypto.Random = os.urandom,
     start: bool = True,
     vehicle_key: crypto.PrivateKey = VEHICLE_KEY,
+    **vehicle_options: Any,
 ) -> CredRig:
     """A phone (by default NOT on the whitelist) and a vehicle that trusts
     ``ISSUER_KEY``; ``trust=None`` makes a whitelist-only vehicle."""
@@ -185,11 +186,21 @@ def make_cred_rig(
         att_mtu=mtu,
         trust=trust,
         credential_leeway=leeway,
+        **vehicle_options,
     )
     phone = PhoneConnection(
         phone_key, vehicle_key.public_key(), clock=clock, rng=phone_rng, att_mtu=mtu
     )
-    rig = CredRig(ConnectionPair(phone, vehicle), store, clock, identity, mtu, trust, wall)
+    rig = CredRig(
+        ConnectionPair(phone, vehicle),
+        store,
+        clock,
+        identity,
+        mtu,
+        vehicle_options,
+        trust=trust,
+        wall=wall,
+    )
     if start:
         rig.start()
     return rig

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from protocol import (
     Challenge,
@@ -139,6 +140,7 @@ class Rig:
     clock: FakeClock
     identity: VehicleIdentity
     mtu: int
+    vehicle_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def phone(self) -> PhoneConnection:
@@ -210,16 +212,24 @@ def make_rig(
     vehicle_versions: tuple[int, ...] = (1,),
     phone_versions: tuple[int, ...] = (1,),
     start: bool = True,
+    **vehicle_options: Any,
 ) -> Rig:
     """A phone and a vehicle connected in memory. ``role=None`` leaves the phone's
-    key off the whitelist."""
+    key off the whitelist; ``vehicle_options`` go to ``VehicleConnection``
+    (``fast_path``, ``enrollment``, ``vehicle_time``, ``trust``)."""
     clock = clock or FakeClock()
     store = store if store is not None else MemoryStore()
     if role is not None:
         store.add_key(phone_key.public_key(), role)
     identity = VehicleIdentity(vehicle_key, VIN)
     vehicle = VehicleConnection(
-        identity, store, clock=clock, rng=vehicle_rng, att_mtu=mtu, versions=vehicle_versions
+        identity,
+        store,
+        clock=clock,
+        rng=vehicle_rng,
+        att_mtu=mtu,
+        versions=vehicle_versions,
+        **vehicle_options,
     )
     phone = PhoneConnection(
         phone_key,
@@ -229,7 +239,7 @@ def make_rig(
         att_mtu=mtu,
         versions=phone_versions,
     )
-    rig = Rig(ConnectionPair(phone, vehicle), store, clock, identity, mtu)
+    rig = Rig(ConnectionPair(phone, vehicle), store, clock, identity, mtu, vehicle_options)
     if start:
         rig.start()
     return rig
@@ -237,7 +247,9 @@ def make_rig(
 
 def new_vehicle_session(rig: Rig, rng: crypto.Random = os.urandom) -> VehicleConnection:
     """A second connection to the same vehicle (same identity, store and clock), started."""
-    vehicle = VehicleConnection(rig.identity, rig.store, clock=rig.clock, rng=rng, att_mtu=rig.mtu)
+    vehicle = VehicleConnection(
+        rig.identity, rig.store, clock=rig.clock, rng=rng, att_mtu=rig.mtu, **rig.vehicle_options
+    )
     vehicle.start()
     return vehicle
 

@@ -300,7 +300,7 @@ def _invalid_messages() -> list[dict[str, str]]:
         ("error plus one byte", _ERROR + b"\x00", "TrailingBytes"),
         ("513 bytes", _CHALLENGE + bytes(513 - len(_CHALLENGE)), "MessageTooLarge"),
         ("message type 0x00", bytes([1, 0x00]), "UnknownMessageType"),
-        ("message type 0x0b", bytes([1, 0x0B, 0]), "UnknownMessageType"),
+        ("message type 0x0f", bytes([1, 0x0F, 0]), "UnknownMessageType"),
         ("message type 0xff", bytes([1, 0xFF]) + _CHALLENGE[2:], "UnknownMessageType"),
         ("wire version 0", b"\x00" + _CHALLENGE[1:], "UnsupportedWireVersion"),
         ("wire version 2", b"\x02" + _REQUEST[1:], "UnsupportedWireVersion"),
