@@ -7,6 +7,7 @@ phones apart, and never a key. Nothing here ever formats private keys.
 from __future__ import annotations
 
 import datetime
+import enum
 
 from protocol.events import (
     ClockCorrected,
@@ -19,10 +20,11 @@ from protocol.types import LockState, ResultCode
 
 SHORT_ID_BYTES = 4
 
-ReportedEvent = (
-    CommandExecuted | RequestRejected | RevocationsUpdated | ClockCorrected | IssuerRotated
-)
-"""What the vehicle decided or learnt: the events worth a log line."""
+ReportedEvent = object
+"""What the vehicle decided or learnt: every vehicle event but ChallengeIssued
+(``CommandExecuted``, ``RequestRejected``, ``RevocationsUpdated``, ... and the
+key-management, share and fast-path events of newer protocol versions, which
+are described by field name so this module does not depend on them)."""
 
 
 def short_id(key_id: bytes) -> str:
@@ -52,6 +54,42 @@ def describe_key(event: CommandExecuted) -> str:
 
 
 def describe_event(event: ReportedEvent, peer: str | None = None) -> str:
+    line = _describe_known(event, peer)
+    if line is not None:
+        return line
+    return _describe_by_name(event, f" from {peer}" if peer else "")
+
+
+def _describe_by_name(event: object, origin: str) -> str:
+    name = type(event).__name__
+    key = getattr(event, "key_id", None)
+    by = getattr(event, "by_key_id", None)
+    by_text = f" by key {short_id(by)}" if isinstance(by, bytes) else ""
+    if name == "KeyEnrolled":
+        role = getattr(event, "role", None)
+        role_text = role.name.lower() if isinstance(role, enum.Enum) else "?"
+        method = getattr(event, "method", "")
+        return f"key {_short(key)} enrolled as {role_text}{by_text}{origin} ({method})"
+    if name == "KeyRemoved":
+        return f"key {_short(key)} removed{by_text}{origin}"
+    if name == "ShareRevoked":
+        return f"share {_short(getattr(event, 'share_id', None))} revoked{by_text}{origin}"
+    if name == "OwnershipTransferred":
+        new = getattr(event, "new_owner_key_id", None)
+        return f"ownership transferred to key {_short(new)}{by_text}{origin}"
+    if name in ("FastPathRefusedEvent", "ManageRefused"):
+        reason = getattr(event, "reason", None) or getattr(event, "result", None)
+        code = reason.name.lower().replace("_", "-") if isinstance(reason, enum.Enum) else "?"
+        what = "fast path refused" if name == "FastPathRefusedEvent" else "management refused"
+        return f"{what} key {_short(key)}{origin}: {code}"
+    return f"{name}{origin}"
+
+
+def _short(value: object) -> str:
+    return short_id(value) if isinstance(value, bytes) else "?"
+
+
+def _describe_known(event: ReportedEvent, peer: str | None) -> str | None:
     """One line for an executed command, a refused request, or signed news
     (revocations, time) that a phone carried to the vehicle."""
     origin = f" from {peer}" if peer else ""
@@ -64,7 +102,9 @@ def describe_event(event: ReportedEvent, peer: str | None = None) -> str:
                 if event.lock_state is not event.lock_state_before
                 else f"still {lock_word(event.lock_state)}"
             )
-            return f"{command} by {who}{origin}: ok, {change} (counter {event.counter})"
+            via = ", share" if getattr(event, "share_id", None) is not None else ""
+            via += ", fast path" if getattr(event, "fast_path", False) else ""
+            return f"{command} by {who}{origin}: ok, {change} (counter {event.counter}{via})"
         return (
             f"{command} by {who}{origin}: {event.result.name.lower()}, "
             f"{lock_word(event.lock_state)} (counter {event.counter})"
@@ -86,6 +126,8 @@ def describe_event(event: ReportedEvent, peer: str | None = None) -> str:
             f"clock corrected{origin} by issuer-signed time: {iso_utc(event.after)} "
             f"(was {iso_utc(event.before)}, {delta:+d} s)"
         )
-    who = f" key {short_id(event.key_id)}" if event.key_id is not None else ""
-    code = event.code.name.lower().replace("_", "-")
-    return f"denied{who}{origin}: {code} ({event.reason})"
+    if isinstance(event, RequestRejected):
+        who = f" key {short_id(event.key_id)}" if event.key_id is not None else ""
+        code = event.code.name.lower().replace("_", "-")
+        return f"denied{who}{origin}: {code} ({event.reason})"
+    return None

@@ -15,48 +15,55 @@ Given a ``trust`` (the vehicle's ``CredentialTrust``) that holds at least one
 issuer key, sessions also accept issuer-signed credentials, revocation deltas
 and signed time; without one they behave exactly as before (no VehicleStatus
 is sent, and any such message is refused).
+
+Firmware defences (see docs/firmware-runtime.md): connection slots with
+eviction and timeouts (``slots``), failed-authentication backoff that holds
+back failure replies only (``backoff``), and an MCU profile that charges each
+session's public-key operations on one shared core (``cpu``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from bumble import gatt, l2cap
+from bumble import gatt, hci, l2cap
 from bumble.device import Connection, Device
 
 from ble_stack.uuids import COMMAND_CHAR_UUID, EVENT_CHAR_UUID, PHONEKEY_SERVICE_UUID
 from protocol import credentials, crypto
-from protocol.events import (
-    ClockCorrected,
-    CommandExecuted,
-    IssuerRotated,
-    RequestRejected,
-    RevocationsUpdated,
-    VehicleEvent,
-)
+from protocol.events import ChallengeIssued, RequestRejected, VehicleEvent
 from protocol.framing import ATT_MTU_MAX, ATT_MTU_MIN, Clock
 from protocol.states import VehicleState
 from protocol.store import CredentialTrust, VehicleStore
 from protocol.vehicle import DEFAULT_CHALLENGE_LIFETIME, VehicleConnection, VehicleIdentity
 
+from .backoff import Backoff, ConnectionBackoff, counts_as_failure
 from .display import ReportedEvent, describe_event
+from .event_log import failure_code, is_success
+from .mcu import Cpu, crypto_ops_delta
+from .slots import Slot, SlotPolicy, choose_victim, expiry, is_full
 
 logger = logging.getLogger(__name__)
 
 EventHook = Callable[[str, ReportedEvent], None]
 """Observer of what the vehicle decided: ``hook(peer_address, event)``."""
-_REPORTED: Final = (
-    CommandExecuted,
-    RequestRejected,
-    RevocationsUpdated,
-    ClockCorrected,
-    IssuerRotated,
+SlotHook = Callable[[str, str], None]
+"""Observer of slot decisions: ``hook(peer_address, what)`` with ``what`` one of
+"evicted", "refused" (newcomer dropped: no slot), "handshake-timeout",
+"idle-timeout", "backoff-drop"."""
+Sleep = Callable[[float], Awaitable[None]]
+
+_VC_PARAMETERS: Final = frozenset(inspect.signature(VehicleConnection).parameters)
+_LOW_RESOURCES: Final = (
+    hci.HCI_ErrorCode.REMOTE_DEVICE_TERMINATED_CONNECTION_DUE_TO_LOW_RESOURCES_ERROR
 )
 
 TICK_SECONDS: Final = 0.5
@@ -78,9 +85,12 @@ _SUBSCRIBED: Final = _Subscribed()
 class _Session:
     """One connection's protocol session and the task that drives it."""
 
-    def __init__(self, connection: Connection, protocol: VehicleConnection) -> None:
+    def __init__(self, connection: Connection, protocol: VehicleConnection, slot: Slot) -> None:
         self.connection = connection
         self.protocol = protocol
+        self.slot = slot
+        self.backoff = ConnectionBackoff()
+        self.ops_seen: Counter[str] = Counter()
         self.peer = str(connection.peer_address)
         self.inbox: asyncio.Queue[bytes | _Subscribed] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
@@ -106,8 +116,25 @@ class PhonekeyGattServer:
         reject_grace: float = REJECT_GRACE_SECONDS,
         trust: CredentialTrust | None = None,
         credential_leeway: int = credentials.MAX_LEEWAY,
+        slots: SlotPolicy | None = None,
+        backoff: Backoff | None = None,
+        cpu: Cpu | None = None,
+        enrollment: object | None = None,
+        vehicle_time: Callable[[], int] | None = None,
+        on_slot_event: SlotHook | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.device = device
+        self.slot_policy = slots if slots is not None else SlotPolicy()
+        self.backoff = backoff
+        self.cpu = cpu
+        self._enrollment = enrollment
+        self._vehicle_time = vehicle_time
+        self._on_slot_event = on_slot_event
+        self._sleep = sleep
+        self.evictions = 0
+        self.refused = 0
+        self.timeouts = 0
         self._identity = identity
         self._store = store
         self._trust = trust
@@ -119,6 +146,7 @@ class PhonekeyGattServer:
         self._tick = tick
         self._reject_grace = reject_grace
         self._sessions: dict[int, _Session] = {}  # by connection handle
+        self._disconnects: set[asyncio.Task[None]] = set()
         self.command_characteristic: gatt.Characteristic[bytes] = gatt.Characteristic(
             COMMAND_CHAR_UUID,
             gatt.Characteristic.Properties.WRITE
@@ -140,6 +168,17 @@ class PhonekeyGattServer:
     @property
     def session_count(self) -> int:
         return len(self._sessions)
+
+    def stats(self) -> dict[str, int]:
+        """Slot figures for `phonekey vehicle show` on a running vehicle."""
+        return {
+            "connections": len(self._sessions),
+            "authenticated": sum(1 for s in self._sessions.values() if s.slot.authenticated),
+            "max_connections": self.slot_policy.max_connections,
+            "evictions": self.evictions,
+            "refused": self.refused,
+            "timeouts": self.timeouts,
+        }
 
     def attach(self) -> None:
         """Add the service to the device and start following its connections."""
@@ -163,8 +202,24 @@ class PhonekeyGattServer:
 
     # --- bumble callbacks (synchronous: they only queue work) ------------------------
     def _on_connection(self, connection: Connection) -> None:
-        if connection.role == connection.role.PERIPHERAL:
-            self._session_for(connection)
+        if connection.role != connection.role.PERIPHERAL:
+            return
+        now = self._clock()
+        slots = [session.slot for session in self._sessions.values()]
+        if is_full(slots, self.slot_policy):
+            victim = choose_victim(slots, now, self.slot_policy)
+            if victim is None:
+                # Every slot is protected: drop the newcomer, who may retry.
+                self.refused += 1
+                self._slot_event(str(connection.peer_address), "refused")
+                self._spawn_disconnect(connection, _LOW_RESOURCES)
+                return
+            session = next(s for s in self._sessions.values() if s.slot is victim)
+            victim.leaving = True
+            self.evictions += 1
+            self._slot_event(session.peer, "evicted")
+            self._spawn_disconnect(session.connection, _LOW_RESOURCES)
+        self._open_session(connection)
 
     def _on_subscription(self, bearer: Any, notify_enabled: bool, _indicate: bool) -> None:
         connection = bearer.connection if isinstance(bearer, l2cap.LeCreditBasedChannel) else bearer
@@ -180,19 +235,23 @@ class PhonekeyGattServer:
             session.inbox.put_nowait(bytes(value))
 
     def _session_for(self, connection: Connection) -> _Session | None:
-        """The connection's session, made on first use; None once it is gone.
-
-        bumble may still run a write that was queued when the link dropped:
-        it must not open a session that no disconnection would ever close.
-        """
+        """The connection's session; None for a connection that has none (dropped
+        for want of a slot, or gone: bumble may still run a write queued before
+        the link dropped, and it must not open a session nothing would close)."""
         session = self._sessions.get(connection.handle)
         if session is not None and session.connection is connection:
             return session
-        if self.device.connections.get(connection.handle) is not connection:
-            logger.debug(
-                "ignoring ATT traffic of a closed connection to %s", connection.peer_address
-            )
-            return None
+        logger.debug(
+            "ignoring ATT traffic of a connection without a session (%s)", connection.peer_address
+        )
+        return None
+
+    def _open_session(self, connection: Connection) -> _Session:
+        options: dict[str, Any] = {}
+        if self._enrollment is not None and "enrollment" in _VC_PARAMETERS:
+            options["enrollment"] = self._enrollment
+        if self._vehicle_time is not None and "vehicle_time" in _VC_PARAMETERS:
+            options["vehicle_time"] = self._vehicle_time
         protocol = VehicleConnection(
             self._identity,
             self._store,
@@ -202,8 +261,10 @@ class PhonekeyGattServer:
             challenge_lifetime=self._lifetime,
             trust=self._session_trust(),
             credential_leeway=self._leeway,
+            **options,
         )
-        session = _Session(connection, protocol)
+        now = self._clock()
+        session = _Session(connection, protocol, Slot(opened_at=now, last_request=now))
         self._sessions[connection.handle] = session
         connection.on(
             Connection.EVENT_CONNECTION_ATT_MTU_UPDATE,
@@ -215,6 +276,23 @@ class PhonekeyGattServer:
         )
         logger.debug("session opened for %s (ATT MTU %d)", session.peer, connection.att_mtu)
         return session
+
+    def _slot_event(self, peer: str, what: str) -> None:
+        logger.info("connection %s: %s", peer, what)
+        if self._on_slot_event is not None:
+            try:
+                self._on_slot_event(peer, what)
+            except Exception:
+                logger.exception("slot hook failed")
+
+    def _spawn_disconnect(self, connection: Connection, reason: int) -> None:
+        async def disconnect() -> None:
+            with contextlib.suppress(Exception):
+                await connection.disconnect(reason)
+
+        task = asyncio.get_running_loop().create_task(disconnect())
+        self._disconnects.add(task)
+        task.add_done_callback(self._disconnects.discard)
 
     def _session_trust(self) -> CredentialTrust | None:
         """The trust for a new session: none unless an issuer key is provisioned,
@@ -254,6 +332,8 @@ class PhonekeyGattServer:
                 item = None
             if protocol.state is VehicleState.ERROR:
                 continue  # the connection is on its way down; ignore stragglers
+            if item is not None:
+                session.slot.touch(self._clock())
             if isinstance(item, _Subscribed):
                 protocol.start()
             elif item is not None:
@@ -262,22 +342,69 @@ class PhonekeyGattServer:
             if await self._pump(session):
                 await self._disconnect_after_error(session)
                 return
+            why = expiry(session.slot, self._clock(), self.slot_policy)
+            if why is not None:
+                self.timeouts += 1
+                session.slot.leaving = True
+                self._slot_event(session.peer, why)
+                with contextlib.suppress(Exception):
+                    await session.connection.disconnect()
+                return
 
     async def _pump(self, session: _Session) -> bool:
-        """Run the session, send its frames, report its events; True if it rejected."""
+        """Run the session, charge its crypto, hold back a failure reply, send
+        its frames and report its events; True if the connection must go."""
         events: list[VehicleEvent] = []
         while (event := session.protocol.next_event()) is not None:
             events.append(event)
-        for frame in session.protocol.data_to_send():
+        frames = session.protocol.data_to_send()
+        if self.cpu is not None:
+            ops = getattr(session.protocol, "crypto_ops", None)
+            if ops:
+                await self.cpu.charge(crypto_ops_delta(ops, session.ops_seen))
+        succeeded = any(is_success(event) for event in events)
+        if succeeded:
+            session.slot.authenticated = True
+        drop = False
+        rejected = any(isinstance(event, RequestRejected) for event in events)
+        drop = False
+        if not succeeded:
+            delay, drop = self._backoff_for(session, events)
+            if delay > 0:
+                # Report (and log) first: the connection may be evicted while
+                # its answer waits, and the refusal must be on record anyway.
+                self._report_all(session, events)
+                events = []
+                await self._sleep(delay)  # only failure replies ever wait here
+        for frame in frames:
             await self.device.notify_subscriber(
                 session.connection, self.event_characteristic, frame
             )
-        rejected = False
+        self._report_all(session, events)
+        if drop and not rejected:
+            self._slot_event(session.peer, "backoff-drop")
+        return rejected or drop
+
+    def _report_all(self, session: _Session, events: list[VehicleEvent]) -> None:
         for event in events:
-            if isinstance(event, _REPORTED):
-                rejected |= isinstance(event, RequestRejected)
+            if not isinstance(event, ChallengeIssued):
                 self._report(session.peer, event)
-        return rejected
+
+    def _backoff_for(self, session: _Session, events: list[VehicleEvent]) -> tuple[float, bool]:
+        """(delay, drop) for a batch of events without a success."""
+        if self.backoff is None:
+            return 0.0, False
+        delay, drop = 0.0, False
+        for event in events:
+            code = failure_code(event)
+            if code is None or not counts_as_failure(code):
+                continue
+            verdict = self.backoff.record_failure(session.backoff)
+            delay = max(delay, verdict.delay)
+            drop |= verdict.drop
+            if self.backoff.checkpoint_error is not None:
+                logger.warning("backoff level not checkpointed: %s", self.backoff.checkpoint_error)
+        return delay, drop
 
     def _report(self, peer: str, event: ReportedEvent) -> None:
         # INFO even for refusals: a stranger's phone probing the car is routine.

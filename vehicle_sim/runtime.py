@@ -13,6 +13,12 @@ completes at the vehicle's next advertisement and airtime is free.
 ``HARDWARE_ADV_INTERVAL_MS`` (100 ms) is the CLI's default on real radios: a
 phone still connects within a few hundred ms, with a fifth of the airtime and
 power draw of 20 ms, which matters for a parked car's battery.
+
+The runtime is also the key module's firmware around the protocol sessions:
+it logs every decision in the store's event log, keeps the failed-
+authentication backoff (restored from and checkpointed to the store), the
+pairing window a keycard tap opens, the MCU profile's one core and the
+connection-slot policy (``FirmwareOptions``).
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final
 
@@ -31,9 +39,15 @@ from bumble.device import AdvertisingType, Connection, Device
 from protocol.events import CommandExecuted
 
 from .advertising import build_vehicle_advertisement
+from .backoff import Backoff, BackoffPolicy
 from .display import ReportedEvent, describe_key, iso_utc, lock_word, short_id
-from .gatt_server import EventHook, PhonekeyGattServer
-from .state_store import FileVehicleStore
+from .event_log import log_events
+from .firmware_store import NO_KEY, FirmwareStore, LogEvent, LogKind
+from .gatt_server import EventHook, PhonekeyGattServer, Sleep
+from .keycard import PairingWindow
+from .mcu import PROFILES, Cpu, McuProfile
+from .ram_firmware import as_firmware_store
+from .slots import SlotPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +55,17 @@ VIRTUAL_ADV_INTERVAL_MS: Final = 20.0
 HARDWARE_ADV_INTERVAL_MS: Final = 100.0
 _ADV_INTERVAL_RANGE_MS: Final = (20.0, 10240.0)  # legacy advertising limits (Core 5.x)
 _STOP_TIMEOUT: Final = 2.0
+
+
+@dataclass(frozen=True)
+class FirmwareOptions:
+    """The firmware's knobs (`phonekey vehicle run` flags)."""
+
+    slots: SlotPolicy = field(default_factory=SlotPolicy)
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    mcu: McuProfile = PROFILES["none"]
+    monotonic: Callable[[], float] = time.monotonic  # sessions, slots, backoff, window
+    sleep: Sleep = asyncio.sleep  # backoff delays and MCU time
 
 
 class VehicleRuntime:
@@ -52,26 +77,50 @@ class VehicleRuntime:
 
     def __init__(
         self,
-        store: FileVehicleStore,
+        store: object,
         device: Device,
         *,
         adv_interval_ms: float = VIRTUAL_ADV_INTERVAL_MS,
         on_event: EventHook | None = None,
+        options: FirmwareOptions | None = None,
     ) -> None:
         low, high = _ADV_INTERVAL_RANGE_MS
         if not low <= adv_interval_ms <= high:
             raise ValueError(f"advertising interval must be {low:g}-{high:g} ms")
-        self.store = store
+        self.options = options if options is not None else FirmwareOptions()
+        self.store: FirmwareStore = as_firmware_store(store)
+        store = self.store
         self.device = device
         self.adv_interval_ms = adv_interval_ms
         self._on_event = on_event
         self.advertising_data, self.scan_response_data = build_vehicle_advertisement(
             store.identity.vin
         )
+        monotonic = self.options.monotonic
+        self.backoff = Backoff(
+            monotonic,
+            policy=self.options.backoff,
+            level=store.backoff_level(),
+            save_level=store.save_backoff_level,
+        )
+        self.cpu = Cpu(self.options.mcu, sleep=self.options.sleep)
+        self.window = PairingWindow(monotonic)
         # The store is also the vehicle's CredentialTrust; the GATT server uses
         # it only while at least one issuer key is provisioned.
         self.gatt = PhonekeyGattServer(
-            device, store.identity, store, on_event=self._handle_event, trust=store
+            device,
+            store.identity,
+            store,
+            on_event=self._handle_event,
+            trust=store,
+            clock=monotonic,
+            slots=self.options.slots,
+            backoff=self.backoff,
+            cpu=self.cpu if self.options.mcu.seconds_per_op else None,
+            enrollment=self.window,
+            vehicle_time=store.now,
+            on_slot_event=self._handle_slot_event,
+            sleep=self.options.sleep,
         )
         self._adv_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -86,6 +135,7 @@ class VehicleRuntime:
         if self._running:
             return
         self._running = True
+        self.log(LogEvent(LogKind.BOOT))
         self.gatt.attach()
         self.device.on(Device.EVENT_CONNECTION, self._on_connection)
         try:
@@ -104,11 +154,9 @@ class VehicleRuntime:
         issuers = self.store.issuer_keys()
         if issuers:
             logger.info(
-                "accepting cloud credentials from issuer %s; revocation list version %d "
-                "(%d revoked); clock %s",
+                "accepting cloud credentials from issuer %s; revocation list version %d; clock %s",
                 ", ".join(short_id(key_id) for key_id in issuers),
                 self.store.revocation_version(),
-                self.store.revoked_count(),
                 iso_utc(self.store.now()),
             )
 
@@ -129,6 +177,10 @@ class VehicleRuntime:
                     await connection.disconnect()
         await self.gatt.close()
         self.device.remove_listener(Device.EVENT_CONNECTION, self._on_connection)
+        try:
+            self.store.flush_log()
+        except Exception:
+            logger.exception("could not flush the event log")
         logger.info("vehicle %s stopped", self.store.identity.vin)
 
     async def __aenter__(self) -> VehicleRuntime:
@@ -185,7 +237,20 @@ class VehicleRuntime:
         connection.once(Connection.EVENT_DISCONNECTION, on_disconnection)
         self._spawn(self._ensure_advertising())
 
+    def log(self, event: LogEvent) -> None:
+        """Append to the store's event log; a failing log never stops the car."""
+        try:
+            self.store.log_event(event)
+        except Exception:
+            logger.exception("could not append %s to the event log", event.kind.name)
+
+    def _handle_slot_event(self, _peer: str, what: str) -> None:
+        if what == "evicted":
+            self.log(LogEvent(LogKind.EVICTED, NO_KEY))
+
     def _handle_event(self, peer: str, event: ReportedEvent) -> None:
+        for entry in log_events(event):
+            self.log(entry)
         if isinstance(event, CommandExecuted) and event.lock_state is not event.lock_state_before:
             # The actuator of this simulated car is this log line, e.g.
             # "doors unlocked (were locked) by key ab12cd34 (driver, cloud credential #7)".

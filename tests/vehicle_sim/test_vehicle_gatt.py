@@ -21,7 +21,6 @@ from protocol import (
     Role,
     VehicleRejected,
 )
-from vehicle_sim import atomic_file
 from vehicle_sim.state_store import open_store
 
 
@@ -160,10 +159,11 @@ async def test_storage_failure_is_refused_and_nothing_changes(
     await phone.connect(vehicle.device.random_address)
     await phone.next_event()
 
-    def full_disk(_src: object, _dst: object) -> None:
+    def failing_commit(_change: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(atomic_file.os, "replace", full_disk)
+    # Whatever the store's medium, its commit fails and nothing is written.
+    monkeypatch.setattr(vehicle.store, "commit", failing_commit)
     await phone.send(Command.UNLOCK)
 
     refusal = await phone.next_event()
