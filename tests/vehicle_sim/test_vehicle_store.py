@@ -1,5 +1,5 @@
-"""FileVehicleStore: persistence, durability, the single-writer lock, and clear
-errors for missing or corrupt state."""
+"""The vehicle's store (flash image in a state directory): persistence,
+durability, the single-writer lock, and clear errors for missing or corrupt state."""
 
 from __future__ import annotations
 
@@ -9,18 +9,22 @@ import stat
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import VIN
+from flash_testkit import flash_journal, flash_state, legacy_vehicle
 
 from protocol import LockState, Role, crypto
 from protocol.card import VehicleCard
-from protocol.store import SPENT_NONCE_MEMORY, StateChange
-from vehicle_sim import atomic_file
+from protocol.store import SPENT_NONCE_MEMORY, StateChange, WhitelistEntry
+from vehicle_sim.flash import device as flash_device
+from vehicle_sim.state_schema import StoredState
 from vehicle_sim.state_store import (
+    DEVICE_KEY_FILE_NAME,
     IDENTITY_FILE_NAME,
+    JSON_STATE_FILE_NAME,
     STATE_FILE_NAME,
     FileVehicleStore,
     VehicleStateBusy,
@@ -41,6 +45,9 @@ def test_init_creates_a_locked_vehicle_with_a_private_identity(
     identity = state_dir / IDENTITY_FILE_NAME
     if os.name == "posix":
         assert stat.S_IMODE(identity.stat().st_mode) == 0o600
+        # The event log's MAC key sits beside it, outside the image, also private.
+        assert stat.S_IMODE((state_dir / DEVICE_KEY_FILE_NAME).stat().st_mode) == 0o600
+    assert len((state_dir / DEVICE_KEY_FILE_NAME).read_bytes()) == 32
     with open_store(state_dir, read_only=True) as store:
         assert store.card == card
         assert store.identity.vehicle_id == card.vehicle_id
@@ -106,30 +113,31 @@ def test_spent_nonces_are_bounded(store: FileVehicleStore, state_dir: Path) -> N
     with open_store(state_dir, read_only=True) as reopened:
         assert not reopened.nonce_spent(nonces[0])
         assert all(reopened.nonce_spent(n) for n in nonces[-SPENT_NONCE_MEMORY:])
-    saved = json.loads((state_dir / STATE_FILE_NAME).read_text())
-    assert len(saved["spent_nonces"]) == SPENT_NONCE_MEMORY
+    saved = flash_state(state_dir).spent_nonces
+    assert list(saved) == nonces[-SPENT_NONCE_MEMORY:]
 
 
 # --- durability ---------------------------------------------------------------------
-def test_writes_are_fsynced_and_renamed_into_place(
+def test_writes_reach_the_image_and_are_fsynced_before_a_commit_returns(
     store: FileVehicleStore, state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    real_fsync, real_replace = os.fsync, os.replace
+    real_fsync, real_pwrite = os.fsync, os.pwrite
 
     def fsync(fd: int) -> None:
-        calls.append("dir-fsync" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file-fsync")
+        calls.append("fsync")
         real_fsync(fd)
 
-    def replace(src: str | Path, dst: str | Path) -> None:
-        calls.append("replace")
-        real_replace(src, dst)
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        calls.append("pwrite")
+        return real_pwrite(fd, data, offset)
 
-    monkeypatch.setattr(atomic_file.os, "fsync", fsync)
-    monkeypatch.setattr(atomic_file.os, "replace", replace)
-    store.add_key(_key(), Role.OWNER)
-    expected = ["file-fsync", "replace"] + (["dir-fsync"] if os.name == "posix" else [])
-    assert calls == expected
+    monkeypatch.setattr(flash_device.os, "fsync", fsync)
+    monkeypatch.setattr(flash_device.os, "pwrite", pwrite)
+    entry = store.add_key(_key(), Role.OWNER)
+    assert calls == ["pwrite", "fsync"]  # one record programmed, then synced
+    # What a fresh reader of the file sees is the new state.
+    assert entry.key_id in flash_state(state_dir).whitelist
 
 
 def test_a_failed_write_changes_nothing(
@@ -138,23 +146,34 @@ def test_a_failed_write_changes_nothing(
     key_id = store.add_key(_key(), Role.OWNER).key_id
     before = (state_dir / STATE_FILE_NAME).read_bytes()
 
-    def broken_replace(_src: str | Path, _dst: str | Path) -> None:
+    def broken_pwrite(_fd: int, _data: bytes, _offset: int) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(atomic_file.os, "replace", broken_replace)
-    with pytest.raises(VehicleStateError, match="No space left on device"):
-        store.commit(
-            StateChange(key_id=key_id, counter=1, nonce=b"\x05" * 16, lock_state=LockState.UNLOCKED)
-        )
-    # Neither the file nor the store's view moved, and no temp file is left behind.
+    with monkeypatch.context() as patch:
+        patch.setattr(flash_device.os, "pwrite", broken_pwrite)
+        with pytest.raises(VehicleStateError, match="No space left on device"):
+            store.commit(
+                StateChange(
+                    key_id=key_id, counter=1, nonce=b"\x05" * 16, lock_state=LockState.UNLOCKED
+                )
+            )
+    # Neither the image nor the store's view moved, and nothing else was created.
     assert (state_dir / STATE_FILE_NAME).read_bytes() == before
     assert store.lock_state() is LockState.LOCKED and store.last_counter(key_id) == 0
     assert not store.nonce_spent(b"\x05" * 16)
     assert sorted(p.name for p in state_dir.iterdir()) == [
+        DEVICE_KEY_FILE_NAME,
         IDENTITY_FILE_NAME,
         STATE_FILE_NAME,
         "vehicle.lock",
     ]
+    # Once the disk is back, the same change commits and persists.
+    store.commit(
+        StateChange(key_id=key_id, counter=1, nonce=b"\x05" * 16, lock_state=LockState.UNLOCKED)
+    )
+    store.close()
+    with open_store(state_dir, read_only=True) as reopened:
+        assert reopened.last_counter(key_id) == 1 and reopened.nonce_spent(b"\x05" * 16)
 
 
 # --- single writer ------------------------------------------------------------------
@@ -231,33 +250,34 @@ def test_missing_vehicle(tmp_path: Path) -> None:
         open_store(tmp_path / "nothing")
 
 
-_CORRUPTIONS = {
-    "not-json": (STATE_FILE_NAME, lambda d: b"{\x00 nope"),
-    "truncated": (STATE_FILE_NAME, lambda d: json.dumps(d).encode()[:40]),
-    "not-an-object": (STATE_FILE_NAME, lambda d: b"[1, 2]"),
-    "no-vin": (STATE_FILE_NAME, lambda d: _dump({k: v for k, v in d.items() if k != "vin"})),
-    "bad-lock": (STATE_FILE_NAME, lambda d: _dump({**d, "lock_state": "ajar"})),
-    "bad-format": (STATE_FILE_NAME, lambda d: _dump({**d, "format": 99})),
-    "bad-key": (
-        STATE_FILE_NAME,
-        lambda d: _dump({**d, "whitelist": [{"public_key": "05" + "11" * 32, "role": "owner"}]}),
-    ),
-    "bad-role": (
-        STATE_FILE_NAME,
-        lambda d: _dump(
-            {**d, "whitelist": [{"public_key": d["whitelist"][0]["public_key"], "role": "boss"}]}
-        ),
-    ),
-    "bad-counter": (STATE_FILE_NAME, lambda d: _dump({**d, "counters": {"ab": 1}})),
-    "bool-counter": (STATE_FILE_NAME, lambda d: _dump({**d, "counters": {"00" * 16: True}})),
-    "bad-nonce": (STATE_FILE_NAME, lambda d: _dump({**d, "spent_nonces": ["xyz"]})),
-    "pem-garbage": (IDENTITY_FILE_NAME, lambda d: b"-----BEGIN PRIVATE KEY-----\nAAAA\n"),
-    "pem-empty": (IDENTITY_FILE_NAME, lambda d: b""),
+def _flip(offset: int) -> Callable[[bytes, Path], bytes]:
+    def mangle(data: bytes, _state_dir: Path) -> bytes:
+        return data[:offset] + bytes([data[offset] ^ 0x10]) + data[offset + 1 :]
+
+    return mangle
+
+
+def _flip_last_record(data: bytes, state_dir: Path) -> bytes:
+    journal = flash_journal(state_dir)
+    end = journal.geometry.bank_address(journal.bank) + journal.tail
+    return _flip(end - 8)(data, state_dir)
+
+
+_BANK0 = 4096  # page 1: the first journal bank, current on a new vehicle
+_CORRUPTIONS: dict[str, tuple[str, Callable[[bytes, Path], bytes]]] = {
+    "empty": (STATE_FILE_NAME, lambda d, _: b""),
+    "not-whole-pages": (STATE_FILE_NAME, lambda d, _: d[:-100]),
+    "truncated": (STATE_FILE_NAME, lambda d, _: d[:-4096]),
+    "zeros": (STATE_FILE_NAME, lambda d, _: bytes(len(d))),
+    "erased": (STATE_FILE_NAME, lambda d, _: b"\xff" * len(d)),
+    "superblock": (STATE_FILE_NAME, _flip(12)),
+    "bank-header": (STATE_FILE_NAME, _flip(_BANK0 + 6)),
+    "snapshot-record": (STATE_FILE_NAME, _flip(_BANK0 + 40)),
+    "last-record": (STATE_FILE_NAME, _flip_last_record),
+    "pem-garbage": (IDENTITY_FILE_NAME, lambda d, _: b"-----BEGIN PRIVATE KEY-----\nAAAA\n"),
+    "pem-empty": (IDENTITY_FILE_NAME, lambda d, _: b""),
+    "device-key": (DEVICE_KEY_FILE_NAME, lambda d, _: d[:5]),
 }
-
-
-def _dump(document: object) -> bytes:
-    return json.dumps(document).encode()
 
 
 @pytest.mark.parametrize("corruption", sorted(_CORRUPTIONS))
@@ -267,14 +287,57 @@ def test_corrupt_state_is_a_clear_error(
     with open_store(state_dir) as store:
         store.add_key(_key(), Role.OWNER)
     name, mangle = _CORRUPTIONS[corruption]
-    document = json.loads((state_dir / STATE_FILE_NAME).read_text())
-    (state_dir / name).write_bytes(mangle(document))
+    path = state_dir / name
+    path.write_bytes(mangle(path.read_bytes(), state_dir))
+    damaged = path.read_bytes()
 
     for read_only in (False, True, False):  # the failed writer open released its lock
         with pytest.raises(VehicleStateError, match=f"{name} is corrupt") as info:
             open_store(state_dir, read_only=read_only)
         assert not isinstance(info.value, VehicleStateBusy)
         assert "\n" not in str(info.value)
+    assert path.read_bytes() == damaged  # a failed open never "repairs" by dropping state
+
+
+_JSON_CORRUPTIONS = {
+    "not-json": lambda d: b"{\x00 nope",
+    "truncated": lambda d: json.dumps(d).encode()[:40],
+    "not-an-object": lambda d: b"[1, 2]",
+    "no-vin": lambda d: _dump({k: v for k, v in d.items() if k != "vin"}),
+    "bad-lock": lambda d: _dump({**d, "lock_state": "ajar"}),
+    "bad-format": lambda d: _dump({**d, "format": 99}),
+    "bad-key": lambda d: _dump(
+        {**d, "whitelist": [{"public_key": "05" + "11" * 32, "role": "owner"}]}
+    ),
+    "bad-role": lambda d: _dump(
+        {**d, "whitelist": [{"public_key": d["whitelist"][0]["public_key"], "role": "boss"}]}
+    ),
+    "bad-counter": lambda d: _dump({**d, "counters": {"ab": 1}}),
+    "bool-counter": lambda d: _dump({**d, "counters": {"00" * 16: True}}),
+    "bad-nonce": lambda d: _dump({**d, "spent_nonces": ["xyz"]}),
+}
+
+
+def _dump(document: object) -> bytes:
+    return json.dumps(document).encode()
+
+
+@pytest.mark.parametrize("corruption", sorted(_JSON_CORRUPTIONS))
+def test_a_corrupt_json_state_to_migrate_is_a_clear_error(state_dir: Path, corruption: str) -> None:
+    legacy_vehicle(state_dir, StoredState(vin=VIN, whitelist=_one_entry()))
+    path = state_dir / JSON_STATE_FILE_NAME
+    path.write_bytes(_JSON_CORRUPTIONS[corruption](json.loads(path.read_text())))
+    for read_only in (False, True, False):
+        with pytest.raises(VehicleStateError, match=f"{JSON_STATE_FILE_NAME} is corrupt") as info:
+            open_store(state_dir, read_only=read_only)
+        assert "\n" not in str(info.value)
+    # Nothing was migrated: the JSON stays where it was and no image appeared.
+    assert path.is_file() and not (state_dir / STATE_FILE_NAME).exists()
+
+
+def _one_entry() -> dict[bytes, WhitelistEntry]:
+    entry = WhitelistEntry(crypto.public_bytes(_key()), Role.OWNER)
+    return {entry.key_id: entry}
 
 
 def test_missing_identity_is_a_clear_error(card: VehicleCard, state_dir: Path) -> None:

@@ -1,6 +1,6 @@
-"""FileVehicleStore as protocol's CredentialTrust: issuer keys, the revocation
-list and the vehicle's clock, persisted like the rest of the state, and the
-migration of format-1 state files."""
+"""The vehicle's store as protocol's CredentialTrust: issuer keys, the revocation
+list and the vehicle's clock, persisted on the flash image like the rest of the
+state, and the migration of JSON state files (formats 1 and 2) to flash."""
 
 from __future__ import annotations
 
@@ -9,13 +9,18 @@ from pathlib import Path
 
 import pytest
 from conftest import VIN
+from flash_testkit import flash_state, legacy_vehicle
 
 from protocol import LockState, Role, crypto
 from protocol.card import VehicleCard
 from protocol.credentials import revocation_id
-from protocol.store import StateChange
-from vehicle_sim.state_schema import MAX_ISSUERS
+from protocol.store import StateChange, WhitelistEntry
+from vehicle_sim.flash import device as flash_device
+from vehicle_sim.flash.records import FlashState
+from vehicle_sim.state_schema import MAX_ISSUERS, StoredState
 from vehicle_sim.state_store import (
+    JSON_STATE_FILE_NAME,
+    MIGRATED_JSON_FILE_NAME,
     STATE_FILE_NAME,
     StaleRevocations,
     TooManyIssuers,
@@ -48,9 +53,15 @@ def _key_id(n: int) -> bytes:
 
 
 def _document(state_dir: Path) -> dict[str, object]:
-    document = json.loads((state_dir / STATE_FILE_NAME).read_text())
+    """A legacy directory's vehicle.json."""
+    document = json.loads((state_dir / JSON_STATE_FILE_NAME).read_text())
     assert isinstance(document, dict)
     return document
+
+
+def _saved(state_dir: Path) -> FlashState:
+    """What the flash image holds (read from the file, not through the store)."""
+    return flash_state(state_dir)
 
 
 @pytest.fixture
@@ -70,11 +81,10 @@ def test_a_new_vehicle_trusts_nobody_and_starts_its_floor_now(
         assert dict(store.issuer_keys()) == {}
         assert store.revocation_version() == 0 and store.revoked_count() == 0
         assert store.time_floor == T0 and store.now() == T0
-    document = _document(state_dir)
-    assert document["format"] == 2
-    assert document["issuers"] == []
-    assert document["revocations"] == {"version": 0, "revoked": []}
-    assert document["time"] == {"floor": T0, "offset": 0}
+    saved = _saved(state_dir)
+    assert saved.issuers == {}
+    assert (saved.revocation_version, saved.revoked) == (0, set())
+    assert (saved.time_floor, saved.clock_offset) == (T0, 0)
 
 
 def test_init_with_an_issuer(state_dir: Path) -> None:
@@ -114,8 +124,9 @@ def test_issuers_revocations_and_clock_persist_across_reopen(
         assert not store.is_revoked(_key_id(4))
         assert store.time_floor == T0 + 2 * HOUR
         assert store.now() == T0 + 2 * HOUR + 10  # the offset persisted too
-    revocations = _document(state_dir)["revocations"]
-    assert revocations == {"version": 4, "revoked": [_key_id(n).hex() for n in (1, 2, 3)]}
+    saved = _saved(state_dir)
+    assert saved.revocation_version == 4
+    assert saved.revoked == {_key_id(n) for n in (1, 2, 3)}
 
 
 def test_a_third_issuer_is_refused(new_vehicle: VehicleCard, state_dir: Path) -> None:
@@ -163,18 +174,16 @@ def test_ten_thousand_revocations_load_and_check(new_vehicle: VehicleCard, state
     ]
     with open_store(state_dir) as store:
         store.apply_revocations(1, tuple(revoked))
-        # A command after that still commits (the list rides along in the same file).
+        # A command after that still commits, and its record does not carry the list.
+        writes = store.stats().writes
         store.commit(
             StateChange(
                 key_id=_key_id(1), counter=1, nonce=b"\x01" * 16, lock_state=LockState.UNLOCKED
             )
         )
+        assert store.stats().writes - writes <= 2  # one record: one or two page programs
 
-    size = (state_dir / STATE_FILE_NAME).stat().st_size
-    assert size < 10_000 * 64  # 32 hex digits an entry, plus JSON punctuation
-    saved = _document(state_dir)["revocations"]
-    assert isinstance(saved, dict)
-    assert saved["revoked"] == sorted(k.hex() for k in revoked)
+    assert _saved(state_dir).revoked == set(revoked)
 
     with open_store(state_dir, read_only=True) as store:
         assert store.revoked_count() == 10_000
@@ -223,7 +232,8 @@ def test_opening_for_writing_moves_the_floor_durably(
         assert reader.time_floor == T0  # reading writes nothing
     with open_store(state_dir, wall_clock=wall) as store:
         assert store.time_floor == T0 + 5 * HOUR
-    assert _document(state_dir)["time"] == {"floor": T0 + 5 * HOUR, "offset": 0}
+    saved = _saved(state_dir)
+    assert (saved.time_floor, saved.clock_offset) == (T0 + 5 * HOUR, 0)
 
 
 def test_correct_clock_sets_offset_and_floor_even_backwards(
@@ -245,10 +255,8 @@ def test_correct_clock_sets_offset_and_floor_even_backwards(
         assert store.now() == T0 + 20 * HOUR  # the floor holds
         with pytest.raises(ValueError, match="out of range"):
             store.correct_clock(-1)
-    assert _document(state_dir)["time"] == {
-        "floor": T0 + 20 * HOUR,
-        "offset": 20 * HOUR - (10 * HOUR + 60),
-    }
+    saved = _saved(state_dir)
+    assert (saved.time_floor, saved.clock_offset) == (T0 + 20 * HOUR, 20 * HOUR - (10 * HOUR + 60))
 
 
 # --- revoked whitelisted keys ------------------------------------------------------------
@@ -282,19 +290,22 @@ def _as_format_1(document: dict[str, object]) -> dict[str, object]:
     return {**old, "format": 1}
 
 
-def test_a_format_1_file_loads_with_defaults_and_is_written_back_as_format_2(
-    new_vehicle: VehicleCard, state_dir: Path, wall: WallClock
+def test_a_format_1_json_state_is_read_and_migrated_to_flash(
+    state_dir: Path, wall: WallClock
 ) -> None:
     owner = _key()
-    with open_store(state_dir, wall_clock=wall) as store:
-        entry = store.add_key(owner, Role.OWNER)
-        store.commit(
-            StateChange(
-                key_id=entry.key_id, counter=9, nonce=b"\x02" * 16, lock_state=LockState.UNLOCKED
-            )
-        )
-    path = state_dir / STATE_FILE_NAME
+    entry = WhitelistEntry(crypto.public_bytes(owner), Role.OWNER)
+    legacy = StoredState(
+        vin=VIN,
+        whitelist={entry.key_id: entry},
+        counters={entry.key_id: 9},
+        lock_state=LockState.UNLOCKED,
+    )
+    legacy.spent_nonces.append(b"\x02" * 16)
+    legacy_vehicle(state_dir, legacy)
+    path = state_dir / JSON_STATE_FILE_NAME
     path.write_text(json.dumps(_as_format_1(_document(state_dir)), indent=2))
+    original = path.read_bytes()
 
     with open_store(state_dir, read_only=True, wall_clock=wall) as store:
         assert store.whitelist_entry(entry.key_id) == entry
@@ -302,15 +313,64 @@ def test_a_format_1_file_loads_with_defaults_and_is_written_back_as_format_2(
         assert store.lock_state() is LockState.UNLOCKED
         assert dict(store.issuer_keys()) == {} and store.revocation_version() == 0
         assert store.time_floor == 0 and store.now() == T0
-    assert _document(state_dir)["format"] == 1  # reading changed nothing
+    assert path.read_bytes() == original  # reading changed nothing
+    assert not (state_dir / STATE_FILE_NAME).exists()
 
     wall.now = T0 + 60
     with open_store(state_dir, wall_clock=wall) as store:
         assert store.last_counter(entry.key_id) == 9
-    document = _document(state_dir)
-    assert document["format"] == 2
-    assert document["issuers"] == [] and document["revocations"] == {"version": 0, "revoked": []}
-    assert document["time"] == {"floor": T0 + 60, "offset": 0}
+    # Migrated: the image holds everything, the JSON is kept aside, renamed.
+    assert not path.exists()
+    assert (state_dir / MIGRATED_JSON_FILE_NAME).read_bytes() == original
+    saved = _saved(state_dir)
+    assert saved.whitelist == {entry.key_id: entry} and saved.counters == {entry.key_id: 9}
+    assert list(saved.spent_nonces) == [b"\x02" * 16]
+    assert saved.lock_state is LockState.UNLOCKED
+    assert saved.issuers == {} and (saved.revocation_version, saved.revoked) == (0, set())
+    assert (saved.time_floor, saved.clock_offset) == (T0 + 60, 0)
+    with open_store(state_dir, read_only=True, wall_clock=wall) as store:
+        assert store.whitelist_entry(entry.key_id) == entry
+
+
+def test_a_format_2_json_state_migrates_with_its_trust_state(
+    state_dir: Path, wall: WallClock
+) -> None:
+    issuer = _key()
+    legacy = StoredState(
+        vin=VIN,
+        issuers={crypto.key_id(issuer): issuer},
+        revocation_version=7,
+        revoked=frozenset({_key_id(1), _key_id(2)}),
+        time_floor=T0 + HOUR,
+        clock_offset=30,
+    )
+    legacy_vehicle(state_dir, legacy)
+    with open_store(state_dir, wall_clock=wall) as store:
+        assert dict(store.issuer_keys()) == {crypto.key_id(issuer): issuer}
+        assert store.revocation_version() == 7 and store.revoked_count() == 2
+        assert store.time_floor == T0 + HOUR and store.now() == T0 + HOUR
+    saved = _saved(state_dir)
+    assert saved.revoked == {_key_id(1), _key_id(2)} and saved.clock_offset == 30
+
+
+def test_a_migration_cut_before_the_rename_finishes_on_the_next_open(
+    state_dir: Path, wall: WallClock
+) -> None:
+    """The image is complete before the JSON is renamed; after a crash in
+    between, the next open uses the image (never rebuilds over it) and
+    finishes the rename."""
+    legacy_vehicle(state_dir, StoredState(vin=VIN, lock_state=LockState.UNLOCKED))
+    with open_store(state_dir, wall_clock=wall) as store:
+        store.commit(StateChange(lock_state=LockState.LOCKED))
+    # The directory as a crash right before the rename leaves it (with a later
+    # change on the image that the JSON does not have).
+    (state_dir / MIGRATED_JSON_FILE_NAME).rename(state_dir / JSON_STATE_FILE_NAME)
+    with open_store(state_dir, read_only=True, wall_clock=wall) as store:
+        assert store.lock_state() is LockState.LOCKED
+    with open_store(state_dir, wall_clock=wall) as store:
+        assert store.lock_state() is LockState.LOCKED
+    assert not (state_dir / JSON_STATE_FILE_NAME).exists()
+    assert (state_dir / MIGRATED_JSON_FILE_NAME).is_file()
 
 
 def _issuer_document(d: dict[str, object]) -> dict[str, object]:
@@ -345,27 +405,25 @@ _CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("corruption", sorted(_CORRUPTIONS))
-def test_corrupt_trust_state_is_a_clear_error(
-    new_vehicle: VehicleCard, state_dir: Path, corruption: str
-) -> None:
+def test_corrupt_json_trust_state_is_a_clear_error(state_dir: Path, corruption: str) -> None:
+    legacy_vehicle(state_dir, StoredState(vin=VIN))
     document = _document(state_dir)
-    (state_dir / STATE_FILE_NAME).write_text(json.dumps(_CORRUPTIONS[corruption](document)))
+    (state_dir / JSON_STATE_FILE_NAME).write_text(json.dumps(_CORRUPTIONS[corruption](document)))
     for read_only in (False, True):
-        with pytest.raises(VehicleStateError, match=f"{STATE_FILE_NAME} is corrupt") as info:
+        with pytest.raises(VehicleStateError, match=f"{JSON_STATE_FILE_NAME} is corrupt") as info:
             open_store(state_dir, read_only=read_only)
         assert "\n" not in str(info.value)
+    assert not (state_dir / STATE_FILE_NAME).exists()  # nothing migrated
 
 
 def test_a_failed_startup_write_releases_the_lock(
     new_vehicle: VehicleCard, state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vehicle_sim import atomic_file
-
-    def full_disk(_src: object, _dst: object) -> None:
+    def full_disk(_fd: int, _data: bytes, _offset: int) -> int:
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(atomic_file.os, "replace", full_disk)
+        patch.setattr(flash_device.os, "pwrite", full_disk)
         with pytest.raises(VehicleStateError, match="No space left on device"):
             open_store(state_dir)
     with open_store(state_dir):  # not left locked
@@ -385,7 +443,7 @@ def test_issuer_rotation_persists_and_keeps_the_signer(
     with open_store(state_dir, read_only=True, wall_clock=wall) as store:
         assert dict(store.issuer_keys()) == {new_id: new, old_id: old}
         assert list(store.issuer_keys()) == [new_id, old_id]
-    assert len(_document(state_dir)["issuers"]) == 2  # type: ignore[arg-type]
+    assert list(_saved(state_dir).issuers) == [new_id, old_id]
 
     with open_store(state_dir, wall_clock=wall) as store:
         # the next rotation keeps its signer and the new key; the oldest goes

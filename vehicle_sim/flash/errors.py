@@ -1,0 +1,35 @@
+"""The errors a vehicle's state raises (re-exported by ``vehicle_sim.state_store``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class VehicleStateError(Exception):
+    """The vehicle's state is missing, corrupt, unreadable, unwritable or full.
+
+    ``str()`` is one line that says what is wrong and what to do.
+    """
+
+
+class VehicleStateBusy(VehicleStateError):
+    """Another process (a running vehicle) holds the state open for writing."""
+
+    def __init__(self, state_dir: Path, pid: int | None) -> None:
+        holder = f"pid {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"vehicle state {state_dir} is in use by a running vehicle ({holder}); stop it first"
+        )
+        self.pid = pid
+
+
+class TooManyIssuers(VehicleStateError):
+    """The vehicle already trusts as many issuer keys as it may hold."""
+
+
+class StoreFull(VehicleStateError):
+    """A change would hold more than the flash layout has room for."""
+
+
+class StaleRevocations(ValueError):
+    """A revocation version that does not move forward."""

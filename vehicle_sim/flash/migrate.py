@@ -1,0 +1,47 @@
+"""Migrations: older flash formats, and the JSON state directory before flash.
+
+``upgrade_state`` is the hook for flash format versions: a bank written in an
+older format is replayed and then upgraded here; the journal marks itself for
+compaction, so the next commit rewrites the whole state in the current
+format (atomically, like any compaction). Format 1 is the first, so there is
+nothing to upgrade yet.
+
+``state_from_json`` turns a ``vehicle.json`` (formats 1 and 2, loaded and
+validated by ``vehicle_sim.state_schema``) into the flash state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..state_schema import StoredState
+from .layout import FLASH_FORMAT_VERSION, FlashCorrupt
+from .records import FlashState
+
+_UPGRADES: dict[int, Callable[[FlashState], FlashState]] = {}
+"""``version -> upgrade to version + 1``, applied in turn."""
+
+
+def upgrade_state(state: FlashState, version: int) -> FlashState:
+    while version < FLASH_FORMAT_VERSION:
+        step = _UPGRADES.get(version)
+        if step is None:
+            raise FlashCorrupt(f"flash format {version} cannot be upgraded")
+        state = step(state)
+        version += 1
+    return state
+
+
+def state_from_json(old: StoredState) -> FlashState:
+    return FlashState(
+        vin=old.vin,
+        whitelist=dict(old.whitelist),
+        counters=dict(old.counters),
+        spent_nonces=old.spent_nonces.copy(),
+        lock_state=old.lock_state,
+        issuers=dict(old.issuers),
+        revocation_version=old.revocation_version,
+        revoked=set(old.revoked),
+        time_floor=old.time_floor,
+        clock_offset=old.clock_offset,
+    )

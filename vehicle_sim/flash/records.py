@@ -1,0 +1,382 @@
+"""The vehicle state in RAM and its encoding in journal records.
+
+A record is::
+
+    type u8 | length u32 | seq u32 | payload | crc32 u32 | end 0x00
+
+(little endian; ``length`` counts the whole record, ``crc32`` covers type to
+payload). Type ``S`` (snapshot) replaces the whole state; type ``C``
+(commit) changes it. A payload is a sequence of operations, each an opcode
+byte followed by a body of a size fixed by the opcode (see ``_BODY``); a
+snapshot is the operations that build the state from nothing. One
+``StateChange`` or one console change is one record: replay applies all of
+it or, if the record is torn, none of it.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+from protocol import crypto
+from protocol.store import SPENT_NONCE_MEMORY, WhitelistEntry
+from protocol.types import LockState, Role
+
+from .layout import (
+    END_MARK,
+    MAX_COUNTERS,
+    MAX_ISSUERS,
+    MAX_KEYCARDS,
+    MAX_KEYS,
+    MAX_REVOCATIONS,
+    MAX_SHARE_REVOCATIONS,
+    FlashCorrupt,
+)
+
+SNAPSHOT: Final = ord("S")
+COMMIT: Final = ord("C")
+RECORD_HEADER = struct.Struct("<BII")
+RECORD_OVERHEAD = RECORD_HEADER.size + 4 + 1
+
+OP_VIN: Final = 0x01  # 17 ASCII bytes
+OP_FLOOR: Final = 0x02  # u64 time floor
+OP_CLOCK: Final = 0x03  # i64 clock offset
+OP_LOG_ANCHOR: Final = 0x04  # u64 event-log head seq, 16-byte head MAC
+OP_LOCK: Final = 0x05  # u8 LockState
+OP_NONCE: Final = 0x06  # 16-byte spent nonce
+OP_COUNTER: Final = 0x07  # 16-byte key id, u64 counter
+OP_WIPE: Final = 0x08  # no body: drop keys, fast keys and share revocations
+OP_ADD_KEY: Final = 0x09  # 33-byte compressed key, u8 Role
+OP_REMOVE_KEY: Final = 0x0A  # 16-byte key id (drops its fast key too)
+OP_SET_FAST: Final = 0x0B  # 16-byte key id, 32-byte secret
+OP_DROP_FAST: Final = 0x0C  # 16-byte key id
+OP_REVOKE_SHARE: Final = 0x0D  # 16-byte share id, u64 not_after
+OP_REVOCATIONS: Final = 0x0E  # u64 version, u32 n, n x 16-byte revocation id (added)
+OP_ISSUERS: Final = 0x0F  # u8 n, n x 33-byte compressed key (replaces the list)
+OP_ADD_CARD: Final = 0x10  # 33-byte compressed key
+OP_REMOVE_CARD: Final = 0x11  # 16-byte card id
+OP_BACKOFF: Final = 0x12  # u32 level
+
+_BODY: Final = {
+    OP_VIN: 17,
+    OP_FLOOR: 8,
+    OP_CLOCK: 8,
+    OP_LOG_ANCHOR: 24,
+    OP_LOCK: 1,
+    OP_NONCE: 16,
+    OP_COUNTER: 24,
+    OP_WIPE: 0,
+    OP_ADD_KEY: 34,
+    OP_REMOVE_KEY: 16,
+    OP_SET_FAST: 48,
+    OP_DROP_FAST: 16,
+    OP_REVOKE_SHARE: 24,
+    OP_ADD_CARD: 33,
+    OP_REMOVE_CARD: 16,
+    OP_BACKOFF: 4,
+}
+BYTES_PER_KEY: Final = (1 + _BODY[OP_ADD_KEY]) + (1 + _BODY[OP_COUNTER])
+"""Snapshot bytes of one whitelisted key and its counter (a fast key adds 49)."""
+
+SNAPSHOT_MAX_BYTES: Final = (
+    RECORD_OVERHEAD
+    + 18 + 9 + 9 + 25 + 2 + 5  # vin, floor, clock, anchor, lock, backoff
+    + 2 + MAX_ISSUERS * 33
+    + 13 + MAX_REVOCATIONS * 16
+    + MAX_KEYCARDS * 34
+    + MAX_KEYS * (1 + _BODY[OP_ADD_KEY] + 1 + _BODY[OP_SET_FAST])
+    + MAX_COUNTERS * (1 + _BODY[OP_COUNTER])
+    + MAX_SHARE_REVOCATIONS * (1 + _BODY[OP_REVOKE_SHARE])
+    + SPENT_NONCE_MEMORY * (1 + _BODY[OP_NONCE])
+)  # fmt: skip
+"""The largest snapshot the limits allow; a bank must hold two (see ``journal``)."""
+
+GENESIS_ANCHOR: Final = (0, bytes(16))
+
+
+def _nonces() -> deque[bytes]:
+    return deque(maxlen=SPENT_NONCE_MEMORY)
+
+
+@dataclass
+class FlashState:
+    """Everything the journal holds, as the store reads it."""
+
+    vin: str = ""
+    whitelist: dict[bytes, WhitelistEntry] = field(default_factory=dict)
+    counters: dict[bytes, int] = field(default_factory=dict)
+    spent_nonces: deque[bytes] = field(default_factory=_nonces)
+    lock_state: LockState = LockState.LOCKED
+    issuers: dict[bytes, crypto.PublicKey] = field(default_factory=dict)
+    revocation_version: int = 0
+    revoked: set[bytes] = field(default_factory=set)
+    time_floor: int = 0
+    clock_offset: int = 0
+    fast_keys: dict[bytes, bytes] = field(default_factory=dict)
+    revoked_shares: dict[bytes, int] = field(default_factory=dict)
+    keycards: dict[bytes, crypto.PublicKey] = field(default_factory=dict)
+    backoff_level: int = 0
+    log_anchor: tuple[int, bytes] = GENESIS_ANCHOR
+
+    def copy(self) -> FlashState:
+        return FlashState(
+            vin=self.vin,
+            whitelist=dict(self.whitelist),
+            counters=dict(self.counters),
+            spent_nonces=deque(self.spent_nonces, maxlen=SPENT_NONCE_MEMORY),
+            lock_state=self.lock_state,
+            issuers=dict(self.issuers),
+            revocation_version=self.revocation_version,
+            revoked=set(self.revoked),
+            time_floor=self.time_floor,
+            clock_offset=self.clock_offset,
+            fast_keys=dict(self.fast_keys),
+            revoked_shares=dict(self.revoked_shares),
+            keycards=dict(self.keycards),
+            backoff_level=self.backoff_level,
+            log_anchor=self.log_anchor,
+        )
+
+
+class Ops:
+    """Builds a record payload, one operation at a time."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def _op(self, code: int, body: bytes = b"") -> Ops:
+        self._parts.append(bytes([code]) + body)
+        return self
+
+    def vin(self, vin: str) -> Ops:
+        return self._op(OP_VIN, vin.encode("ascii"))
+
+    def floor(self, value: int) -> Ops:
+        return self._op(OP_FLOOR, struct.pack("<Q", value))
+
+    def clock(self, offset: int) -> Ops:
+        return self._op(OP_CLOCK, struct.pack("<q", offset))
+
+    def log_anchor(self, seq: int, mac: bytes) -> Ops:
+        return self._op(OP_LOG_ANCHOR, struct.pack("<Q", seq) + mac)
+
+    def lock(self, state: LockState) -> Ops:
+        return self._op(OP_LOCK, bytes([state]))
+
+    def nonce(self, nonce: bytes) -> Ops:
+        return self._op(OP_NONCE, nonce)
+
+    def counter(self, key_id: bytes, value: int) -> Ops:
+        return self._op(OP_COUNTER, key_id + struct.pack("<Q", value))
+
+    def wipe(self) -> Ops:
+        return self._op(OP_WIPE)
+
+    def add_key(self, entry: WhitelistEntry) -> Ops:
+        return self._op(OP_ADD_KEY, entry.public_key + bytes([entry.role]))
+
+    def remove_key(self, key_id: bytes) -> Ops:
+        return self._op(OP_REMOVE_KEY, key_id)
+
+    def set_fast(self, key_id: bytes, secret: bytes) -> Ops:
+        return self._op(OP_SET_FAST, key_id + secret)
+
+    def drop_fast(self, key_id: bytes) -> Ops:
+        return self._op(OP_DROP_FAST, key_id)
+
+    def revoke_share(self, share_id: bytes, not_after: int) -> Ops:
+        return self._op(OP_REVOKE_SHARE, share_id + struct.pack("<Q", not_after))
+
+    def revocations(self, version: int, rev_ids: list[bytes]) -> Ops:
+        return self._op(
+            OP_REVOCATIONS, struct.pack("<QI", version, len(rev_ids)) + b"".join(rev_ids)
+        )
+
+    def issuers(self, keys: list[crypto.PublicKey]) -> Ops:
+        return self._op(
+            OP_ISSUERS, bytes([len(keys)]) + b"".join(crypto.public_bytes(k) for k in keys)
+        )
+
+    def add_card(self, key: crypto.PublicKey) -> Ops:
+        return self._op(OP_ADD_CARD, crypto.public_bytes(key))
+
+    def remove_card(self, card_id: bytes) -> Ops:
+        return self._op(OP_REMOVE_CARD, card_id)
+
+    def backoff(self, level: int) -> Ops:
+        return self._op(OP_BACKOFF, struct.pack("<I", level))
+
+    def payload(self) -> bytes:
+        return b"".join(self._parts)
+
+
+# --- records ---------------------------------------------------------------------------------
+def encode_record(kind: int, seq: int, payload: bytes) -> bytes:
+    length = RECORD_HEADER.size + len(payload) + 5
+    body = RECORD_HEADER.pack(kind, length, seq) + payload
+    return body + struct.pack("<I", zlib.crc32(body)) + END_MARK
+
+
+@dataclass(frozen=True)
+class RecordRead:
+    kind: int
+    seq: int
+    payload: bytes
+    length: int
+
+
+def read_record(data: memoryview, offset: int, end: int) -> RecordRead | None:
+    """The record at ``offset``, or None if there is no complete valid one."""
+    if end - offset < RECORD_OVERHEAD:
+        return None
+    kind, length, seq = RECORD_HEADER.unpack_from(data, offset)
+    if kind not in (SNAPSHOT, COMMIT) or not RECORD_OVERHEAD <= length <= end - offset:
+        return None
+    crc_at = offset + length - 5
+    (crc,) = struct.unpack_from("<I", data, crc_at)
+    if data[crc_at + 4] != END_MARK[0] or crc != zlib.crc32(data[offset:crc_at]):
+        return None
+    return RecordRead(kind, seq, bytes(data[offset + RECORD_HEADER.size : crc_at]), length)
+
+
+def claimed_length(data: memoryview, offset: int, end: int) -> int | None:
+    """The length a (possibly torn) record header claims, if it is plausible."""
+    if end - offset < RECORD_HEADER.size:
+        return None
+    _, length, _ = RECORD_HEADER.unpack_from(data, offset)
+    return length if RECORD_OVERHEAD <= length <= end - offset else None
+
+
+# --- applying operations ------------------------------------------------------------------------
+Op = tuple[int, bytes]
+
+
+def iter_ops(payload: bytes) -> Iterator[Op]:
+    """(opcode, body) pairs; FlashCorrupt on an unknown opcode or a short body."""
+    at = 0
+    while at < len(payload):
+        code = payload[at]
+        at += 1
+        if code == OP_REVOCATIONS:
+            if at + 12 > len(payload):
+                raise FlashCorrupt("a revocation operation is cut short")
+            (count,) = struct.unpack_from("<I", payload, at + 8)
+            size = 12 + 16 * count
+        elif code == OP_ISSUERS:
+            if at >= len(payload):
+                raise FlashCorrupt("an issuer operation is cut short")
+            size = 1 + 33 * payload[at]
+        elif code in _BODY:
+            size = _BODY[code]
+        else:
+            raise FlashCorrupt(f"unknown operation {code:#04x}")
+        if at + size > len(payload):
+            raise FlashCorrupt(f"operation {code:#04x} is cut short")
+        yield code, payload[at : at + size]
+        at += size
+
+
+def apply_payload(state: FlashState, payload: bytes) -> None:
+    """Apply every operation of ``payload`` to ``state`` (FlashCorrupt if invalid)."""
+    for code, body in iter_ops(payload):
+        try:
+            _apply(state, code, body)
+        except (ValueError, KeyError, IndexError, struct.error) as exc:
+            raise FlashCorrupt(f"operation {code:#04x} is invalid: {exc}") from None
+
+
+def _key(raw: bytes) -> crypto.PublicKey:
+    return crypto.public_key_from_bytes(raw)
+
+
+def _apply(state: FlashState, code: int, body: bytes) -> None:
+    if code == OP_VIN:
+        state.vin = body.decode("ascii")
+    elif code == OP_FLOOR:
+        (state.time_floor,) = struct.unpack("<Q", body)
+    elif code == OP_CLOCK:
+        (state.clock_offset,) = struct.unpack("<q", body)
+    elif code == OP_LOG_ANCHOR:
+        state.log_anchor = (struct.unpack("<Q", body[:8])[0], body[8:])
+    elif code == OP_LOCK:
+        state.lock_state = LockState(body[0])
+    elif code == OP_NONCE:
+        state.spent_nonces.append(body)
+    elif code == OP_COUNTER:
+        state.counters[body[:16]] = struct.unpack("<Q", body[16:])[0]
+    elif code == OP_WIPE:
+        state.whitelist.clear()
+        state.fast_keys.clear()
+        state.revoked_shares.clear()
+    elif code == OP_ADD_KEY:
+        entry = WhitelistEntry(crypto.public_bytes(_key(body[:33])), Role(body[33]))
+        state.whitelist[entry.key_id] = entry
+    elif code == OP_REMOVE_KEY:
+        state.whitelist.pop(body, None)
+        state.fast_keys.pop(body, None)
+    elif code == OP_SET_FAST:
+        state.fast_keys[body[:16]] = body[16:]
+    elif code == OP_DROP_FAST:
+        state.fast_keys.pop(body, None)
+    elif code == OP_REVOKE_SHARE:
+        state.revoked_shares[body[:16]] = struct.unpack("<Q", body[16:])[0]
+    elif code == OP_REVOCATIONS:
+        (state.revocation_version,) = struct.unpack_from("<Q", body)
+        state.revoked.update(body[i : i + 16] for i in range(12, len(body), 16))
+    elif code == OP_ISSUERS:
+        keys = [_key(body[i : i + 33]) for i in range(1, len(body), 33)]
+        state.issuers = {crypto.key_id(k): k for k in keys}
+    elif code == OP_ADD_CARD:
+        card = _key(body)
+        state.keycards[crypto.key_id(card)] = card
+    elif code == OP_REMOVE_CARD:
+        state.keycards.pop(body, None)
+    elif code == OP_BACKOFF:
+        (state.backoff_level,) = struct.unpack("<I", body)
+
+
+def snapshot_payload(state: FlashState) -> bytes:
+    """The operations that rebuild ``state`` from nothing."""
+    ops = (
+        Ops()
+        .vin(state.vin)
+        .floor(state.time_floor)
+        .clock(state.clock_offset)
+        .log_anchor(*state.log_anchor)
+        .lock(state.lock_state)
+        .backoff(state.backoff_level)
+        .issuers(list(state.issuers.values()))
+        .revocations(state.revocation_version, sorted(state.revoked))
+    )
+    for card in state.keycards.values():
+        ops.add_card(card)
+    for entry in state.whitelist.values():
+        ops.add_key(entry)
+    for key_id, counter in state.counters.items():
+        ops.counter(key_id, counter)
+    for key_id, secret in state.fast_keys.items():
+        ops.set_fast(key_id, secret)
+    for share_id, not_after in state.revoked_shares.items():
+        ops.revoke_share(share_id, not_after)
+    for nonce in state.spent_nonces:
+        ops.nonce(nonce)
+    return ops.payload()
+
+
+def over_capacity(state: FlashState) -> str | None:
+    """What ``state`` holds more of than the layout allows, or None."""
+    for what, count, limit in (
+        ("keys", len(state.whitelist), MAX_KEYS),
+        ("key counters", len(state.counters), MAX_COUNTERS),
+        ("revocation ids", len(state.revoked), MAX_REVOCATIONS),
+        ("share revocations", len(state.revoked_shares), MAX_SHARE_REVOCATIONS),
+        ("keycards", len(state.keycards), MAX_KEYCARDS),
+        ("issuer keys", len(state.issuers), MAX_ISSUERS),
+    ):
+        if count > limit:
+            return f"{count} {what}, more than the {limit} the flash layout holds"
+    return None
