@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Final
 
+from vehicle_sim import runtime as runtime_module
+
 from . import fast_path
 from .rig import UnlockRig, UnlockSample, describe, quiet_bumble, runtime_accepts
 from .stats import interleaved, machine_info, unavailable
@@ -25,22 +27,30 @@ PROFILE: Final = "cortex-m4-168"
 
 
 def status() -> dict[str, Any] | None:
-    if not runtime_accepts("mcu"):
+    if not runtime_accepts("options") or not hasattr(runtime_module, "FirmwareOptions"):
         return unavailable("waiting on issue 4: the vehicle runtime has no MCU profile (--mcu) yet")
     return None
+
+
+def _options() -> Any:
+    from vehicle_sim.mcu import PROFILES
+
+    return runtime_module.FirmwareOptions(mcu=PROFILES[PROFILE])
 
 
 async def measure(runs: int, workdir: Path) -> dict[str, Any]:
     missing = status()
     if missing is not None:
         return missing
-    rig = UnlockRig(workdir / "mcu", runtime_kwargs={"mcu": PROFILE})
+    rig = UnlockRig(workdir / "mcu", runtime_kwargs={"options": _options()})
     phone = rig.add_phone("phone")
     warm = fast_path.status()
-    paths = ["full"] + (["fast"] if warm is None else [])
-    samples: dict[str, list[UnlockSample]] = {path: [] for path in paths}
     await rig.start()
     try:
+        if warm is None:
+            warm = await fast_path.probe(rig, phone)
+        paths = ["full"] + (["fast"] if warm is None else [])
+        samples: dict[str, list[UnlockSample]] = {path: [] for path in paths}
 
         async def one(path: str) -> UnlockSample:
             if path == "fast":

@@ -51,7 +51,6 @@ async def measure(runs: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
     configs: list[tuple[str, float, float]] = [(_label(i), i, 0.0) for i in INTERVALS_MS]
     configs.append(LOSSY)
     warm = fast_path.status()
-    paths = ["full"] + (["fast"] if warm is None else [])
     rigs: dict[str, UnlockRig] = {}
     phones = {}
     for label, interval, loss in configs:
@@ -60,12 +59,16 @@ async def measure(runs: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
         )
         phones[label] = rig.add_phone("phone")
         rigs[label] = rig
-    samples: dict[tuple[str, str], list[UnlockSample]] = {
-        (label, path): [] for label, _, _ in configs for path in paths
-    }
     try:
         for rig in rigs.values():
             await rig.start()
+        if warm is None:
+            first = configs[0][0]
+            warm = await fast_path.probe(rigs[first], phones[first])
+        paths = ["full"] + (["fast"] if warm is None else [])
+        samples: dict[tuple[str, str], list[UnlockSample]] = {
+            (label, path): [] for label, _, _ in configs for path in paths
+        }
 
         async def one(label: str, path: str) -> UnlockSample:
             if path == "fast":

@@ -49,18 +49,19 @@ async def measure(runs: int, workdir: Path) -> dict[str, Any]:
     finally:
         await cloud.close()  # the unlocks below never need it
     warm = fast_path.status()
-    regular = rig.add_phone("regular") if warm is None else None
-    kinds = ["cold", "cached_credential"] + (["warm"] if warm is None else [])
-    samples: dict[str, list[UnlockSample]] = {kind: [] for kind in kinds}
+    regular = rig.add_phone("regular")
     await rig.start()
     try:
+        if warm is None:
+            warm = await fast_path.probe(rig, regular)
+        kinds = ["cold", "cached_credential"] + (["warm"] if warm is None else [])
+        samples: dict[str, list[UnlockSample]] = {kind: [] for kind in kinds}
 
         async def one(kind: str) -> UnlockSample:
             if kind == "cold":
                 return await rig.unlock(next(cold_phones))
             if kind == "cached_credential":
                 return await rig.unlock(renter)
-            assert regular is not None
             return await fast_path.unlock(rig, regular)
 
         for kind in kinds:  # warm-up, not counted (and establishes the fast key)
