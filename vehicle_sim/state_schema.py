@@ -1,5 +1,9 @@
 """The JSON form of the vehicle's changing state (``vehicle.json``), with validation.
 
+Since the flash store (``vehicle_sim.flash``) this is the legacy format: it is
+only read, to migrate a state directory from before flash into its image
+(``vehicle_sim.state_store.open_store``); nothing writes it any more but tests.
+
 Loading checks every field, so a hand-edited or half-written file is refused
 with one clear reason instead of failing later in the middle of a handshake.
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from protocol import crypto
 from vehicle_sim.atomic_file import write_atomic
-from vehicle_sim.flash.device import FlashDevice
+from vehicle_sim.firmware_store import LogEntry
+from vehicle_sim.flash.device import FaultInjector, FlashDevice
 from vehicle_sim.flash.journal import Journal
+from vehicle_sim.flash.layout import Geometry
 from vehicle_sim.flash.records import FlashState
+from vehicle_sim.flash.store import FlashVehicleStore, create_image
 from vehicle_sim.state_schema import StoredState, dump_state
 from vehicle_sim.state_store import IDENTITY_FILE_NAME, JSON_STATE_FILE_NAME, STATE_FILE_NAME
 
@@ -30,3 +34,58 @@ def legacy_vehicle(state_dir: Path, state: StoredState) -> crypto.PrivateKey:
     write_atomic(state_dir / IDENTITY_FILE_NAME, crypto.private_key_to_pem(key), mode=0o600)
     write_atomic(state_dir / JSON_STATE_FILE_NAME, dump_state(state))
     return key
+
+
+# --- in-memory vehicles for sweeps ------------------------------------------------------------
+SMALL = Geometry(bank_pages=4, log_pages=3)
+"""A tiny image: compaction every few dozen commits, the log wraps after 168 entries."""
+IDENTITY_KEY = crypto.private_key_from_random(random.Random(1).randbytes)
+DEVICE_KEY = bytes(range(32))
+VIN = "1HGCM82633A004352"
+T0 = 1_750_000_000
+
+
+class Wall:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def new_image(geometry: Geometry = SMALL) -> bytes:
+    return create_image(VIN, time_floor=T0, geometry=geometry).image()
+
+
+def mount(
+    image: bytes, injector: FaultInjector | None = None, wall: Wall | None = None
+) -> FlashVehicleStore:
+    device = FlashDevice.in_memory(image)
+    device.injector = injector
+    return FlashVehicleStore.mount(
+        device, IDENTITY_KEY, DEVICE_KEY, wall_clock=wall or Wall(), name="image"
+    )
+
+
+def logical(store: FlashVehicleStore) -> dict[str, object]:
+    """Everything a power cut must keep whole (the time floor and log anchor aside)."""
+    state = store.snapshot()
+    return {
+        "whitelist": state.whitelist,
+        "counters": state.counters,
+        "nonces": list(state.spent_nonces),
+        "lock": state.lock_state,
+        "revocations": (state.revocation_version, frozenset(state.revoked)),
+        "issuers": list(state.issuers),
+        "clock_offset": state.clock_offset,
+        "fast_keys": state.fast_keys,
+        "shares": state.revoked_shares,
+        "keycards": list(state.keycards),
+        "backoff": state.backoff_level,
+    }
+
+
+def log_entries(store: FlashVehicleStore) -> list[LogEntry]:
+    readout = store.read_log()
+    assert readout.verified, readout.problem
+    return list(readout.entries)

@@ -158,6 +158,15 @@ class FlashVehicleStore:
     def device(self) -> FlashDevice:
         return self._device
 
+    @property
+    def journal(self) -> Journal:
+        """The mounted journal (for inspection: which bank, how full)."""
+        return self._journal
+
+    def snapshot(self) -> FlashState:
+        """A copy of everything the journal holds (for inspection and tests)."""
+        return self._state.copy()
+
     # --- protocol.VehicleStore -------------------------------------------------------------
     def lock_state(self) -> LockState:
         return self._state.lock_state
