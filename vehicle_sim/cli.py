@@ -26,11 +26,14 @@ if TYPE_CHECKING:
     from protocol import crypto
 
     from .display import ReportedEvent
+    from .runtime import FirmwareOptions
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_LOCAL: Final = 4
+EXIT_LOG_TAMPERED: Final = 5
+"""`vehicle log`: the event log's MAC chain does not verify (printed anyway)."""
 
 DEFAULT_TRANSPORT: Final = "usb:0"
 # Specs served by software controllers (see ble_stack.transports), where the
@@ -75,7 +78,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="trust cloud credentials signed by this issuer key, p256:<hex> (optional)",
     )
 
-    p = _sub(commands, "add-key", "whitelist a phone key (the vehicle must be stopped)", _add_key)
+    p = _sub(
+        commands,
+        "add-key",
+        "whitelist a phone key (through the console of a running vehicle, or on its stopped state)",
+        _add_key,
+    )
     p.add_argument("--key", required=True, metavar="PUBKEY", help="the phone's key, p256:<hex>")
     p.add_argument("--role", required=True, choices=ROLES, help="what the key may do")
 
@@ -89,12 +97,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--issuer", required=True, metavar="PUBKEY", help="the issuer's public key, p256:<hex>"
     )
 
-    _sub(
-        commands,
-        "show",
-        "print the vehicle's VIN, id, lock state, keys, issuers, revocations and clock",
-        _show,
-    )
+    from .cli_console import register_console
+
+    register_console(commands, _sub)
 
     p = _sub(commands, "run", "advertise and serve phones until SIGINT/SIGTERM", _run)
     p.add_argument(
@@ -110,6 +115,41 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="MS",
         help="advertising interval in ms, 20-10240 (default 20 on software "
         "controllers, 100 on radios)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_connections_arg,
+        default=3,
+        metavar="N",
+        help="connection slots, 1-32 (default 3)",
+    )
+    p.add_argument(
+        "--handshake-timeout",
+        type=_timeout_arg,
+        default=10.0,
+        metavar="S",
+        help="drop a connection not authenticated after S seconds (default 10)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=_timeout_arg,
+        default=60.0,
+        metavar="S",
+        help="drop an authenticated connection idle for S seconds (default 60)",
+    )
+    p.add_argument(
+        "--mcu",
+        choices=("none", "cortex-m4-168"),
+        default="none",
+        help="charge a key module's crypto time: cortex-m4-168 (P-256 verify 83 ms, "
+        "sign 89 ms, ECDH 86 ms on one core) or none (default)",
+    )
+    p.add_argument(
+        "--clock-drift-ppm",
+        type=_drift_arg,
+        default=0.0,
+        metavar="PPM",
+        help="the vehicle's clock runs this many ppm fast (negative: slow); default 0",
     )
 
 
@@ -133,6 +173,11 @@ def _sub(
 
 
 _interval_arg = number_in_range(float, lambda v: 20 <= v <= 10240, "must be within 20..10240 ms")
+_connections_arg = number_in_range(int, lambda v: 1 <= v <= 32, "must be within 1..32")
+_timeout_arg = number_in_range(float, lambda v: 1 <= v <= 3600, "must be within 1..3600 s")
+_drift_arg = number_in_range(
+    float, lambda v: -100_000 <= v <= 100_000, "must be within -100000..100000 ppm"
+)
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -170,13 +215,20 @@ def _guarded(handler: Handler, name: str) -> Handler:
 def _explain(exc: Exception) -> tuple[int, str]:
     from ble_stack.errors import TransportOpenError
 
+    from .control import ControlSocketError
+    from .control_client import ControlError, VehicleNotRunning
+    from .keycard import KeycardError
     from .state_store import VehicleStateError
 
     first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, UsageError):
         return EXIT_USAGE, str(exc)
-    if isinstance(exc, Refused):
+    if isinstance(exc, Refused | KeycardError):
         return EXIT_FAILED, str(exc)
+    if isinstance(exc, ControlError):
+        return (EXIT_USAGE if exc.kind == "usage" else EXIT_FAILED), str(exc)
+    if isinstance(exc, VehicleNotRunning | ControlSocketError):
+        return EXIT_LOCAL, str(exc)
     if isinstance(exc, VehicleStateError | ControllerStartError):
         return EXIT_LOCAL, str(exc)
     if isinstance(exc, TransportOpenError):
@@ -228,6 +280,22 @@ def _add_key(args: argparse.Namespace) -> int:
 
     public_key = _public_key_arg(args.key, "--key")
     role = Role.from_name(args.role)
+    from .cli_console import console
+
+    client = console(_state_dir(args))
+    if client is not None:
+        with client:
+            result = client.request(
+                "add-key", key=crypto.public_key_to_text(public_key), role=args.role
+            )
+        key_text = result["key_id"][:8]
+        if not result["changed"]:
+            print(f"key {key_text} is already whitelisted as {args.role}")
+        elif result["previous_role"] is not None:
+            print(f"changed key {key_text} from {result['previous_role']} to {args.role}")
+        else:
+            print(f"added key {key_text} as {args.role} ({_plural(result['keys'], 'key')})")
+        return EXIT_OK
     with open_store(_state_dir(args)) as store:
         key_id = crypto.key_id(public_key)
         if store.is_key_revoked(key_id):
@@ -279,44 +347,28 @@ def _provision(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _show(args: argparse.Namespace) -> int:
-    from .display import iso_utc, lock_word, short_id
-    from .state_store import open_store
-
-    # Read-only: works while a vehicle runs on this state (no lock taken).
-    with open_store(_state_dir(args), read_only=True) as store:
-        card = store.card
-        keys = sorted(store.keys(), key=lambda entry: (entry.role, entry.key_id))
-        print(f"VIN         {card.vin}")
-        print(f"vehicle id  {card.vehicle_id.hex()}")
-        print(f"doors       {lock_word(store.lock_state())}")
-        print(f"keys        {len(keys)}")
-        for entry in keys:
-            counter = store.last_counter(entry.key_id)
-            revoked = "  revoked" if store.is_key_revoked(entry.key_id) else ""
-            print(
-                f"  {short_id(entry.key_id)}  {entry.role.name.lower():6}  "
-                f"counter {counter}{revoked}"
-            )
-        issuers = list(store.issuer_keys())
-        print(f"issuers     {len(issuers)}")
-        for issuer_id in issuers:
-            print(f"  {issuer_id.hex()}")
-        # Entries are per-vehicle revocation ids, so the count includes keys the
-        # issuer revoked on other vehicles; the key lines above show this one's.
-        entries = store.revoked_count()
-        print(
-            f"revocations version {store.revocation_version()}, "
-            f"{entries} {'entry' if entries == 1 else 'entries'}"
-        )
-        print(f"time floor  {iso_utc(store.time_floor)}")
-        print(f"card        {card.to_text()}")
-    return EXIT_OK
-
-
 def _run(args: argparse.Namespace) -> int:
+    from .mcu import PROFILES
+    from .runtime import FirmwareOptions
+    from .slots import SlotPolicy
+
+    try:
+        slots = SlotPolicy(
+            max_connections=int(args.max_connections),
+            handshake_timeout=args.handshake_timeout,
+            idle_timeout=args.idle_timeout,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    options = FirmwareOptions(slots=slots, mcu=PROFILES[args.mcu])
     return asyncio.run(
-        run_vehicle(_state_dir(args), args.transport, adv_interval_ms=args.adv_interval)
+        run_vehicle(
+            _state_dir(args),
+            args.transport,
+            adv_interval_ms=args.adv_interval,
+            options=options,
+            clock_drift_ppm=args.clock_drift_ppm,
+        )
     )
 
 
@@ -335,6 +387,8 @@ async def run_vehicle(
     adv_interval_ms: float | None = None,
     stop: asyncio.Event | None = None,
     out: TextIO | None = None,
+    options: FirmwareOptions | None = None,
+    clock_drift_ppm: float = 0.0,
 ) -> int:
     """Run the vehicle until ``stop`` is set or SIGINT/SIGTERM arrives.
 
@@ -343,7 +397,9 @@ async def run_vehicle(
     """
     from ble_stack.transports import open_device
 
+    from .control import ControlServer
     from .display import describe_event
+    from .drift_clock import DriftingClock
     from .runtime import VehicleRuntime
     from .state_store import open_store
 
@@ -358,22 +414,26 @@ async def run_vehicle(
     interval = adv_interval_ms if adv_interval_ms is not None else default_adv_interval(spec)
     stop = stop if stop is not None else asyncio.Event()
     # Handlers go in first, so a signal during start-up still stops cleanly.
-    with _stop_on_signals(stop), open_store(state_dir) as store:
+    wall_clock = DriftingClock(clock_drift_ppm)
+    with _stop_on_signals(stop), open_store(state_dir, wall_clock=wall_clock) as store:
         vin = store.identity.vin
         opened = await open_device(spec, name=f"phonekey vehicle {vin}")
         try:
             runtime = VehicleRuntime(
-                store, opened.device, adv_interval_ms=interval, on_event=on_event
+                store, opened.device, adv_interval_ms=interval, on_event=on_event, options=options
             )
             try:
                 await runtime.start()  # cleans up after itself if it fails
             except Exception as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise ControllerStartError(f"cannot start the vehicle on {spec}: {reason}") from exc
+            console = ControlServer(runtime, state_dir)
             try:
+                await console.start()
                 say(f"vehicle {vin} advertising on {spec}")
                 await stop.wait()
             finally:
+                await console.close()
                 await runtime.stop()
         finally:
             await opened.close()

@@ -237,6 +237,11 @@ class VehicleRuntime:
         connection.once(Connection.EVENT_DISCONNECTION, on_disconnection)
         self._spawn(self._ensure_advertising())
 
+    def disconnect_all(self) -> None:
+        """Drop every phone (after a factory reset: no session outlives its key)."""
+        for connection in list(self.device.connections.values()):
+            self._spawn(_disconnect(connection))
+
     def log(self, event: LogEvent) -> None:
         """Append to the store's event log; a failing log never stops the car."""
         try:
@@ -270,6 +275,11 @@ class VehicleRuntime:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+async def _disconnect(connection: Connection) -> None:
+    with contextlib.suppress(Exception):
+        await connection.disconnect()
 
 
 def _reason_name(reason: int) -> str:
