@@ -26,7 +26,7 @@ def status() -> dict[str, Any] | None:
     if importlib.util.find_spec("vehicle_sim.flash") is None:
         return unavailable("waiting on issue 4: the emulated flash store (vehicle_sim.flash)")
     try:
-        from vehicle_sim.flash import FlashVehicleStore  # type: ignore[attr-defined]
+        from vehicle_sim.flash.store import FlashVehicleStore
     except ImportError:
         return unavailable("waiting on issue 4: vehicle_sim.flash has no FlashVehicleStore yet")
     if not hasattr(FlashVehicleStore, "stats"):
