@@ -297,3 +297,15 @@ def test_challenge_after_refusal_is_fresh() -> None:
     after = [m for m in messages_of(rig.pair.sent_to_phone) if isinstance(m, Challenge)]
     assert len(after) == len(before) + 1 and after[-1].nonce != before[-1].nonce
     assert PHONE_KEY is not None
+
+
+def test_revocation_update_wipes_the_fast_key_of_a_whitelisted_key() -> None:
+    from credential_testkit import delta, make_cred_rig, rev_id
+
+    rig = make_cred_rig(role=Role.OWNER, fast_path=True)
+    fast_key = rig.command(Command.UNLOCK, 1).fast_key
+    assert fast_key is not None and PHONE_KEY_ID in rig.store.fast_keys
+    rig.phone.send_revocation_update(delta(0, 1, [rev_id(PHONE_KEY_ID)]).to_bytes())
+    rig.pair.pump()
+    assert PHONE_KEY_ID not in rig.store.fast_keys
+    assert _refused(_fast(rig, Command.LOCK, 2, fast_key)) is ResultCode.CREDENTIAL_REVOKED

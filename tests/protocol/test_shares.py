@@ -453,3 +453,20 @@ def test_whitelisted_holder_keeps_its_whitelist_role() -> None:
     rig.phone.present_credential(make_share().to_bytes())
     assert rig.command(Command.STATUS, 1).result is ResultCode.OK
     assert rig.executed()[0].share_id is None
+
+
+def test_transfer_of_ownership_ends_every_share_of_the_old_owner() -> None:
+    from protocol.manage import transfer_argument
+
+    store = MemoryStore()
+    store.add_key(OWNER_KEY.public_key(), Role.OWNER)
+    friend = _share_rig(store=store)
+    friend.phone.present_credential(make_share().to_bytes())
+    assert friend.command(Command.UNLOCK, 1).result is ResultCode.OK
+    owner = make_rig(phone_key=OWNER_KEY, role=None, store=store)
+    owner.phone.send_manage(
+        ManageOp.TRANSFER_OWNERSHIP, transfer_argument(DRIVER_KEY.public_key()), 1
+    )
+    owner.pair.pump()
+    assert list(store.whitelist) == [crypto.key_id(DRIVER_KEY.public_key())]
+    assert _refused(_share_rig(store=store), make_share()) is ResultCode.SHARE_INVALID
