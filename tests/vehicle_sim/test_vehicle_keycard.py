@@ -246,3 +246,22 @@ def test_pairing_window_opens_times_out_and_is_consumed_once() -> None:
 
 def _load(path: Path) -> crypto.PrivateKey:
     return crypto.private_key_from_pem(path.read_bytes())
+
+
+def test_keycard_vectors_verify() -> None:
+    vectors = json.loads((Path(__file__).parents[1] / "vectors" / "keycard_v1.json").read_text())
+    public = crypto.public_key_from_bytes(bytes.fromhex(vectors["card_public_key"]))
+    assert card_id(public).hex() == vectors["card_id"]
+    vehicle, nonce = bytes.fromhex(vectors["vehicle_id"]), bytes.fromhex(vectors["nonce"])
+    for tap in vectors["taps"]:
+        action, argument = TapAction.from_name(tap["action"]), bytes.fromhex(tap["argument"])
+        assert tap_message(vehicle, nonce, action, argument).hex() == tap["signed_message"]
+        verify_tap(
+            [public],
+            card_id(public),
+            bytes.fromhex(tap["signature"]),
+            vehicle,
+            nonce,
+            action,
+            argument,
+        )
