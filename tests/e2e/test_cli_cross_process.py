@@ -105,10 +105,9 @@ def test_owner_unlocks_and_stranger_is_denied_across_processes(
     try:
         vehicle.wait_for("advertising")
 
-        # A running vehicle owns its state: provisioning must refuse.
-        busy = _run(
-            "vehicle", "add-key", "--state", str(car), "--key", owner_key, "--role", "guest"
-        )
+        # A running vehicle owns its state: provisioning must refuse (add-key now
+        # goes through the running vehicle's control socket instead).
+        busy = _run("vehicle", "provision", "--state", str(car), "--issuer", owner_key)
         assert busy.returncode == 4
         assert "running" in busy.stderr
 
