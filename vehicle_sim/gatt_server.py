@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import time
@@ -42,7 +41,7 @@ from protocol import credentials, crypto
 from protocol.events import ChallengeIssued, RequestRejected, VehicleEvent
 from protocol.framing import ATT_MTU_MAX, ATT_MTU_MIN, Clock
 from protocol.states import VehicleState
-from protocol.store import CredentialTrust, VehicleStore
+from protocol.store import CredentialTrust, EnrollmentWindow, VehicleStore
 from protocol.vehicle import DEFAULT_CHALLENGE_LIFETIME, VehicleConnection, VehicleIdentity
 
 from .backoff import Backoff, ConnectionBackoff, counts_as_failure
@@ -61,7 +60,6 @@ SlotHook = Callable[[str, str], None]
 "idle-timeout", "backoff-drop"."""
 Sleep = Callable[[float], Awaitable[None]]
 
-_VC_PARAMETERS: Final = frozenset(inspect.signature(VehicleConnection).parameters)
 _LOW_RESOURCES: Final = (
     hci.HCI_ErrorCode.REMOTE_DEVICE_TERMINATED_CONNECTION_DUE_TO_LOW_RESOURCES_ERROR
 )
@@ -119,8 +117,9 @@ class PhonekeyGattServer:
         slots: SlotPolicy | None = None,
         backoff: Backoff | None = None,
         cpu: Cpu | None = None,
-        enrollment: object | None = None,
+        enrollment: EnrollmentWindow | None = None,
         vehicle_time: Callable[[], int] | None = None,
+        fast_path: bool = False,
         on_slot_event: SlotHook | None = None,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -130,6 +129,7 @@ class PhonekeyGattServer:
         self.cpu = cpu
         self._enrollment = enrollment
         self._vehicle_time = vehicle_time
+        self._fast_path = fast_path
         self._on_slot_event = on_slot_event
         self._sleep = sleep
         self.evictions = 0
@@ -247,11 +247,6 @@ class PhonekeyGattServer:
         return None
 
     def _open_session(self, connection: Connection) -> _Session:
-        options: dict[str, Any] = {}
-        if self._enrollment is not None and "enrollment" in _VC_PARAMETERS:
-            options["enrollment"] = self._enrollment
-        if self._vehicle_time is not None and "vehicle_time" in _VC_PARAMETERS:
-            options["vehicle_time"] = self._vehicle_time
         protocol = VehicleConnection(
             self._identity,
             self._store,
@@ -261,7 +256,9 @@ class PhonekeyGattServer:
             challenge_lifetime=self._lifetime,
             trust=self._session_trust(),
             credential_leeway=self._leeway,
-            **options,
+            enrollment=self._enrollment,
+            vehicle_time=self._vehicle_time,
+            fast_path=self._fast_path,
         )
         now = self._clock()
         session = _Session(connection, protocol, Slot(opened_at=now, last_request=now))
@@ -359,9 +356,7 @@ class PhonekeyGattServer:
             events.append(event)
         frames = session.protocol.data_to_send()
         if self.cpu is not None:
-            ops = getattr(session.protocol, "crypto_ops", None)
-            if ops:
-                await self.cpu.charge(crypto_ops_delta(ops, session.ops_seen))
+            await self.cpu.charge(crypto_ops_delta(session.protocol.crypto_ops, session.ops_seen))
         succeeded = any(is_success(event) for event in events)
         if succeeded:
             session.slot.authenticated = True

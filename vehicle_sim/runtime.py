@@ -64,6 +64,7 @@ class FirmwareOptions:
     slots: SlotPolicy = field(default_factory=SlotPolicy)
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     mcu: McuProfile = PROFILES["none"]
+    fast_path: bool = True  # offer the symmetric fast path after a full handshake
     monotonic: Callable[[], float] = time.monotonic  # sessions, slots, backoff, window
     sleep: Sleep = asyncio.sleep  # backoff delays and MCU time
 
@@ -119,6 +120,7 @@ class VehicleRuntime:
             cpu=self.cpu if self.options.mcu.seconds_per_op else None,
             enrollment=self.window,
             vehicle_time=store.now,
+            fast_path=self.options.fast_path,
             on_slot_event=self._handle_slot_event,
             sleep=self.options.sleep,
         )
