@@ -116,7 +116,6 @@ def console(state_dir: Path) -> ControlClient | None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .ram_firmware import as_firmware_store
     from .report import render_show, show_report
     from .state_store import open_store
 
@@ -128,13 +127,12 @@ def _show(args: argparse.Namespace) -> int:
     else:
         # Stopped: read-only, no lock taken.
         with open_store(state_dir, read_only=True) as store:
-            report = show_report(as_firmware_store(store))
+            report = show_report(store)
     _print_report(args, report, render_show)
     return EXIT_OK
 
 
 def _log(args: argparse.Namespace) -> int:
-    from .ram_firmware import as_firmware_store
     from .report import log_report, render_log
     from .state_store import open_store
 
@@ -145,7 +143,7 @@ def _log(args: argparse.Namespace) -> int:
             report = client.request("log")
     else:
         with open_store(state_dir, read_only=True) as store:
-            report = log_report(as_firmware_store(store).read_log())
+            report = log_report(store.read_log())
     _print_report(args, report, render_log)
     if not report["verified"]:
         print(
@@ -168,7 +166,6 @@ def _print_report(
 
 def _add_card(args: argparse.Namespace) -> int:
     from .keycard import TapAction, card_id, create_card, load_card
-    from .ram_firmware import as_firmware_store
     from .state_store import open_store
 
     state_dir = _state_dir(args)
@@ -189,7 +186,7 @@ def _add_card(args: argparse.Namespace) -> int:
         added = bool(result["added"])
     else:
         with open_store(state_dir) as opened:  # stopped: console access to its state
-            store = as_firmware_store(opened)
+            store = opened
             if voucher is not None:
                 _check_card_locally(store, voucher)
             added = store.add_keycard(public)
@@ -225,7 +222,6 @@ def _tap_card(args: argparse.Namespace) -> int:
 
 def _remove_key(args: argparse.Namespace) -> int:
     from .keycard import TapAction, load_card
-    from .ram_firmware import as_firmware_store
     from .state_store import open_store
 
     try:
@@ -245,7 +241,7 @@ def _remove_key(args: argparse.Namespace) -> int:
         from .firmware_store import LogEvent, LogKind
 
         with open_store(state_dir) as opened:
-            store = as_firmware_store(opened)
+            store = opened
             _check_card_locally(store, card)
             removed = store.remove_key(key_id)
             if removed is None:
@@ -259,7 +255,6 @@ def _remove_key(args: argparse.Namespace) -> int:
 
 def _factory_reset(args: argparse.Namespace) -> int:
     from .keycard import TapAction, card_id, load_card
-    from .ram_firmware import as_firmware_store
     from .state_store import open_store
 
     card = load_card(args.card)
@@ -272,7 +267,7 @@ def _factory_reset(args: argparse.Namespace) -> int:
         from .firmware_store import LogEvent, LogKind
 
         with open_store(state_dir) as opened:
-            store = as_firmware_store(opened)
+            store = opened
             _check_card_locally(store, card)
             store.factory_reset()
             store.log_event(LogEvent(LogKind.FACTORY_RESET, card_id(card)))

@@ -243,8 +243,7 @@ class ControlServer:
     def _add_key(self, key: crypto.PublicKey, role: Role) -> dict[str, Any]:
         store = self.runtime.store
         key_id = crypto.key_id(key)
-        is_revoked = getattr(store, "is_key_revoked", None)
-        if is_revoked is not None and is_revoked(key_id):
+        if store.is_key_revoked(key_id):
             raise ControlRefused(
                 f"key {key_id[:4].hex()} is revoked for this vehicle; it is not added"
             )

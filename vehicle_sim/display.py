@@ -7,24 +7,38 @@ phones apart, and never a key. Nothing here ever formats private keys.
 from __future__ import annotations
 
 import datetime
-import enum
 
 from protocol.events import (
     ClockCorrected,
     CommandExecuted,
+    FastPathRefusedEvent,
     IssuerRotated,
+    KeyEnrolled,
+    KeyRemoved,
+    ManageRefused,
+    OwnershipTransferred,
     RequestRejected,
     RevocationsUpdated,
+    ShareRevoked,
 )
 from protocol.types import LockState, ResultCode
 
 SHORT_ID_BYTES = 4
 
-ReportedEvent = object
-"""What the vehicle decided or learnt: every vehicle event but ChallengeIssued
-(``CommandExecuted``, ``RequestRejected``, ``RevocationsUpdated``, ... and the
-key-management, share and fast-path events of newer protocol versions, which
-are described by field name so this module does not depend on them)."""
+ReportedEvent = (
+    CommandExecuted
+    | RequestRejected
+    | FastPathRefusedEvent
+    | ManageRefused
+    | KeyEnrolled
+    | KeyRemoved
+    | ShareRevoked
+    | OwnershipTransferred
+    | RevocationsUpdated
+    | IssuerRotated
+    | ClockCorrected
+)
+"""What the vehicle decided or learnt: every vehicle event but ChallengeIssued."""
 
 
 def short_id(key_id: bytes) -> str:
@@ -54,60 +68,36 @@ def describe_key(event: CommandExecuted) -> str:
 
 
 def describe_event(event: ReportedEvent, peer: str | None = None) -> str:
-    line = _describe_known(event, peer)
-    if line is not None:
-        return line
-    return _describe_by_name(event, f" from {peer}" if peer else "")
-
-
-def _describe_by_name(event: object, origin: str) -> str:
-    name = type(event).__name__
-    key = getattr(event, "key_id", None)
-    by = getattr(event, "by_key_id", None)
-    by_text = f" by key {short_id(by)}" if isinstance(by, bytes) else ""
-    if name == "KeyEnrolled":
-        role = getattr(event, "role", None)
-        role_text = role.name.lower() if isinstance(role, enum.Enum) else "?"
-        method = getattr(event, "method", "")
-        return f"key {_short(key)} enrolled as {role_text}{by_text}{origin} ({method})"
-    if name == "KeyRemoved":
-        return f"key {_short(key)} removed{by_text}{origin}"
-    if name == "ShareRevoked":
-        return f"share {_short(getattr(event, 'share_id', None))} revoked{by_text}{origin}"
-    if name == "OwnershipTransferred":
-        new = getattr(event, "new_owner_key_id", None)
-        return f"ownership transferred to key {_short(new)}{by_text}{origin}"
-    if name in ("FastPathRefusedEvent", "ManageRefused"):
-        reason = getattr(event, "reason", None) or getattr(event, "result", None)
-        code = reason.name.lower().replace("_", "-") if isinstance(reason, enum.Enum) else "?"
-        what = "fast path refused" if name == "FastPathRefusedEvent" else "management refused"
-        return f"{what} key {_short(key)}{origin}: {code}"
-    return f"{name}{origin}"
-
-
-def _short(value: object) -> str:
-    return short_id(value) if isinstance(value, bytes) else "?"
-
-
-def _describe_known(event: ReportedEvent, peer: str | None) -> str | None:
-    """One line for an executed command, a refused request, or signed news
-    (revocations, time) that a phone carried to the vehicle."""
+    """One line on what the vehicle decided or learnt, for its console."""
     origin = f" from {peer}" if peer else ""
     if isinstance(event, CommandExecuted):
-        who = describe_key(event)
-        command = event.command.name.lower()
-        if event.result is ResultCode.OK:
-            change = (
-                f"{lock_word(event.lock_state_before)} -> {lock_word(event.lock_state)}"
-                if event.lock_state is not event.lock_state_before
-                else f"still {lock_word(event.lock_state)}"
-            )
-            via = ", share" if getattr(event, "share_id", None) is not None else ""
-            via += ", fast path" if getattr(event, "fast_path", False) else ""
-            return f"{command} by {who}{origin}: ok, {change} (counter {event.counter}{via})"
+        return _describe_command(event, origin)
+    if isinstance(event, RequestRejected):
+        who = f" key {short_id(event.key_id)}" if event.key_id is not None else ""
+        return f"denied{who}{origin}: {_code_word(event.code)} ({event.reason})"
+    if isinstance(event, FastPathRefusedEvent):
+        return f"fast path refused key {short_id(event.key_id)}{origin}: {_code_word(event.reason)}"
+    if isinstance(event, ManageRefused):
+        operation = event.operation.name.lower().replace("_", "-")
         return (
-            f"{command} by {who}{origin}: {event.result.name.lower()}, "
-            f"{lock_word(event.lock_state)} (counter {event.counter})"
+            f"{operation} by key {short_id(event.key_id)}{origin} refused: "
+            f"{_code_word(event.result)}"
+        )
+    if isinstance(event, KeyEnrolled):
+        return (
+            f"key {short_id(event.key_id)} enrolled as {event.role.name.lower()}"
+            f" by key {short_id(event.by_key_id)}{origin} ({event.method})"
+        )
+    if isinstance(event, KeyRemoved):
+        return f"key {short_id(event.key_id)} removed by key {short_id(event.by_key_id)}{origin}"
+    if isinstance(event, ShareRevoked):
+        return (
+            f"share {short_id(event.share_id)} revoked by key {short_id(event.by_key_id)}{origin}"
+        )
+    if isinstance(event, OwnershipTransferred):
+        return (
+            f"ownership transferred to key {short_id(event.new_owner_key_id)}"
+            f" by key {short_id(event.by_key_id)}{origin}"
         )
     if isinstance(event, RevocationsUpdated):
         added = "1 key" if event.added == 1 else f"{event.added} keys"
@@ -120,14 +110,30 @@ def _describe_known(event: ReportedEvent, peer: str | None) -> str | None:
             f"issuer key rotated{origin}: now trusts {short_id(event.new_key_id)} "
             f"(signed by {short_id(event.old_key_id)}, kept for credentials it issued)"
         )
-    if isinstance(event, ClockCorrected):
-        delta = event.after - event.before
+    delta = event.after - event.before
+    return (
+        f"clock corrected{origin} by issuer-signed time: {iso_utc(event.after)} "
+        f"(was {iso_utc(event.before)}, {delta:+d} s)"
+    )
+
+
+def _describe_command(event: CommandExecuted, origin: str) -> str:
+    who = describe_key(event)
+    command = event.command.name.lower()
+    if event.result is not ResultCode.OK:
         return (
-            f"clock corrected{origin} by issuer-signed time: {iso_utc(event.after)} "
-            f"(was {iso_utc(event.before)}, {delta:+d} s)"
+            f"{command} by {who}{origin}: {event.result.name.lower()}, "
+            f"{lock_word(event.lock_state)} (counter {event.counter})"
         )
-    if isinstance(event, RequestRejected):
-        who = f" key {short_id(event.key_id)}" if event.key_id is not None else ""
-        code = event.code.name.lower().replace("_", "-")
-        return f"denied{who}{origin}: {code} ({event.reason})"
-    return None
+    change = (
+        f"{lock_word(event.lock_state_before)} -> {lock_word(event.lock_state)}"
+        if event.lock_state is not event.lock_state_before
+        else f"still {lock_word(event.lock_state)}"
+    )
+    via = ", share" if event.share_id is not None else ""
+    via += ", fast path" if event.fast_path else ""
+    return f"{command} by {who}{origin}: ok, {change} (counter {event.counter}{via})"
+
+
+def _code_word(code: ResultCode) -> str:
+    return code.name.lower().replace("_", "-")

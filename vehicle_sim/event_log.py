@@ -1,10 +1,8 @@
 """What the firmware writes to its event log for each vehicle event.
 
 ``log_events(event)`` maps a protocol event (the GATT server reports them)
-to the ``LogEvent``s the store appends. It dispatches on the event's class
-name and reads fields by name, so events that newer protocol versions add
-(enrollment, removal, shares, fast path) are logged as soon as they exist,
-and unknown ones are skipped rather than crash the vehicle.
+to the ``LogEvent``s the store appends; ``is_success`` and ``failure_code``
+tell the backoff which events prove a key and which are failed attempts.
 
 Console and keycard actions, evictions and boot are logged by the runtime
 directly (``LogKind.CARD_TAP``, ``FACTORY_RESET``, ``EVICTED``, ``BOOT``).
@@ -14,6 +12,20 @@ from __future__ import annotations
 
 from typing import Final
 
+from protocol.events import (
+    ClockCorrected,
+    CommandExecuted,
+    FastPathRefusedEvent,
+    IssuerRotated,
+    KeyEnrolled,
+    KeyRemoved,
+    ManageRefused,
+    OwnershipTransferred,
+    RequestRejected,
+    RevocationsUpdated,
+    ShareRevoked,
+    VehicleEvent,
+)
 from protocol.types import Command, ResultCode
 
 from .firmware_store import NO_KEY, LogEvent, LogKind
@@ -23,72 +35,63 @@ _COMMAND_KINDS: Final = {
     Command.LOCK: LogKind.LOCK,
     Command.STATUS: LogKind.STATUS,
 }
+_SUCCESSES: Final = (
+    CommandExecuted,
+    KeyEnrolled,
+    KeyRemoved,
+    ShareRevoked,
+    OwnershipTransferred,
+    ManageRefused,  # an authenticated refusal: the signature verified
+)
 
 
-def _key(value: object) -> bytes:
-    if isinstance(value, bytes) and len(value) >= 16:
-        return value[:16]
-    return NO_KEY
+def _key(value: bytes | None) -> bytes:
+    """Key ids are 16 bytes; a share id is logged by its first 16 bytes."""
+    return value[:16] if value is not None and len(value) >= 16 else NO_KEY
 
 
-def _code(value: object) -> int:
-    return int(value) if isinstance(value, int) else int(ResultCode.INTERNAL)
-
-
-def log_events(event: object) -> list[LogEvent]:
+def log_events(event: VehicleEvent) -> list[LogEvent]:
     """The log entries for ``event`` (empty for events the log does not record)."""
-    name = type(event).__name__
-    get = event.__getattribute__
-    if name == "CommandExecuted":
-        key_id = _key(get("key_id"))
-        result = get("result")
-        if result is not ResultCode.OK:
-            return [LogEvent(LogKind.DENIED, key_id, _code(result))]
-        entries = [LogEvent(_COMMAND_KINDS.get(get("command"), LogKind.STATUS), key_id)]
-        if getattr(event, "share_id", None) is not None:
+    if isinstance(event, CommandExecuted):
+        key_id = _key(event.key_id)
+        if event.result is not ResultCode.OK:
+            return [LogEvent(LogKind.DENIED, key_id, int(event.result))]
+        entries = [LogEvent(_COMMAND_KINDS[event.command], key_id)]
+        if event.share_id is not None:
             entries.append(LogEvent(LogKind.SHARE_USED, key_id))
         return entries
-    if name == "RequestRejected":
-        return [LogEvent(LogKind.DENIED, _key(get("key_id")), _code(get("code")))]
-    if name in ("FastPathRefusedEvent", "ManageRefused"):
-        reason = get("reason") if name == "FastPathRefusedEvent" else get("result")
-        return [LogEvent(LogKind.DENIED, _key(get("key_id")), _code(reason))]
-    if name == "KeyEnrolled":
-        return [LogEvent(LogKind.ENROLLED, _key(get("key_id")))]
-    if name == "KeyRemoved":
-        return [LogEvent(LogKind.REMOVED, _key(get("key_id")))]
-    if name == "ShareRevoked":
-        return [LogEvent(LogKind.SHARE_REVOKED, _key(get("share_id")))]
-    if name == "OwnershipTransferred":
-        return [LogEvent(LogKind.OWNERSHIP_TRANSFER, _key(get("new_owner_key_id")))]
-    if name == "RevocationsUpdated":
+    if isinstance(event, RequestRejected):
+        return [LogEvent(LogKind.DENIED, _key(event.key_id), int(event.code))]
+    if isinstance(event, FastPathRefusedEvent):
+        return [LogEvent(LogKind.DENIED, _key(event.key_id), int(event.reason))]
+    if isinstance(event, ManageRefused):
+        return [LogEvent(LogKind.DENIED, _key(event.key_id), int(event.result))]
+    if isinstance(event, KeyEnrolled):
+        return [LogEvent(LogKind.ENROLLED, _key(event.key_id))]
+    if isinstance(event, KeyRemoved):
+        return [LogEvent(LogKind.REMOVED, _key(event.key_id))]
+    if isinstance(event, ShareRevoked):
+        return [LogEvent(LogKind.SHARE_REVOKED, _key(event.share_id))]
+    if isinstance(event, OwnershipTransferred):
+        return [LogEvent(LogKind.OWNERSHIP_TRANSFER, _key(event.new_owner_key_id))]
+    if isinstance(event, RevocationsUpdated):
         return [LogEvent(LogKind.REVOCATIONS)]
-    if name == "ClockCorrected":
+    if isinstance(event, ClockCorrected):
         return [LogEvent(LogKind.CLOCK_CORRECTED)]
-    if name == "IssuerRotated":
-        return [LogEvent(LogKind.ISSUER_ROTATED, _key(get("new_key_id")))]
+    if isinstance(event, IssuerRotated):
+        return [LogEvent(LogKind.ISSUER_ROTATED, _key(event.new_key_id))]
     return []
 
 
-def is_success(event: object) -> bool:
+def is_success(event: VehicleEvent) -> bool:
     """An event that proves the requester's key (its signature or MAC verified)."""
-    return type(event).__name__ in (
-        "CommandExecuted",
-        "KeyEnrolled",
-        "KeyRemoved",
-        "ShareRevoked",
-        "OwnershipTransferred",
-        "ManageRefused",
-    )
+    return isinstance(event, _SUCCESSES)
 
 
-def failure_code(event: object) -> ResultCode | None:
+def failure_code(event: VehicleEvent) -> ResultCode | None:
     """The refusal code if ``event`` is a failed authentication attempt, else None."""
-    name = type(event).__name__
-    if name == "RequestRejected":
-        code = getattr(event, "code", None)
-    elif name == "FastPathRefusedEvent":
-        code = getattr(event, "reason", None)
-    else:
-        return None
-    return code if isinstance(code, ResultCode) else ResultCode.MALFORMED
+    if isinstance(event, RequestRejected):
+        return event.code
+    if isinstance(event, FastPathRefusedEvent):
+        return event.reason
+    return None

@@ -24,7 +24,6 @@ JSON = dict[str, Any]
 def show_report(store: FirmwareStore, runtime: VehicleRuntime | None = None) -> JSON:
     from protocol import crypto
 
-    is_key_revoked = getattr(store, "is_key_revoked", None)
     keys = sorted(store.keys(), key=lambda entry: (entry.role, entry.key_id))
     readout = store.read_log()
     level = runtime.backoff.level() if runtime is not None else store.backoff_level()
@@ -39,16 +38,16 @@ def show_report(store: FirmwareStore, runtime: VehicleRuntime | None = None) -> 
                 "role": entry.role.name.lower(),
                 "counter": store.last_counter(entry.key_id),
                 "fast_path": store.fast_key(entry.key_id) is not None,
-                "revoked": bool(is_key_revoked(entry.key_id)) if is_key_revoked else False,
+                "revoked": store.is_key_revoked(entry.key_id),
             }
             for entry in keys
         ],
         "keycards": sorted(crypto.key_id(card).hex() for card in store.keycards()),
         "issuers": [key_id.hex() for key_id in store.issuer_keys()],
         "revocation_version": store.revocation_version(),
-        "revocation_entries": getattr(store, "revoked_count", lambda: None)(),
+        "revocation_entries": store.revoked_count(),
         "clock": store.now(),
-        "time_floor": getattr(store, "time_floor", None),
+        "time_floor": store.time_floor,
         "lockout": {"level": level},
         "log": {
             "length": len(readout.entries),

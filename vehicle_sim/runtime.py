@@ -46,7 +46,6 @@ from .firmware_store import NO_KEY, FirmwareStore, LogEvent, LogKind
 from .gatt_server import EventHook, PhonekeyGattServer, Sleep
 from .keycard import PairingWindow
 from .mcu import PROFILES, Cpu, McuProfile
-from .ram_firmware import as_firmware_store
 from .slots import SlotPolicy
 
 logger = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ class VehicleRuntime:
 
     def __init__(
         self,
-        store: object,
+        store: FirmwareStore,
         device: Device,
         *,
         adv_interval_ms: float = VIRTUAL_ADV_INTERVAL_MS,
@@ -89,8 +88,7 @@ class VehicleRuntime:
         if not low <= adv_interval_ms <= high:
             raise ValueError(f"advertising interval must be {low:g}-{high:g} ms")
         self.options = options if options is not None else FirmwareOptions()
-        self.store: FirmwareStore = as_firmware_store(store)
-        store = self.store
+        self.store = store
         self.device = device
         self.adv_interval_ms = adv_interval_ms
         self._on_event = on_event

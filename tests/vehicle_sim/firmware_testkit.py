@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from conftest import STEP_TIMEOUT, BlePhone
+from vehicle_testkit import STEP_TIMEOUT, BlePhone
 
 from ble_stack.virtual_link import VirtualRadio
 from protocol import ChallengeReceived, Command, CommandCompleted
 from vehicle_sim.display import ReportedEvent
+from vehicle_sim.firmware_store import FirmwareStore
 from vehicle_sim.runtime import FirmwareOptions, VehicleRuntime
 
 
@@ -53,7 +54,7 @@ class Firmware:
 
 @asynccontextmanager
 async def firmware_vehicle(
-    radio: VirtualRadio, store: object, *, hold: bool = False, **options: object
+    radio: VirtualRadio, store: FirmwareStore, *, hold: bool = False, **options: object
 ) -> AsyncIterator[Firmware]:
     clock = FakeClock()
     sleep = HeldSleep(hold=hold)

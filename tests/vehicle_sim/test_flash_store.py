@@ -7,8 +7,8 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import VIN
 from flash_testkit import T0, Wall, logical, mount, new_image
+from vehicle_testkit import VIN
 
 from protocol import crypto
 from protocol.store import MemoryStore, StateChange, WhitelistEntry, apply_change

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import VIN
+from vehicle_testkit import VIN
 
 from ble_stack.advertising import LEGACY_PAYLOAD_MAX, AdvertisementFields, parse_ad_structures
 from ble_stack.uuids import ADV_COMPANY_ID, PHONEKEY_SERVICE_UUID

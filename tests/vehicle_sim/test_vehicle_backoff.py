@@ -9,16 +9,15 @@ import asyncio
 import math
 
 import pytest
-from conftest import STEP_TIMEOUT, BlePhone, PhoneFactory
 from firmware_testkit import command, firmware_vehicle, try_connect, until
+from vehicle_testkit import STEP_TIMEOUT, BlePhone, PhoneFactory
 
 from ble_stack.virtual_link import VirtualRadio
 from protocol import ChallengeReceived, Command, LockState, VehicleRejected
 from protocol.types import ResultCode
 from vehicle_sim.backoff import Backoff, BackoffPolicy, counts_as_failure, level_of
 from vehicle_sim.firmware_store import LogKind
-from vehicle_sim.ram_firmware import RamFirmware
-from vehicle_sim.state_store import FileVehicleStore
+from vehicle_sim.state_store import FileVehicleStore, open_store
 
 
 class Clock:
@@ -188,12 +187,22 @@ async def test_a_stranger_claiming_the_owner_key_id_never_delays_or_locks_out_th
 
 
 async def test_backoff_level_survives_a_restart_without_a_write_per_failure(
-    radio: VirtualRadio, store: FileVehicleStore, make_phone: PhoneFactory
+    radio: VirtualRadio,
+    store: FileVehicleStore,
+    make_phone: PhoneFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    flash = RamFirmware(store)  # stands for the flash: counts level checkpoints
+    checkpoints: list[int] = []
+    save_level = store.save_backoff_level
+
+    def counting_save(level: int) -> None:
+        checkpoints.append(level)
+        save_level(level)
+
+    monkeypatch.setattr(store, "save_backoff_level", counting_save)
     stranger = await make_phone("stranger", role=None)
     failures = 12
-    async with firmware_vehicle(radio, flash) as fw:
+    async with firmware_vehicle(radio, store) as fw:
         for _ in range(failures):
             await _refused(stranger, fw.runtime.device.random_address)
             assert isinstance(await stranger.next_event(), VehicleRejected)
@@ -202,10 +211,13 @@ async def test_backoff_level_survives_a_restart_without_a_write_per_failure(
         level = fw.runtime.backoff.level()
         assert fw.runtime.backoff.failures == failures
     assert level == 3  # floor(log2(12 + 1))
-    assert flash.level_writes == level  # 1, 2, 3: not one per failure
-    assert flash.backoff_level() == level
+    assert checkpoints == [1, 2, 3]  # one flash write per level, not one per failure
 
-    # Power cut and reboot: the new firmware starts at the saved level.
-    async with firmware_vehicle(radio, flash) as rebooted:
-        assert rebooted.runtime.backoff.level() == level
-        assert rebooted.runtime.backoff.global_delay() > 0
+    # Power cut and reboot: the image is mounted afresh and the firmware starts
+    # at the saved level.
+    store.close()
+    with open_store(store.state_dir) as remounted:
+        assert remounted.backoff_level() == level
+        async with firmware_vehicle(radio, remounted) as rebooted:
+            assert rebooted.runtime.backoff.level() == level
+            assert rebooted.runtime.backoff.global_delay() > 0

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import VIN
+from vehicle_testkit import VIN
 
 from protocol import Role, crypto
 from protocol.card import VehicleCard

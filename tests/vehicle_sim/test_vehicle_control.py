@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from conftest import STEP_TIMEOUT, VIN
+from vehicle_testkit import STEP_TIMEOUT, VIN
 
 from protocol import crypto
 from protocol.card import VehicleCard

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from conftest import STEP_TIMEOUT, BlePhone, PhoneFactory, RunningVehicle
+from vehicle_testkit import STEP_TIMEOUT, BlePhone, PhoneFactory, RunningVehicle
 
 from protocol import (
     ChallengeReceived,

@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from conftest import STEP_TIMEOUT, BlePhone, PhoneFactory, RunningVehicle
+from vehicle_testkit import STEP_TIMEOUT, BlePhone, PhoneFactory, RunningVehicle
 
 from protocol import (
     ChallengeReceived,

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from conftest import STEP_TIMEOUT, PhoneFactory
+from vehicle_testkit import STEP_TIMEOUT, PhoneFactory
 
 from ble_stack.virtual_link import VirtualRadio
 from protocol import ChallengeReceived, Command, RequestRejected, VehicleRejected

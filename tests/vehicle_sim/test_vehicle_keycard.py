@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from conftest import STEP_TIMEOUT, VIN, BlePhone, PhoneFactory
+from vehicle_testkit import STEP_TIMEOUT, VIN, BlePhone, PhoneFactory
 
 from ble_stack.transports import default_radio
 from ble_stack.virtual_link import VirtualRadio

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import PhoneFactory
 from firmware_testkit import command, firmware_vehicle, try_connect
+from vehicle_testkit import PhoneFactory
 
 from ble_stack.virtual_link import VirtualRadio
 from protocol import ChallengeReceived, Command

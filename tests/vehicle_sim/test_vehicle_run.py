@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import STEP_TIMEOUT, VIN, PhoneFactory
+from vehicle_testkit import STEP_TIMEOUT, VIN, PhoneFactory
 
 from ble_stack.transports import default_radio
 from ble_stack.virtual_link import VirtualRadio

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import STEP_TIMEOUT, BlePhone, PhoneFactory
 from firmware_testkit import command, firmware_vehicle, try_connect, until
+from vehicle_testkit import STEP_TIMEOUT, BlePhone, PhoneFactory
 
 from ble_stack.virtual_link import VirtualRadio
 from protocol import ChallengeReceived, Command, LockState

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import VIN
 from flash_testkit import flash_journal, flash_state, legacy_vehicle
+from vehicle_testkit import VIN
 
 from protocol import LockState, Role, crypto
 from protocol.card import VehicleCard

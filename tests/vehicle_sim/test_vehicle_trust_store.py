@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import VIN
 from flash_testkit import flash_state, legacy_vehicle
+from vehicle_testkit import VIN
 
 from protocol import LockState, Role, crypto
 from protocol.card import VehicleCard
