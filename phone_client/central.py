@@ -14,7 +14,10 @@ BLE exchange, never in its way), waits for the cloud (bounded) only when it
 holds none (and the vehicle did not accept this key on its whitelist last
 time), corrects a vehicle clock that refuses a valid credential with
 issuer-signed time, falls back to the whitelist, and says how it got in
-(``CommandOutcome.credential`` / ``cloud`` / ``message``).
+(``CommandOutcome.credential`` / ``cloud`` / ``message``). A phone holding
+an offline share for the vehicle (``share_book``) and not known to be on its
+whitelist presents the share like a credential. Commands on the whitelist
+path use the fast path when a fast-path key is held (``CommandOutcome.fast_path``).
 """
 
 from __future__ import annotations
@@ -35,8 +38,14 @@ from ble_stack.uuids import PHONEKEY_SERVICE_UUID
 from protocol import Command, LockState, ResultCode, VehicleRejected
 from protocol.card import VehicleCard
 from protocol.credentials import Credential
-from protocol.errors import RejectedCredential, RejectedCredentialRevoked, RejectedUnknownKey
+from protocol.errors import (
+    RejectedCredential,
+    RejectedCredentialRevoked,
+    RejectedShare,
+    RejectedUnknownKey,
+)
 from protocol.framing import ATT_MTU_MAX, ATT_MTU_MIN
+from protocol.shares import Share
 
 from .cloud_sync import DEFAULT_CLOUD_DEADLINE, ClockNotCorrected, CloudSync, is_clock_refusal
 from .credential_cache import CacheState, CredentialCache
@@ -44,6 +53,7 @@ from .errors import AdapterUnavailable, BluetoothError, CommandTimeout, KeyUnava
 from .keystore import KeyStore
 from .scanning import find_vehicle
 from .session import MAX_CHALLENGE_AGE, SessionTimings, VehicleSession
+from .share_book import ShareBook, utc_minute
 
 if TYPE_CHECKING:
     from .cloud_client import CloudClient
@@ -227,10 +237,12 @@ class CommandOutcome:
     att_mtu: int
     frames_written: int
     latency: Latency
-    credential: str | None = None  # "whitelist", "cloud" (fetched now) or "cache"
+    credential: str | None = None  # "whitelist", "cloud" (fetched now), "cache" or "share"
     cloud: str = "none"  # the cloud as observed: "none", "up", "http-500", "blackhole", ...
     message: str = ""  # how the answer was obtained, for people
     credential_not_after: int | None = None  # end of the presented credential's window
+    fast_path: bool = False  # answered on the fast path: no public-key operation on the vehicle
+    fast_path_refused: str | None = None  # why the vehicle refused the fast attempt (fell back)
 
     @property
     def ok(self) -> bool:
@@ -302,7 +314,7 @@ async def run_command(
 
     async def attempt(
         device: BLEDevice,
-        credential: Credential | None,
+        credential: Credential | Share | None,
         scan: float | None,
         cloud_wait: float | None,
         *,
@@ -328,7 +340,9 @@ async def run_command(
             assert stats is not None  # command() records its stats before returning
             timings = session.timings
             source = "whitelist"
-            if credential is not None:
+            if isinstance(credential, Share):
+                source = "share"
+            elif credential is not None:
                 source = "cloud" if credential is sync.fetched else "cache"
             outcome = CommandOutcome(
                 vin=card.vin,
@@ -350,6 +364,10 @@ async def run_command(
                 credential=source,
                 cloud=sync.observed,
                 credential_not_after=None if credential is None else credential.not_after,
+                fast_path=stats.fast_path,
+                fast_path_refused=None
+                if stats.fast_path_refused is None
+                else stats.fast_path_refused.name.lower().replace("_", " "),
             )
             outcome = replace(outcome, message=_message(sync, outcome, refusal))
             if on_result is not None:
@@ -374,6 +392,21 @@ async def run_command(
             raise KeyUnavailable(
                 sync.failure_message(refusal), denied, sync.cloud_error
             ) from denied
+
+    async def with_share(device: BLEDevice, share: Share, scan: float | None) -> CommandOutcome:
+        """The share path; if the vehicle refuses the share, one whitelist
+        attempt (the owner may have added this key since); if that is denied
+        too, the share's refusal is the reason that counts."""
+        try:
+            return await attempt(device, share, scan, None)
+        except RejectedShare as refused:
+            logger.info("vehicle %s refused the share (%s)", card.vin, refused)
+            try:
+                return await attempt(device, None, None, None)
+            except VehicleRejected as denied:
+                if _is_denial(denied):
+                    raise refused from denied
+                raise
 
     async def with_credential(
         device: BLEDevice,
@@ -419,7 +452,12 @@ async def run_command(
         device = await phone.find_vehicle(card, timeout)
         scan = time.perf_counter() - start
         credential = sync.cached.credential if sync.cached.usable else None
-        if credential is not None:
+        share = None
+        if credential is None and not whitelisted:
+            share = ShareBook(keystore, clock=clock).to_present(card.vin)
+        if share is not None:
+            outcome = await with_share(device, share, scan)
+        elif credential is not None:
             outcome = await with_credential(device, credential, scan, None)
         elif sync.active and not whitelisted:
             # Nothing valid cached: wait (bounded) for the cloud's credential.
@@ -471,6 +509,14 @@ def _is_denial(rejected: VehicleRejected) -> bool:
 
 
 def _message(sync: CloudSync, outcome: CommandOutcome, refusal: VehicleRejected | None) -> str:
+    if outcome.credential == "share":
+        verb = {Command.UNLOCK: "unlocked", Command.LOCK: "locked"}.get(outcome.command, "asked")
+        if not outcome.ok:
+            verb = "used"
+        until = (
+            "" if outcome.credential_not_after is None else utc_minute(outcome.credential_not_after)
+        )
+        return f"{verb} with an offline share valid until {until}"
     return sync.success_message(
         outcome.command, outcome.ok, outcome.credential or "whitelist", refusal
     )

@@ -87,6 +87,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         )
         _add_cloud_timeout(p)
 
+    # Shares and whitelist management live in their own modules (imported
+    # here, after this one is complete: they use its helpers).
+    from . import cli_manage, cli_share
+
+    cli_share.register(commands)
+    cli_manage.register(commands)
+
 
 def _sub(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -216,8 +223,12 @@ def _explain(exc: Exception) -> tuple[int, str]:
         return EXIT_FAILED, f"denied: {exc} (unauthenticated refusal; lock state unknown)"
     if isinstance(exc, ProtocolError):
         return EXIT_FAILED, f"failed: protocol error from the vehicle: {exc}"
-    if isinstance(exc, errors.KeyUnavailable):
+    if isinstance(exc, errors.KeyUnavailable | errors.ManageRefused | errors.ManageRejected):
         return EXIT_FAILED, f"denied: {exc}"
+    if isinstance(exc, errors.BadArgument):
+        return EXIT_USAGE, f"error: {exc}"
+    if isinstance(exc, errors.ShareTextError):
+        return EXIT_USAGE, f"error: unusable share: {exc}"
     if isinstance(exc, errors.CloudUnavailable):
         code = EXIT_TIMEOUT if exc.status == "blackhole" else EXIT_FAILED
         return code, f"failed: {exc}"
@@ -484,7 +495,7 @@ def _print_result(outcome: CommandOutcome) -> None:
     from protocol import Command
 
     state = outcome.lock_state.name.lower()
-    details = f"key {outcome.key_id[:4].hex()}, {_latency_text(outcome)}"
+    details = f"key {outcome.key_id[:4].hex()}, {_path_text(outcome)}{_latency_text(outcome)}"
     if not outcome.ok:
         print(
             f"denied: vehicle {outcome.vin} refused {outcome.command.name.lower()}: this key's "
@@ -496,6 +507,14 @@ def _print_result(outcome: CommandOutcome) -> None:
         print(f"{outcome.vin} is {state} ({details})", flush=True)
     else:
         print(f"{state} {outcome.vin} ({details})", flush=True)
+
+
+def _path_text(outcome: CommandOutcome) -> str:
+    if outcome.fast_path:
+        return "fast path, "
+    if outcome.fast_path_refused is not None:
+        return f"fast path refused ({outcome.fast_path_refused}), full handshake, "
+    return ""
 
 
 def _latency_text(outcome: CommandOutcome) -> str:

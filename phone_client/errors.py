@@ -113,3 +113,43 @@ class KeyUnavailable(PhoneError):
         super().__init__(message)
         self.rejection = rejection
         self.cloud_error = cloud_error
+
+
+# --- offline shares and whitelist management ---------------------------------------------
+class ShareTextError(PhoneError):
+    """A share text (``phonekey-share:1:...``) that cannot be used by this phone:
+    malformed, for another key or vehicle, expired, or conflicting with a held card."""
+
+
+class UnknownShare(KeyStoreError):
+    """This phone holds no record of the share it was asked about."""
+
+
+class ManageRefused(PhoneError):
+    """The vehicle refused a whitelist operation under its MAC (authenticated):
+    nothing changed on the vehicle but the counter. ``result`` is its code."""
+
+    def __init__(self, message: str, result: object) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class NotOwner(ManageRefused):
+    """FORBIDDEN: only an owner key manages keys and shares."""
+
+
+class KeyNotOnVehicle(ManageRefused):
+    """NOT_FOUND: the key to remove is not on the vehicle's whitelist."""
+
+
+class LastOwner(ManageRefused):
+    """LAST_OWNER: the vehicle would be left without an owner."""
+
+
+class ManageRejected(PhoneError):
+    """The vehicle refused a whitelist operation before authenticating it
+    (e.g. its enrollment window is closed); the protocol's refusal is the cause."""
+
+
+class BadArgument(PhoneError):
+    """A command-line value that parses but cannot be used (e.g. a share ending in the past)."""

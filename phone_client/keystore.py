@@ -3,8 +3,10 @@
 Layout of the home directory (mode 0700)::
 
     key.pem       the phone's P-256 private key, PKCS#8 PEM, mode 0600
-    phone.json    {"format": 1, "vehicles": {VIN: {"card": ..., "counter": N,
-                   "issuer": "p256:...", "cloud": "http://...", "whitelisted": true}}}
+    phone.json    {"format": 2, "vehicles": {VIN: {"card": ..., "counter": N,
+                   "issuer": "p256:...", "cloud": "http://...", "whitelisted": true,
+                   "shares": {"imported": [...], "issued": [...]}}}}
+    fast-keys.json  the fast-path secrets, mode 0600 (fast_keys)
     credentials/  cached cloud credentials and revocation news (credential_cache)
     cloud-breaker.json   the cloud circuit breaker's state (circuit_breaker)
 
@@ -15,6 +17,11 @@ rotation signed by it; it stays trusted (``pin_rotated_issuer``).
 ``whitelisted`` (optional, default false) records that the vehicle last
 accepted this phone's key on the whitelist path: such a phone need not wait
 for the cloud before connecting (see ``central.run_command``).
+
+``shares`` (optional, format 2) holds the offline shares this phone imported
+(to present to the vehicle) and issued (so its owner can list and revoke
+them); see ``share_book``. Format 1 files (before shares) load unchanged and
+are written back as format 2.
 
 ``phone.json`` is only ever replaced whole (temp file + fsync + os.replace),
 so a crash leaves either the old or the new file, never a torn one.
@@ -37,8 +44,8 @@ import contextlib
 import json
 import os
 import stat
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -47,13 +54,15 @@ from platformdirs import user_data_dir
 from protocol import crypto
 from protocol.card import InvalidCard, VehicleCard, validate_vin
 
-from .atomic import fsync_directory
+from .atomic import fsync_directory, write_atomic
 from .errors import KeyStoreError, UnknownVehicle
+from .fast_keys import FastKeys
 from .trust import VehicleTrust
 
 KEY_FILE: Final = "key.pem"
 STATE_FILE: Final = "phone.json"
-STATE_FORMAT: Final = 1
+STATE_FORMAT: Final = 2
+_OLD_FORMATS: Final = (1,)  # loaded as they are: format 2 only added optional fields
 _MAX_COUNTER: Final = 2**64 - 1
 
 
@@ -76,6 +85,7 @@ class KeyStore:
         self.key_path = self.home / KEY_FILE
         self.state_path = self.home / STATE_FILE
         self._private_key: crypto.PrivateKey | None = None
+        self.fast_keys = FastKeys(self.home)
 
     # --- the phone's key -------------------------------------------------------
     def has_key(self) -> bool:
@@ -167,6 +177,7 @@ class KeyStore:
         old_card = entry.get("card")
         if old_card is None or _card_vehicle_key(old_card) != _card_vehicle_key(card.to_text()):
             entry.pop("whitelisted", None)  # learnt about another vehicle key
+            entry.pop("shares", None)  # shares name the vehicle key they were made for
         entry["card"] = card.to_text()
         if issuer is None:
             issuer = card.issuer  # the vehicle's own card names the issuer it trusts
@@ -215,6 +226,7 @@ class KeyStore:
         if state["vehicles"].pop(vin, None) is None:
             raise UnknownVehicle(vin)
         self._save_state(state)
+        self.fast_keys.drop(vin)
 
     def vehicle(self, vin: str) -> VehicleCard:
         vin = _vin(vin)
@@ -252,6 +264,25 @@ class KeyStore:
         else:
             entry.pop("whitelisted", None)
         self._save_state(state)
+
+    # --- raw entries (for share_book) ---------------------------------------------
+    def entry(self, vin: str) -> dict[str, Any]:
+        """A copy of ``vin``'s entry in phone.json (raises UnknownVehicle)."""
+        vin = _vin(vin)
+        entry = self._load_state()["vehicles"].get(vin)
+        if entry is None:
+            raise UnknownVehicle(vin)
+        return dict(entry)
+
+    def update_entry(self, vin: str, change: Callable[[dict[str, Any]], bool]) -> None:
+        """Apply ``change`` to ``vin``'s entry; written (whole, durably) if it returns True."""
+        vin = _vin(vin)
+        state = self._load_state()
+        entry = state["vehicles"].get(vin)
+        if entry is None:
+            raise UnknownVehicle(vin)
+        if change(entry):
+            self._save_state(state)
 
     # --- counters --------------------------------------------------------------
     def next_counter(self, vin: str) -> int:
@@ -313,19 +344,9 @@ class KeyStore:
 
     def _save_state(self, state: dict[str, Any]) -> None:
         self._ensure_home()
+        state["format"] = STATE_FORMAT
         data = json.dumps(state, indent=2, sort_keys=True).encode("utf-8") + b"\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", suffix=".tmp", dir=self.home)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.state_path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        fsync_directory(self.home)
+        write_atomic(self.state_path, data)
 
     def _card(self, vin: str, entry: dict[str, Any]) -> VehicleCard:
         try:
@@ -360,7 +381,7 @@ def validate_cloud_url(url: str) -> str:
 
 def _check_state(state: Any) -> None:
     """Shape check, so corruption surfaces as one clear error, not a KeyError later."""
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in (STATE_FORMAT, *_OLD_FORMATS):
         raise ValueError(f"expected an object with format {STATE_FORMAT}")
     vehicles = state["vehicles"]
     if not isinstance(vehicles, dict):
@@ -376,6 +397,19 @@ def _check_state(state: Any) -> None:
                 raise ValueError(f"entry for {vin!r} has a bad {optional!r}")
         if "whitelisted" in entry and not isinstance(entry["whitelisted"], bool):
             raise ValueError(f"entry for {vin!r} has a bad 'whitelisted'")
+        if "shares" in entry:
+            _check_shares(vin, entry["shares"])
+
+
+def _check_shares(vin: str, shares: Any) -> None:
+    if not isinstance(shares, dict):
+        raise ValueError(f"entry for {vin!r} has bad 'shares'")
+    for kind in ("imported", "issued"):
+        records = shares.get(kind, [])
+        if not isinstance(records, list) or not all(
+            isinstance(record, dict) and isinstance(record.get("share"), str) for record in records
+        ):
+            raise ValueError(f"entry for {vin!r} has bad {kind} shares")
 
 
 def _write_new_file(path: Path, data: bytes) -> None:

@@ -19,11 +19,21 @@ signed news it lacks, after the command, off the critical path. It sends one
 at connect too (``status_at_connect``): a vehicle whose clock refuses a valid
 credential can be handed signed time first, then the credential
 (``present_credential``) on the same session.
+
+Fast path (docs/protocol.md section 10): a command on a session without a
+credential uses the fast-path key held for the vehicle (``KeyStore.fast_keys``)
+instead of a signature. If the vehicle refuses it (``FastPathRefusedReceived``:
+no key, bad MAC, key removed...), the key is dropped and the same command runs
+the full handshake on the challenge that follows, on the same connection. A
+full handshake answered OK hands back a new fast key, stored durably before
+the command returns. ``manage`` sends whitelist operations (enroll, add or
+remove a key, revoke a share, transfer ownership) through the same machinery.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -39,12 +49,14 @@ from protocol import (
     ChallengeReceived,
     Command,
     CommandCompleted,
+    ManageOp,
     PhoneConnection,
     PhoneState,
     ProtocolError,
+    ResultCode,
 )
 from protocol.card import VehicleCard
-from protocol.events import VehicleStatusReceived
+from protocol.events import FastPathRefusedReceived, ManageCompleted, VehicleStatusReceived
 
 from .errors import BluetoothError, CommandTimeout, ConnectionLost
 from .keystore import KeyStore
@@ -54,7 +66,10 @@ MAX_CHALLENGE_AGE: Final = 20.0
 accepts challenges for 30 s; asking for a new one at 20 s leaves room for a
 slow, fragmented request to arrive before the vehicle's limit."""
 
-_E = TypeVar("_E", ChallengeReceived, CommandCompleted)
+logger = logging.getLogger(__name__)
+
+_Answer = ChallengeReceived | CommandCompleted | ManageCompleted | FastPathRefusedReceived
+_E = TypeVar("_E", ChallengeReceived, CommandCompleted, ManageCompleted)
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,8 @@ class CommandStats:
     round_trip: float  # seconds from the first write to the authenticated response
     frames_written: int  # ATT writes the request took (1 at MTU 247)
     refreshed_challenge: bool  # a stale challenge was replaced first
+    fast_path: bool = False  # answered on the fast path (no public-key operation)
+    fast_path_refused: ResultCode | None = None  # the vehicle's refusal before the fallback
 
 
 @dataclass
@@ -90,8 +107,10 @@ class VehicleSession:
         timeout: float,
         timings: SessionTimings,
         max_challenge_age: float = MAX_CHALLENGE_AGE,
+        fast_path: bool = True,
     ) -> None:
         self.client = client
+        self.fast_path = fast_path  # False: never try the fast path nor keep its key
         self.card = card
         self.att_mtu = att_mtu
         self.timeout = timeout
@@ -105,7 +124,7 @@ class VehicleSession:
             rng=os.urandom,
             att_mtu=att_mtu,
         )
-        self._inbox: asyncio.Queue[ChallengeReceived | CommandCompleted | None] = asyncio.Queue()
+        self._inbox: asyncio.Queue[_Answer | None] = asyncio.Queue()
         self.statuses: list[VehicleStatusReceived] = []  # as the vehicle sent them
         self._status_arrived = asyncio.Event()
         self._status_mark = 0  # len(statuses) when the latest command went out
@@ -174,33 +193,104 @@ class VehicleSession:
         command (the lock state is then unchanged and still authentic).
         Unauthenticated refusals raise ``protocol.VehicleRejected`` subclasses;
         forged or mismatched answers raise ``protocol.RemoteProtocolError``.
-        Either way the session is finished: open a new one.
+        Either way the session is finished: open a new one. A refused fast
+        attempt is not such a refusal: it falls back to the full handshake.
         """
         async with self._lock:  # one exchange at a time: the protocol has one challenge
             loop = asyncio.get_running_loop()
             deadline = loop.time() + (self.timeout if timeout is None else timeout)
             self._raise_if_failed()
-            refreshed = False
-            if (
-                self._conn.state is PhoneState.READY
-                and time.monotonic() - self._challenge_at > self.max_challenge_age
-            ):
-                refreshed = True
-                self._conn.request_challenge()
-                await self._write_pending()
-            while self._conn.state is not PhoneState.READY:
-                await self._wait_for(ChallengeReceived, deadline, "a challenge")
-            # Persisted before it is signed: a crash can waste it, never reuse it.
-            counter = self._keystore.next_counter(self.card.vin)
-            self._status_mark = len(self.statuses)
+            refreshed = await self._hold_challenge(deadline)
+            vin = self.card.vin
             start = time.perf_counter()
-            self._conn.send_command(command, counter)
-            frames = await self._write_pending()
-            completed = await self._wait_for(CommandCompleted, deadline, "the response")
+            frames = 0
+            refused: ResultCode | None = None
+            completed: CommandCompleted | None = None
+            fast_key = self._fast_key()
+            if fast_key is not None:
+                counter = self._keystore.next_counter(vin)  # persisted before use
+                self._status_mark = len(self.statuses)
+                self._conn.send_fast_command(command, counter, fast_key)
+                frames += await self._write_pending()
+                answer = await self._wait_any(
+                    (CommandCompleted, FastPathRefusedReceived), deadline, "the response"
+                )
+                if isinstance(answer, FastPathRefusedReceived):
+                    refused = answer.reason
+                    unavailable = refused is ResultCode.FAST_PATH_UNAVAILABLE
+                    self._keystore.fast_keys.drop(vin, unavailable=unavailable)
+                    logger.info(
+                        "vehicle %s refused the fast path (%s); full handshake", vin, refused.name
+                    )
+                    await self._hold_challenge(deadline)
+                else:
+                    assert isinstance(answer, CommandCompleted)
+                    completed = answer
+            if completed is None:
+                # Persisted before it is signed: a crash can waste it, never reuse it.
+                counter = self._keystore.next_counter(vin)
+                self._status_mark = len(self.statuses)
+                self._conn.send_command(command, counter)
+                frames += await self._write_pending()
+                completed = await self._wait_for(CommandCompleted, deadline, "the response")
+                if completed.fast_key is not None and self._fast_path_wanted():
+                    # Durably stored before anything can use it.
+                    self._keystore.fast_keys.store(
+                        vin, self.key_id, self.card.public_key, completed.fast_key
+                    )
             round_trip = time.perf_counter() - start
-            self._keystore.observe_counter(self.card.vin, completed.counter)
-            self.timings.commands.append(CommandStats(command, round_trip, frames, refreshed))
+            self._keystore.observe_counter(vin, completed.counter)
+            self.timings.commands.append(
+                CommandStats(command, round_trip, frames, refreshed, completed.fast_path, refused)
+            )
             return completed
+
+    async def manage(
+        self, operation: ManageOp, argument: bytes, *, timeout: float | None = None
+    ) -> ManageCompleted:
+        """Send a whitelist operation (argument from ``protocol.manage``) and
+        return the vehicle's authenticated answer: OK, FORBIDDEN, NOT_FOUND or
+        LAST_OWNER. Unauthenticated refusals (e.g. ``RejectedEnrollmentClosed``)
+        raise ``protocol.VehicleRejected`` subclasses and end the session."""
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + (self.timeout if timeout is None else timeout)
+            self._raise_if_failed()
+            await self._hold_challenge(deadline)
+            counter = self._keystore.next_counter(self.card.vin)  # persisted before signing
+            self._status_mark = len(self.statuses)
+            self._conn.send_manage(operation, argument, counter)
+            await self._write_pending()
+            done = await self._wait_for(ManageCompleted, deadline, "the answer")
+            self._keystore.observe_counter(self.card.vin, done.counter)
+            return done
+
+    async def _hold_challenge(self, deadline: float) -> bool:
+        """Wait until a fresh challenge is held; True if a stale one was replaced."""
+        refreshed = False
+        if (
+            self._conn.state is PhoneState.READY
+            and time.monotonic() - self._challenge_at > self.max_challenge_age
+        ):
+            refreshed = True
+            self._conn.request_challenge()
+            await self._write_pending()
+        while self._conn.state is not PhoneState.READY:
+            await self._wait_for(ChallengeReceived, deadline, "a challenge")
+        return refreshed
+
+    def _fast_path_wanted(self) -> bool:
+        return (
+            self.fast_path
+            and not self.credential_presented
+            and not self._keystore.fast_keys.unavailable(self.card.vin)
+        )
+
+    def _fast_key(self) -> bytes | None:
+        """The fast-path key to use for the next command, if any."""
+        if not self._fast_path_wanted():
+            return None
+        return self._keystore.fast_keys.get(self.card.vin, self.key_id, self.card.public_key)
 
     # --- signed news for the vehicle ----------------------------------------------------
     async def wait_status(self, timeout: float) -> VehicleStatusReceived | None:
@@ -318,6 +408,13 @@ class VehicleSession:
         return len(frames)
 
     async def _wait_for(self, kind: type[_E], deadline: float, what: str) -> _E:
+        item = await self._wait_any((kind,), deadline, what)
+        assert isinstance(item, kind)
+        return item
+
+    async def _wait_any(
+        self, kinds: tuple[type[_Answer], ...], deadline: float, what: str
+    ) -> _Answer:
         while True:
             self._raise_if_failed()
             try:
@@ -328,7 +425,7 @@ class VehicleSession:
                 raise CommandTimeout(
                     f"vehicle {self.card.vin} did not send {what} in time"
                 ) from None
-            if isinstance(item, kind):
+            if isinstance(item, kinds):
                 return item
             # Anything else is a pushed challenge nobody is waiting for: the
             # connection state already holds it.
