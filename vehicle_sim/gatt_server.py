@@ -16,7 +16,7 @@ issuer key, sessions also accept issuer-signed credentials, revocation deltas
 and signed time; without one they behave exactly as before (no VehicleStatus
 is sent, and any such message is refused).
 
-Firmware defences (see docs/firmware-runtime.md): connection slots with
+Firmware defences (see docs/firmware.md): connection slots with
 eviction and timeouts (``slots``), failed-authentication backoff that holds
 back failure replies only (``backoff``), and an MCU profile that charges each
 session's public-key operations on one shared core (``cpu``).

@@ -10,7 +10,7 @@ the nonce, the action and its argument) with ECDSA P-256 / SHA-256 (raw
 r || s, low-S, as ``protocol.crypto.sign``), and the vehicle verifies against
 its registered cards. A recorded tap is useless later (the nonce is single use
 and short-lived) and cannot be turned into another action or replayed on
-another vehicle (both are signed). Format: docs/firmware-runtime.md, vectors
+another vehicle (both are signed). Format: docs/firmware.md, vectors
 in tests/vectors/keycard_v1.json.
 """
 

@@ -7,7 +7,7 @@ a profile, the GATT server charges each session's public-key operations
 pump, before the answer leaves, on one shared ``Cpu``: a single-core MCU does
 one operation at a time, so concurrent sessions queue behind each other.
 
-Default figures for ``cortex-m4-168`` (see docs/firmware-runtime.md for the
+Default figures for ``cortex-m4-168`` (see docs/firmware.md for the
 sources): ECDSA P-256 verify 83 ms and sign 89 ms, the Cortex-M4 at 168 MHz
 figures the project was given; ECDH 86 ms, p256-m's 144 ms on a Cortex-M4 at
 100 MHz (Mbed TLS 3rdparty/p256-m README, "Runtime performance") scaled to

@@ -4,7 +4,7 @@
     python tests/vectors/generate_keycard_vectors.py           # rewrite the vectors
     python tests/vectors/generate_keycard_vectors.py --check   # exit 1 if stale
 
-One keycard tap per action of docs/firmware-runtime.md: the card's key (its
+One keycard tap per action of docs/firmware.md: the card's key (its
 scalar comes from the deterministic rng of ``generate_vectors.py`` seeded with
 ``CARD_KEY_SEED``), the vehicle id and nonce, the exact bytes the card signs
 and the RFC 6979 signature (raw r || s, low-S). Only regenerate after a
@@ -59,7 +59,7 @@ def build() -> dict[str, Any]:
             }
         )
     return {
-        "description": "keycard tap challenge-response (docs/firmware-runtime.md)",
+        "description": "keycard tap challenge-response (docs/firmware.md)",
         "rng": RNG_DOC,
         "card_key_seed": CARD_KEY_SEED.decode(),
         "card_private_scalar": card.private_numbers().private_value.to_bytes(32, "big").hex(),
