@@ -10,7 +10,7 @@ is one line, ``{"ok": true, "result": {...}}`` or ``{"ok": false, "error":
 
 - ``show`` -> the report of ``report.show_report``; ``log`` -> ``report.log_report``.
 - ``challenge`` -> ``{"vehicle_id", "nonce"}`` (hex): a fresh nonce for one keycard
-  tap on this control connection, single use, valid ``CHALLENGE_SECONDS``.
+  tap on this control connection, single use, valid ``card_reader.CHALLENGE_SECONDS``.
 - ``tap`` with ``action`` (unlock, lock, pair, remove-key, factory-reset,
   add-card), ``argument`` (hex, see ``keycard.TapAction``), ``card_id`` and
   ``signature`` (hex) over ``keycard.tap_message``; ``window`` (seconds) for pair.
@@ -31,17 +31,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from protocol import crypto
-from protocol.store import StateChange
-from protocol.types import LockState, ResultCode, Role
+from protocol.types import Role
 
+from .card_reader import add_keycard
 from .firmware_store import LogEvent, LogKind
-from .keycard import (
-    DEFAULT_WINDOW_SECONDS,
-    NONCE_LEN,
-    KeycardError,
-    TapAction,
-    verify_tap,
-)
+from .keycard import DEFAULT_WINDOW_SECONDS, KeycardError, TapAction
 from .report import log_report, show_report
 
 if TYPE_CHECKING:
@@ -50,7 +44,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SOCKET_NAME: Final = "control.sock"
-CHALLENGE_SECONDS: Final = 30.0
 MAX_LINE: Final = 16 * 1024
 UNIX_PATH_MAX: Final = 107  # sun_path on Linux, minus the terminating NUL
 
@@ -76,7 +69,6 @@ class ControlServer:
         self.runtime = runtime
         self.path = socket_path(state_dir)
         self._server: asyncio.AbstractServer | None = None
-        self._rng = os.urandom
 
     async def start(self) -> None:
         path = str(self.path)
@@ -104,7 +96,7 @@ class ControlServer:
             self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        state: dict[str, Any] = {"nonce": None}
+        state: dict[str, Any] = {"challenge": None}
         try:
             while line := await reader.readline():
                 answer = self._answer(line, state)
@@ -141,9 +133,9 @@ class ControlServer:
         if op == "log":
             return log_report(store.read_log())
         if op == "challenge":
-            nonce = self._rng(NONCE_LEN)
-            state["nonce"] = (nonce, self.runtime.options.monotonic())
-            return {"vehicle_id": store.identity.vehicle_id.hex(), "nonce": nonce.hex()}
+            challenge = self.runtime.card_reader.challenge()
+            state["challenge"] = challenge
+            return {"vehicle_id": challenge.vehicle_id.hex(), "nonce": challenge.nonce.hex()}
         if op == "tap":
             return self._tap(request, state)
         if op == "add-card":
@@ -151,94 +143,32 @@ class ControlServer:
                 raise ControlRefused(
                     "the vehicle already has a keycard: tap it to add another (--with-card)"
                 )
-            return self._add_card(_public_key(request, "card_key"))
+            return add_keycard(self.runtime, _public_key(request, "card_key"))
         if op == "add-key":
             return self._add_key(_public_key(request, "key"), _role(request))
         raise ControlUsage(f"unknown op {op!r}")
 
     # --- keycard taps ----------------------------------------------------------------
     def _tap(self, request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
-        pending, state["nonce"] = state["nonce"], None  # single use, whatever happens
+        pending, state["challenge"] = state["challenge"], None  # single use, whatever happens
         try:
             action = TapAction.from_name(str(request.get("action", "")))
         except ValueError as exc:
             raise ControlUsage(str(exc)) from None
-        argument = _hex(request, "argument", optional=True)
-        card_id = _hex(request, "card_id")
-        signature = _hex(request, "signature")
-        if pending is None:
-            raise ControlRefused("no challenge outstanding: ask for one first")
-        nonce, issued_at = pending
-        if self.runtime.options.monotonic() - issued_at > CHALLENGE_SECONDS:
-            raise ControlRefused("the challenge expired; tap again")
-        store = self.runtime.store
+        window = request.get("window", DEFAULT_WINDOW_SECONDS)
+        if not isinstance(window, int | float) or isinstance(window, bool):
+            raise ControlUsage("window must be a number of seconds")
         try:
-            verify_tap(
-                store.keycards(),
-                card_id,
-                signature,
-                store.identity.vehicle_id,
-                nonce,
-                action,
-                argument,
+            return self.runtime.card_reader.tap(
+                pending,
+                card=_hex(request, "card_id"),
+                signature=_hex(request, "signature"),
+                action=action,
+                argument=_hex(request, "argument", optional=True),
+                window=float(window),
             )
-        except ValueError as exc:  # argument of the wrong length
+        except ValueError as exc:  # an argument of the wrong length, a window out of range
             raise ControlUsage(str(exc)) from None
-        except KeycardError as exc:
-            logged_id = card_id[:16].ljust(16, b"\0")
-            self.runtime.log(LogEvent(LogKind.DENIED, logged_id, int(ResultCode.BAD_SIGNATURE)))
-            raise ControlRefused(str(exc)) from None
-        return self._act(action, argument, card_id, request)
-
-    def _act(
-        self, action: TapAction, argument: bytes, card_id: bytes, request: dict[str, Any]
-    ) -> dict[str, Any]:
-        runtime, store = self.runtime, self.runtime.store
-        if action in (TapAction.UNLOCK, TapAction.LOCK):
-            target = LockState.UNLOCKED if action is TapAction.UNLOCK else LockState.LOCKED
-            before = store.lock_state()
-            store.commit(StateChange(lock_state=target))
-            runtime.log(
-                LogEvent(LogKind.UNLOCK if action is TapAction.UNLOCK else LogKind.LOCK, card_id)
-            )
-            logger.info(
-                "doors %s (were %s) by keycard %s",
-                target.name.lower(),
-                before.name.lower(),
-                card_id[:4].hex(),
-            )
-            return {"lock_state": target.name.lower(), "was": before.name.lower()}
-        if action is TapAction.PAIR:
-            seconds = request.get("window", DEFAULT_WINDOW_SECONDS)
-            if not isinstance(seconds, int | float) or isinstance(seconds, bool):
-                raise ControlUsage("window must be a number of seconds")
-            try:
-                runtime.window.open(float(seconds), card_id)
-            except ValueError as exc:
-                raise ControlUsage(str(exc)) from None
-            runtime.log(LogEvent(LogKind.CARD_TAP, card_id))
-            return {"pairing_window_s": float(seconds)}
-        if action is TapAction.REMOVE_KEY:
-            removed = store.remove_key(argument)
-            if removed is None:
-                raise ControlRefused(f"key {argument.hex()} is not on the whitelist")
-            runtime.log(LogEvent(LogKind.REMOVED, argument))
-            return {"removed": argument.hex(), "role": removed.role.name.lower()}
-        if action is TapAction.FACTORY_RESET:
-            store.factory_reset()
-            runtime.window.consume()
-            runtime.log(LogEvent(LogKind.FACTORY_RESET, card_id))
-            runtime.disconnect_all()
-            return {"reset": True, "keys": len(store.keys())}
-        # ADD_CARD: a registered card vouches for a new one.
-        return self._add_card(crypto.public_key_from_bytes(argument))
-
-    def _add_card(self, card: crypto.PublicKey) -> dict[str, Any]:
-        added = self.runtime.store.add_keycard(card)
-        card_id = crypto.key_id(card)
-        if added:
-            self.runtime.log(LogEvent(LogKind.ENROLLED, card_id))
-        return {"card_id": card_id.hex(), "added": added}
 
     def _add_key(self, key: crypto.PublicKey, role: Role) -> dict[str, Any]:
         store = self.runtime.store

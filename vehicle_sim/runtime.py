@@ -40,6 +40,7 @@ from protocol.events import CommandExecuted
 
 from .advertising import build_vehicle_advertisement
 from .backoff import Backoff, BackoffPolicy
+from .card_reader import KeycardReader
 from .display import ReportedEvent, describe_key, iso_utc, lock_word, short_id
 from .event_log import log_events
 from .firmware_store import NO_KEY, FirmwareStore, LogEvent, LogKind
@@ -104,6 +105,7 @@ class VehicleRuntime:
         )
         self.cpu = Cpu(self.options.mcu, sleep=self.options.sleep)
         self.window = PairingWindow(monotonic)
+        self.card_reader = KeycardReader(self)
         # The store is also the vehicle's CredentialTrust; the GATT server uses
         # it only while at least one issuer key is provisioned.
         self.gatt = PhonekeyGattServer(
