@@ -17,9 +17,10 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from protocol.shares import ALL_WEEKDAYS, MAX_UTC_OFFSET, MIN_UTC_OFFSET
 
@@ -41,33 +42,29 @@ _HOURS_RE: Final = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # Values are checked by the handler (same parsers), so each mistake is one
+    # line on stderr (exit 2) instead of argparse's usage text.
     p = _sub(commands, "share", "sign an offline share of a vehicle for a friend's key", _share)
-    p.add_argument("--vin", required=True, type=_vin_arg, help="the vehicle's VIN")
-    p.add_argument("--to", required=True, type=_key_arg, metavar="PUBKEY", help="p256:<hex>")
-    p.add_argument("--role", required=True, type=role_arg, help="guest or driver")
+    p.add_argument("--vin", required=True, help="the vehicle's VIN")
+    p.add_argument("--to", required=True, metavar="PUBKEY", help="p256:<hex>")
+    p.add_argument("--role", required=True, help="guest or driver")
     p.add_argument(
         "--until",
         required=True,
-        type=date_arg,
         metavar="DATE",
-        help="last valid day (YYYY-MM-DD, to its end) or an ISO datetime",
+        help="last valid day (YYYY-MM-DD, to its end) "
+        "or an ISO datetime (YYYY-MM-DDTHH:MM[+HH:MM])",
     )
     p.add_argument(
         "--from",
         dest="start",
-        type=date_arg,
         metavar="DATE",
         help="first valid day (YYYY-MM-DD, from its start) or an ISO datetime (default: now)",
     )
-    p.add_argument(
-        "--days", type=days_arg, default=ALL_WEEKDAYS, help="e.g. mon-fri or mon,wed,sat"
-    )
-    p.add_argument(
-        "--hours", type=hours_arg, default=(0, 1440), help="daily window, e.g. 08:00-18:00"
-    )
+    p.add_argument("--days", default="all", help="e.g. mon-fri or mon,wed,sat (default: all)")
+    p.add_argument("--hours", default="00:00-24:00", help="daily window, e.g. 08:00-18:00")
     p.add_argument(
         "--utc-offset",
-        type=offset_arg,
         metavar="+HH:MM",
         help="the local time of dates and hours (default: this computer's current offset)",
     )
@@ -88,6 +85,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 # --- argument types ------------------------------------------------------------------------
+_T = TypeVar("_T")
+
+
+def _checked(option: str, parse: Callable[[str], _T], text: str) -> _T:
+    try:
+        return parse(text)
+    except argparse.ArgumentTypeError as exc:
+        raise BadArgument(f"{option}: {exc}") from None
+
+
 def role_arg(text: str) -> Any:
     from protocol import Role
 
@@ -197,28 +204,38 @@ def _share(args: argparse.Namespace) -> int:
 
     from .share_book import ShareBook, share_text, window_text
 
+    vin = _checked("--vin", _vin_arg, args.vin)
+    holder = _checked("--to", _key_arg, args.to)
+    role = _checked("--role", role_arg, args.role)
+    until_value = _checked("--until", date_arg, args.until)
+    start_value = None if args.start is None else _checked("--from", date_arg, args.start)
+    weekdays = _checked("--days", days_arg, args.days)
+    first, last = _checked("--hours", hours_arg, args.hours)
+    offset = (
+        None if args.utc_offset is None else _checked("--utc-offset", offset_arg, args.utc_offset)
+    )
     store = _keystore(args)
-    card = store.vehicle(args.vin)
+    card = store.vehicle(vin)
     owner = store.private_key
     now = int(time.time())
-    offset = args.utc_offset if args.utc_offset is not None else local_offset_minutes(now)
-    until = to_unix(args.until, offset, end_of_day=True)
-    start = now if args.start is None else to_unix(args.start, offset, end_of_day=False)
+    if offset is None:
+        offset = local_offset_minutes(now)
+    until = to_unix(until_value, offset, end_of_day=True)
+    start = now if start_value is None else to_unix(start_value, offset, end_of_day=False)
     if until <= now:
         raise BadArgument("--until is in the past: the share would never be valid")
     if start > until:
         raise BadArgument("--from is after --until")
-    if crypto.key_id(args.to) == store.key_id():
+    if crypto.key_id(holder) == store.key_id():
         raise BadArgument("--to is this phone's own key")
-    first, last = args.hours
     share = issue_share(
         owner,
         vehicle_id=card.vehicle_id,
-        holder_key=args.to,
-        role=args.role,
+        holder_key=holder,
+        role=role,
         not_before=start,
         not_after=until,
-        weekdays=args.days,
+        weekdays=weekdays,
         start_minute=first,
         end_minute=last,
         utc_offset_minutes=offset,
@@ -226,7 +243,7 @@ def _share(args: argparse.Namespace) -> int:
     ShareBook(store).record_issued(card.vin, share)  # before anyone can hold it
     print(share_text(card, share), flush=True)
     print(
-        f"shared {card.vin} with key {crypto.key_id(args.to)[:4].hex()} as "
+        f"shared {card.vin} with key {crypto.key_id(holder)[:4].hex()} as "
         f"{share.role.name.lower()}, {window_text(share)} (share id {share.share_id.hex()})",
         file=sys.stderr,
     )
