@@ -12,7 +12,7 @@ client lives in ``phone_client.cloud_client`` (it imports aiohttp, so it is
 not imported here).
 """
 
-from .central import CommandOutcome, Latency, PhoneKey, run_command
+from .central import PhoneKey, run_command
 from .circuit_breaker import CircuitBreaker
 from .credential_cache import CachedCredential, CacheState, CredentialCache
 from .errors import (
@@ -32,6 +32,7 @@ from .errors import (
     VehicleNotFound,
 )
 from .keystore import KeyStore, default_home
+from .outcome import CommandOutcome, Latency
 from .scanning import SeenVehicle, find_vehicle, scan_vehicles
 from .session import CommandStats, SessionTimings, VehicleSession
 from .trust import VehicleTrust

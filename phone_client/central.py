@@ -27,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 from bleak import BleakClient
@@ -35,7 +35,7 @@ from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
 
 from ble_stack.uuids import PHONEKEY_SERVICE_UUID
-from protocol import Command, LockState, ResultCode, VehicleRejected
+from protocol import Command, VehicleRejected
 from protocol.card import VehicleCard
 from protocol.credentials import Credential
 from protocol.errors import (
@@ -51,6 +51,8 @@ from .cloud_sync import DEFAULT_CLOUD_DEADLINE, ClockNotCorrected, CloudSync, is
 from .credential_cache import CacheState, CredentialCache
 from .errors import AdapterUnavailable, BluetoothError, CommandTimeout, KeyUnavailable
 from .keystore import KeyStore
+from .outcome import CommandOutcome as CommandOutcome
+from .outcome import Latency as Latency
 from .scanning import find_vehicle
 from .session import MAX_CHALLENGE_AGE, SessionTimings, VehicleSession
 from .share_book import ShareBook, utc_minute
@@ -210,43 +212,6 @@ async def _disconnect(client: BleakClient) -> None:
     with contextlib.suppress(BleakError, OSError, TimeoutError):
         async with asyncio.timeout(_DISCONNECT_TIMEOUT):
             await client.disconnect()
-
-
-@dataclass(frozen=True)
-class Latency:
-    """Where the time of one command went, in seconds (None: stage skipped)."""
-
-    scan: float | None
-    connect: float | None
-    challenge: float | None  # subscribe until the first challenge
-    command: float  # request written until the authenticated response
-    total: float  # start of the scan until the response
-    cloud_wait: float | None = None  # waited for the cloud after the scan (nothing cached)
-
-
-@dataclass(frozen=True)
-class CommandOutcome:
-    """The authenticated answer to one command, and what it cost."""
-
-    vin: str
-    command: Command
-    result: ResultCode  # OK, or FORBIDDEN: this key's role does not permit it
-    lock_state: LockState  # as the vehicle reported under its MAC
-    counter: int
-    key_id: bytes  # this phone's key id
-    att_mtu: int
-    frames_written: int
-    latency: Latency
-    credential: str | None = None  # "whitelist", "cloud" (fetched now), "cache" or "share"
-    cloud: str = "none"  # the cloud as observed: "none", "up", "http-500", "blackhole", ...
-    message: str = ""  # how the answer was obtained, for people
-    credential_not_after: int | None = None  # end of the presented credential's window
-    fast_path: bool = False  # answered on the fast path: no public-key operation on the vehicle
-    fast_path_refused: str | None = None  # why the vehicle refused the fast attempt (fell back)
-
-    @property
-    def ok(self) -> bool:
-        return self.result is ResultCode.OK
 
 
 async def run_command(

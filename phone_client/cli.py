@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 from phonekey.cli_args import number_in_range
 
 if TYPE_CHECKING:
-    from .central import CommandOutcome
+    from .outcome import CommandOutcome
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -444,6 +444,7 @@ def _command(args: argparse.Namespace) -> int:
     from protocol import Command
 
     from .central import run_command
+    from .cli_output import print_result as show
 
     store = _keystore(args)
     trust = store.vehicle_trust(args.vin)  # refuse an unknown vehicle before any radio work
@@ -454,7 +455,7 @@ def _command(args: argparse.Namespace) -> int:
     def print_result(outcome: CommandOutcome) -> None:
         # As soon as the vehicle answered: the cloud work after it must not delay this.
         printed.append(outcome)
-        _print_result(outcome)
+        show(outcome)
 
     async def send(radio: dict[str, Any]) -> CommandOutcome:
         cloud = None
@@ -485,56 +486,10 @@ def _command(args: argparse.Namespace) -> int:
 
     outcome = asyncio.run(_with_radio(args, send))
     if not printed:
-        _print_result(outcome)
+        show(outcome)
     if outcome.cloud != "none" or outcome.credential not in (None, "whitelist"):
         print(outcome.message, file=sys.stdout if outcome.ok else sys.stderr)
     return EXIT_OK if outcome.ok else EXIT_FAILED
-
-
-def _print_result(outcome: CommandOutcome) -> None:
-    from protocol import Command
-
-    state = outcome.lock_state.name.lower()
-    details = f"key {outcome.key_id[:4].hex()}, {_path_text(outcome)}{_latency_text(outcome)}"
-    if not outcome.ok:
-        print(
-            f"denied: vehicle {outcome.vin} refused {outcome.command.name.lower()}: this key's "
-            f"role does not permit it; the vehicle is {state} ({details})",
-            file=sys.stderr,
-            flush=True,
-        )
-    elif outcome.command is Command.STATUS:
-        print(f"{outcome.vin} is {state} ({details})", flush=True)
-    else:
-        print(f"{state} {outcome.vin} ({details})", flush=True)
-
-
-def _path_text(outcome: CommandOutcome) -> str:
-    if outcome.fast_path:
-        return "fast path, "
-    if outcome.fast_path_refused is not None:
-        return f"fast path refused ({outcome.fast_path_refused}), full handshake, "
-    return ""
-
-
-def _latency_text(outcome: CommandOutcome) -> str:
-    latency = outcome.latency
-    parts = [
-        f"{name} {_ms(value)}"
-        for name, value in (
-            ("scan", latency.scan),
-            ("connect", latency.connect),
-            ("challenge", latency.challenge),
-            ("command", latency.command),
-        )
-        if value is not None
-    ]
-    return f"{_ms(latency.total)}: " + ", ".join(parts)
-
-
-def _ms(seconds: float) -> str:
-    ms = seconds * 1000
-    return f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
 
 
 async def _with_radio(args: argparse.Namespace, body: Callable[[dict[str, Any]], Any]) -> Any:

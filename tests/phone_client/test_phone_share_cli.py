@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from phone_client import CommandOutcome, KeyStore, Latency
-from phone_client.cli import _print_result
+from phone_client.cli_output import print_result
 from phone_client.cli_share import days_arg, hours_arg, offset_arg, to_unix
 from phone_client.errors import ShareTextError
 from phone_client.share_book import parse_share_text, share_text
@@ -280,11 +280,11 @@ def outcome(**changes: object) -> CommandOutcome:
 def test_unlock_output_says_when_the_fast_path_was_used(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _print_result(outcome(fast_path=True))
+    print_result(outcome(fast_path=True))
     assert "fast path" in capsys.readouterr().out
-    _print_result(outcome(fast_path_refused="fast key unknown"))
+    print_result(outcome(fast_path_refused="fast key unknown"))
     assert "fast path refused (fast key unknown), full handshake" in capsys.readouterr().out
-    _print_result(outcome())
+    print_result(outcome())
     assert "fast path" not in capsys.readouterr().out
 
 
