@@ -11,14 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
+from collections.abc import Callable
 from typing import TypeVar
 
 from bumble import core, hci, ll
+from bumble.controller import Connection as LinkConnection
 from bumble.controller import Controller
 from bumble.device import Device
 from bumble.host import Host
 from bumble.link import LocalLink
 from bumble.transport.common import AsyncPipeSink, TransportSink, TransportSource
+
+logger = logging.getLogger(__name__)
 
 _ReportT = TypeVar(
     "_ReportT",
@@ -30,6 +35,8 @@ _EXT_SCAN_RSP = hci.HCI_LE_Extended_Advertising_Report_Event.EventType.SCAN_RESP
 _EXT_ADV_PROPERTIES = hci.HCI_LE_Set_Extended_Advertising_Parameters_Command.AdvertisingProperties
 _EXT_SCANNABLE = _EXT_ADV_PROPERTIES.SCANNABLE_ADVERTISING
 _POWER_OFF = hci.HCI_ErrorCode.REMOTE_DEVICE_TERMINATED_CONNECTION_DUE_TO_POWER_OFF_ERROR
+CONNECTION_TIMEOUT = hci.HCI_ErrorCode.CONNECTION_TIMEOUT_ERROR
+"""0x08: what a controller reports when its peer stopped answering for a supervision timeout."""
 _LEGACY_SCANNABLE_TYPES = (
     hci.HCI_LE_Set_Advertising_Parameters_Command.AdvertisingType.ADV_IND,
     hci.HCI_LE_Set_Advertising_Parameters_Command.AdvertisingType.ADV_SCAN_IND,
@@ -50,7 +57,37 @@ class VirtualController(Controller):
     - Disconnecting an unknown handle fails at once instead of hanging.
     - HCI Reset really resets: connections drop and advertising and scanning
       stop, so a host that (re)attaches starts from a clean controller.
+    - `vanish` models a radio that falls silent (power cut, process killed):
+      its peers' controllers notice missed connection events and report the
+      link lost with CONNECTION_TIMEOUT after a supervision timeout. Stock
+      bumble never times a link out.
+    - A host disconnecting a link whose peer vanished gets its disconnection
+      at once (nobody will acknowledge the LL_TERMINATE_IND), and no command
+      aimed at a vanished peer raises into the transport carrying the HCI.
+
+    `on_link_event(controller, event)` (optional) sees every LE Connection
+    Complete and Disconnection Complete event this controller sends its host,
+    with the connection still known (`find_connection_by_handle`).
     """
+
+    on_link_event: Callable[[VirtualController, hci.HCI_Event], None] | None = None
+    host_packets = 0  # HCI packets received from hosts so far
+    vanished = False
+
+    def on_hci_packet(self, packet: hci.HCI_Packet) -> None:
+        if self.vanished:
+            return  # a silent radio does nothing its former host asks
+        self.host_packets += 1
+        super().on_hci_packet(packet)
+
+    def on_hci_command_packet(self, command: hci.HCI_Command) -> None:
+        try:
+            super().on_hci_command_packet(command)
+        except core.InvalidArgumentError as error:
+            # An LL control PDU for a peer that left the link. Raising here would
+            # fail the transport that carries this host's HCI (the radio hub's
+            # socket); a real controller would just never hear back.
+            logger.debug("%s: %s (peer gone): %s", self.name, command.name, error)
 
     def drop_radio_activity(self, reason: int) -> None:
         """Stop advertising and scanning, and drop every LE link.
@@ -58,12 +95,7 @@ class VirtualController(Controller):
         Peers get a disconnection with `reason`; this controller's own host
         is told nothing, as after HCI Reset or a vanished host.
         """
-        self.le_legacy_advertiser.stop()
-        for advertising_set in self.advertising_sets.values():
-            advertising_set.stop()
-        self.advertising_sets.clear()
-        self.le_scan_enable = False
-        self.pending_le_connection = None
+        self._stop_radio()
         for connection in list(self.le_connections.values()):
             try:
                 connection.send_ll_control_pdu(ll.TerminateInd(error_code=reason))
@@ -72,10 +104,54 @@ class VirtualController(Controller):
         self.le_connections.clear()
 
     def unplug(self, reason: int = _POWER_OFF) -> None:
-        """Take this controller off its link as if its radio were switched off."""
+        """Take this controller off its link as if its radio were switched off
+        cleanly: peers are told at once, with `reason`."""
         self.drop_radio_activity(reason)
         if self in self.link.controllers:
             self.link.remove_controller(self)
+
+    def vanish(self, supervision_timeout: float) -> list[asyncio.TimerHandle]:
+        """Fall silent and leave the link, like a radio that lost power or
+        whose host process died: nothing is sent to anyone.
+
+        Each peer's controller keeps its link until `supervision_timeout`
+        seconds without a connection event have passed, then reports it lost
+        with CONNECTION_TIMEOUT (0x08) to its host, unless that host
+        disconnected first. Data sent meanwhile is lost. This controller's
+        own host is detached and told nothing. Returns the peers' timers
+        (cancel them to keep those links up forever, e.g. on shutdown).
+        """
+        if supervision_timeout < 0:
+            raise ValueError("the supervision timeout cannot be negative")
+        peers: list[tuple[Controller, LinkConnection]] = []
+        for connection in self.le_connections.values():
+            peer = self.link.find_le_controller(connection.peer_address)
+            if peer is None or peer is self:
+                continue
+            peer_connection = peer.le_connections.get(connection.self_address)
+            if peer_connection is not None:
+                peers.append((peer, peer_connection))
+        self.vanished = True
+        self.host = None
+        self.on_link_event = None
+        self._stop_radio()
+        self.le_connections.clear()
+        if self in self.link.controllers:
+            self.link.remove_controller(self)
+        loop = asyncio.get_running_loop()
+        return [
+            loop.call_later(supervision_timeout, _link_timed_out, peer, peer_connection)
+            for peer, peer_connection in peers
+        ]
+
+    def _stop_radio(self) -> None:
+        """Stop advertising, scanning and connecting (links are left alone)."""
+        self.le_legacy_advertiser.stop()
+        for advertising_set in self.advertising_sets.values():
+            advertising_set.stop()
+        self.advertising_sets.clear()
+        self.le_scan_enable = False
+        self.pending_le_connection = None
 
     def on_hci_reset_command(
         self, command: hci.HCI_Reset_Command
@@ -153,7 +229,16 @@ class VirtualController(Controller):
                 hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR, command.op_code
             )
             return
-        super().on_hci_disconnect_command(command)
+        connection = self.find_le_connection_by_handle(handle)
+        try:
+            super().on_hci_disconnect_command(command)
+        except core.InvalidArgumentError:
+            # The peer vanished (see `vanish`): the command status is out, and
+            # no acknowledgement will ever come, so end the link here.
+            if connection is not None and (
+                self.le_connections.get(connection.peer_address) is connection
+            ):
+                self.on_le_disconnected(connection, command.reason)
 
     def on_hci_le_set_extended_scan_parameters_command(
         self, command: hci.HCI_LE_Set_Extended_Scan_Parameters_Command
@@ -163,6 +248,14 @@ class VirtualController(Controller):
         return super().on_hci_le_set_extended_scan_parameters_command(command)
 
     def send_hci_packet(self, packet: hci.HCI_Packet) -> None:
+        observer = self.on_link_event
+        if observer is not None and isinstance(
+            packet, hci.HCI_LE_Connection_Complete_Event | hci.HCI_Disconnection_Complete_Event
+        ):
+            try:
+                observer(self, packet)
+            except Exception:
+                logger.exception("link event observer failed")
         if isinstance(packet, hci.HCI_LE_Advertising_Report_Event):
             legacy = [
                 fixed
@@ -210,6 +303,12 @@ class VirtualController(Controller):
                     return bytes(advertising_set.scan_response_data)
                 return None
         return None
+
+
+def _link_timed_out(controller: Controller, connection: LinkConnection) -> None:
+    """`controller` missed its peer for a supervision timeout: the link is lost."""
+    if controller.le_connections.get(connection.peer_address) is connection:
+        controller.on_le_disconnected(connection, CONNECTION_TIMEOUT)
 
 
 class VirtualRadio:
@@ -291,9 +390,22 @@ class VirtualRadio:
         """The controller a device made by `create_device` is attached to."""
         return self._controllers[id(device)]
 
-    def remove_device(self, device: Device) -> None:
-        """Switch off a device's radio: drop its links and leave the medium."""
+    def release_address(self, controller: VirtualController) -> None:
+        """Let a controller's address be allocated again (after it left the link)."""
+        self._used_addresses.discard(controller.public_address.address_bytes)
+
+    def remove_device(self, device: Device, *, supervision_timeout: float | None = None) -> None:
+        """Switch off a device's radio: drop its links and leave the medium.
+
+        By default peers are told at once (a clean power-off, reason 0x15).
+        With `supervision_timeout` the radio vanishes instead (a crash or a
+        power cut): peers lose their links with CONNECTION_TIMEOUT (0x08)
+        that many seconds later; see `VirtualController.vanish`.
+        """
         controller = self._controllers.pop(id(device), None)
         if controller is not None:
-            controller.unplug()
-            self._used_addresses.discard(controller.public_address.address_bytes)
+            if supervision_timeout is None:
+                controller.unplug()
+            else:
+                controller.vanish(supervision_timeout)
+            self.release_address(controller)

@@ -14,23 +14,33 @@ import pytest
 from ble_testkit import EchoPeripheral, find_vehicle, wait_for
 from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
+from bumble import hci
+from bumble.device import Device
 
 from ble_stack.bleak_backend import BumbleBleakClient
 from ble_stack.radio_cli import main as radio_main
+from ble_stack.radio_hub import RadioHub
 from ble_stack.transports import open_device
 from ble_stack.uuids import COMMAND_CHAR_UUID, EVENT_CHAR_UUID
+from ble_stack.virtual_link import VirtualRadio
 
 # `python -m phonekey.cli radio` needs every package's CLI to exist; this
 # entry point runs the same `register`/handler without them.
 RADIO_COMMAND = [sys.executable, "-m", "ble_stack.radio_cli"]
+SUPERVISION = 0.5  # seconds: short, so tests of vanishing hosts stay quick
+CONNECTION_TIMEOUT = 0x08
 
 
-async def start_radio(*listen_specs: str) -> tuple[asyncio.subprocess.Process, list[str]]:
+async def start_radio(
+    *listen_specs: str, supervision: float = SUPERVISION
+) -> tuple[asyncio.subprocess.Process, list[str]]:
     """Start the radio and return it with the printed lines, up to `radio ready`."""
     args = [arg for spec in listen_specs for arg in ("--listen", spec)]
     process = await asyncio.create_subprocess_exec(
         *RADIO_COMMAND,
         *args,
+        "--supervision-timeout",
+        str(supervision),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -62,17 +72,34 @@ async def stop_radio(process: asyncio.subprocess.Process, signum: int = signal.S
     return process.returncode
 
 
+async def next_line_with(process: asyncio.subprocess.Process, text: str) -> str:
+    """The radio's next output line containing `text` (lines before it are skipped)."""
+    assert process.stdout is not None
+    async with asyncio.timeout(10):
+        while line := (await process.stdout.readline()).decode():
+            if text in line:
+                return line.rstrip("\n")
+    raise AssertionError(f"the radio exited without printing {text!r}")
+
+
 def specs_of(lines: list[str]) -> list[str]:
-    return [line.split("--transport ", 1)[1] for line in lines]
+    return [line.split("--transport ", 1)[1] for line in lines if "--transport " in line]
 
 
 @pytest.fixture
-async def radio_specs() -> AsyncIterator[list[str]]:
+async def radio_process() -> AsyncIterator[tuple[asyncio.subprocess.Process, list[str]]]:
     process, lines = await start_radio("tcp-server:127.0.0.1:0", "tcp-server:127.0.0.1:0")
     try:
-        yield specs_of(lines)
+        yield process, specs_of(lines)
     finally:
         await stop_radio(process)
+
+
+@pytest.fixture
+async def radio_specs(
+    radio_process: tuple[asyncio.subprocess.Process, list[str]],
+) -> list[str]:
+    return radio_process[1]
 
 
 async def echo_round_trip(client: BleakClient, payload: bytes) -> bytes:
@@ -104,27 +131,44 @@ async def test_two_processes_talk_through_the_radio(radio_specs: list[str]) -> N
             await client.write_gatt_char(COMMAND_CHAR_UUID, b"no-ack", response=False)
 
 
-async def test_host_leaving_drops_its_links_and_the_slot_can_be_reused(
-    radio_specs: list[str],
+def watch_disconnection(device: Device) -> tuple[asyncio.Event, list[int]]:
+    """An event set when `device`'s only connection drops, and the reasons given."""
+    (connection,) = device.connections.values()
+    dropped, reasons = asyncio.Event(), []
+
+    def on_disconnection(reason: int) -> None:
+        reasons.append(reason)
+        dropped.set()
+
+    connection.on(connection.EVENT_DISCONNECTION, on_disconnection)
+    return dropped, reasons
+
+
+async def test_host_leaving_drops_its_links_by_supervision_timeout_and_the_slot_can_be_reused(
+    radio_process: tuple[asyncio.subprocess.Process, list[str]],
 ) -> None:
-    vehicle_spec, phone_spec = radio_specs
+    radio, (vehicle_spec, phone_spec) = radio_process
     async with await open_device(phone_spec, name="phone") as phone_opened:
         phone = phone_opened.device
         vehicle_opened = await open_device(vehicle_spec, name="vehicle")
         await EchoPeripheral(vehicle_opened.device).start()
-        dropped = asyncio.Event()
         client = BleakClient(
-            await find_vehicle(phone),
-            backend=BumbleBleakClient,
-            bumble_device=phone,
-            disconnected_callback=lambda _c: dropped.set(),
+            await find_vehicle(phone), backend=BumbleBleakClient, bumble_device=phone
         )
         await client.connect()
+        assert "host 2: connected to host 1" in await next_line_with(radio, "connected")
+        dropped, reasons = watch_disconnection(phone)
 
         # The vehicle process dies without a word: only its socket closes.
         assert vehicle_opened.transport is not None
         await vehicle_opened.transport.close()
+        gone = await next_line_with(radio, "host 1: gone")
+        assert f"drop in {SUPERVISION:g} s (supervision timeout)" in gone
         await wait_for(dropped)
+        assert reasons == [CONNECTION_TIMEOUT]  # missed connection events, not a goodbye
+        assert "host 2: link to host 1 down (connection timeout, 0x08)" in await next_line_with(
+            radio, "down"
+        )
         await vehicle_opened.close()  # quick: the transport is known to be gone
 
         # A new vehicle process attaches to the same slot and starts clean.
@@ -143,7 +187,10 @@ async def test_radio_prints_specs_and_exits_cleanly(tmp_path: Path, signum: int)
     try:
         assert re.fullmatch(r"host 1: --transport tcp-client:127\.0\.0\.1:\d+", lines[0])
         assert int(lines[0].rsplit(":", 1)[1]) > 0
-        assert lines[1:] == [f"host 2: --transport unix:{socket_path}"]
+        assert lines[1:] == [
+            f"host 2: --transport unix:{socket_path}",
+            f"links of a host that goes away drop after {SUPERVISION:g} s (supervision timeout)",
+        ]
         assert socket_path.exists()
     finally:
         returncode = await stop_radio(process, signum)
@@ -156,3 +203,112 @@ def test_bad_listen_spec_fails_with_one_clear_message(capsys: pytest.CaptureFixt
     error = capsys.readouterr().err
     assert "expected tcp-server:HOST:PORT or unix-server:PATH" in error
     assert "Traceback" not in error
+
+
+@pytest.mark.parametrize("value", ["0", "33", "nan", "soon"])
+def test_supervision_timeout_out_of_range_is_a_usage_error(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        radio_main(["--listen", "tcp-server:127.0.0.1:0", "--supervision-timeout", value])
+    assert exit_info.value.code == 2
+    assert "--supervision-timeout" in capsys.readouterr().err
+
+
+# --- in process: the hub's slots and a radio that vanishes --------------------------------
+async def connect_echo(phone: Device) -> BleakClient:
+    client = BleakClient(await find_vehicle(phone), backend=BumbleBleakClient, bumble_device=phone)
+    await client.connect()
+    return client
+
+
+async def test_hub_gives_a_left_slot_a_fresh_controller_and_reports_what_happened() -> None:
+    events: list[str] = []
+    hub = RadioHub(
+        ["tcp-server:127.0.0.1:0", "tcp-server:127.0.0.1:0"],
+        supervision_timeout=SUPERVISION,
+        on_event=events.append,
+    )
+    vehicle_spec, phone_spec = await hub.start()
+    try:
+        async with await open_device(phone_spec, name="phone") as phone_opened:
+            vehicle_opened = await open_device(vehicle_spec, name="vehicle")
+            await EchoPeripheral(vehicle_opened.device).start()
+            await connect_echo(phone_opened.device)
+            dropped, reasons = watch_disconnection(phone_opened.device)
+            old = hub.slots[0].controller
+            assert vehicle_opened.transport is not None
+            await vehicle_opened.transport.close()
+            await wait_for(dropped)
+            await vehicle_opened.close()
+
+            fresh = hub.slots[0].controller
+            assert fresh is not old and old.vanished
+            assert fresh.public_address != old.public_address  # a new "dongle"
+            assert not fresh.le_connections and not fresh.is_advertising
+            assert reasons == [CONNECTION_TIMEOUT]
+            # Both hosts attach before the hub's first look: either order.
+            assert sorted(events[:2]) == ["host 1: attached", "host 2: attached"]
+            assert events[2:] == [
+                "host 2: connected to host 1 (as central)",
+                "host 1: connected to host 2 (as peripheral)",
+                f"host 1: gone; its 1 link(s) drop in {SUPERVISION:g} s (supervision timeout); "
+                "slot ready for a new host",
+                "host 2: link to host 1 down (connection timeout, 0x08)",
+            ]
+    finally:
+        await hub.close()
+
+
+@pytest.mark.parametrize("interval_ms", [None, 15.0], ids=["local-link", "connection-events"])
+async def test_vanished_radio_drops_peer_links_only_after_the_supervision_timeout(
+    interval_ms: float | None,
+) -> None:
+    radio = VirtualRadio(connection_interval_ms=interval_ms)
+    async with (
+        await open_device("virtual", name="vehicle", radio=radio) as vehicle_opened,
+        await open_device("virtual", name="phone", radio=radio) as phone_opened,
+    ):
+        await EchoPeripheral(vehicle_opened.device).start()
+        client = await connect_echo(phone_opened.device)
+        dropped, reasons = watch_disconnection(phone_opened.device)
+        loop = asyncio.get_running_loop()
+        vanished_at = loop.time()
+        radio.remove_device(vehicle_opened.device, supervision_timeout=SUPERVISION)
+        assert client.is_connected  # nobody told the phone anything
+        # Writes go nowhere meanwhile; the link is only lost when the timeout ends.
+        await client.write_gatt_char(COMMAND_CHAR_UUID, b"lost", response=False)
+        await wait_for(dropped)
+        assert loop.time() - vanished_at >= SUPERVISION - 0.01  # never early
+        assert reasons == [CONNECTION_TIMEOUT]
+        assert not client.is_connected
+
+
+async def test_hanging_up_on_a_vanished_peer_completes_at_once() -> None:
+    radio = VirtualRadio()
+    async with (
+        await open_device("virtual", name="vehicle", radio=radio) as vehicle_opened,
+        await open_device("virtual", name="phone", radio=radio) as phone_opened,
+    ):
+        await EchoPeripheral(vehicle_opened.device).start()
+        client = await connect_echo(phone_opened.device)
+        radio.remove_device(vehicle_opened.device, supervision_timeout=30.0)
+        async with asyncio.timeout(2):  # not the 30 s a silent peer would cost
+            await client.disconnect()
+        assert not phone_opened.device.connections
+
+
+async def test_removing_a_device_by_default_still_tells_peers_at_once() -> None:
+    radio = VirtualRadio()
+    async with (
+        await open_device("virtual", name="vehicle", radio=radio) as vehicle_opened,
+        await open_device("virtual", name="phone", radio=radio) as phone_opened,
+    ):
+        await EchoPeripheral(vehicle_opened.device).start()
+        await connect_echo(phone_opened.device)
+        dropped, reasons = watch_disconnection(phone_opened.device)
+        radio.remove_device(vehicle_opened.device)
+        await wait_for(dropped)
+        assert reasons == [
+            hci.HCI_ErrorCode.REMOTE_DEVICE_TERMINATED_CONNECTION_DUE_TO_POWER_OFF_ERROR
+        ]
