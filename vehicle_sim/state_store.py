@@ -3,8 +3,11 @@
 Layout of a state directory::
 
     identity.pem          the vehicle's P-256 private key, PKCS#8 PEM, mode 0600
-    device.key            32 random bytes, mode 0600: the event log's MAC key (it
-                          stands for a secure element / OTP: never in the image)
+    device.key            32 random bytes, mode 0600: the device key (the event log's
+                          MAC key; the journal's MAC key is derived from it); it
+                          stands for a secure element / OTP: never in the image
+    device.counter        the rollback counter, mode 0600 (the secure element's
+                          monotonic counter; see ``vehicle_sim.flash.monotonic``)
     vehicle.flash         the flash image: journal (VIN, whitelist, counters, spent
                           nonces, lock state, issuer keys, revocations, clock, fast-path
                           keys, share revocations, keycards, backoff) and event log
@@ -41,6 +44,7 @@ from .atomic_file import fsync_directory, write_atomic
 from .firmware_store import FirmwareStore
 from .flash.device import FlashDevice, FlashMisuse
 from .flash.errors import (
+    FlashTampered,
     StaleRevocations,
     StoreFull,
     TooManyIssuers,
@@ -48,17 +52,20 @@ from .flash.errors import (
     VehicleStateError,
 )
 from .flash.migrate import state_from_json
+from .flash.monotonic import RollbackCounter
 from .flash.store import FlashVehicleStore, WallClock, create_image, os_reason
 from .state_lock import LockHeld, StateLock
 from .state_schema import MAX_ISSUERS, StateFileCorrupt, load_state
 
 __all__ = [
+    "COUNTER_FILE_NAME",
     "DEVICE_KEY_FILE_NAME",
     "IDENTITY_FILE_NAME",
     "JSON_STATE_FILE_NAME",
     "MIGRATED_JSON_FILE_NAME",
     "STATE_FILE_NAME",
     "FileVehicleStore",
+    "FlashTampered",
     "FlashVehicleStore",
     "StaleRevocations",
     "StoreFull",
@@ -74,6 +81,7 @@ JSON_STATE_FILE_NAME = "vehicle.json"
 MIGRATED_JSON_FILE_NAME = "vehicle.json.migrated"
 IDENTITY_FILE_NAME = "identity.pem"
 DEVICE_KEY_FILE_NAME = "device.key"
+COUNTER_FILE_NAME = "device.counter"
 DEVICE_KEY_LEN = 32
 _MAX_U64 = 2**64 - 1
 
@@ -116,13 +124,14 @@ def init_vehicle(
                     "refusing to overwrite its identity: choose another --state directory"
                 )
         private_key = crypto.generate_private_key()
-        image = create_image(vin, issuers=trusted.values(), time_floor=floor)
+        device_key = os.urandom(DEVICE_KEY_LEN)
+        image = create_image(vin, device_key=device_key, issuers=trusted.values(), time_floor=floor)
         try:
             # The image last: it is what marks a vehicle as complete.
             write_atomic(
                 state_dir / IDENTITY_FILE_NAME, crypto.private_key_to_pem(private_key), mode=0o600
             )
-            write_atomic(state_dir / DEVICE_KEY_FILE_NAME, os.urandom(DEVICE_KEY_LEN), mode=0o600)
+            write_atomic(state_dir / DEVICE_KEY_FILE_NAME, device_key, mode=0o600)
             write_atomic(state_dir / STATE_FILE_NAME, image.image())
             fsync_directory(state_dir)
         except OSError as exc:
@@ -153,11 +162,13 @@ def open_store(
         )
     lock = None if read_only else _take_lock(state_dir)
     device: FlashDevice | None = None
+    counter: RollbackCounter | None
     try:
         private_key = _read_identity(state_dir / IDENTITY_FILE_NAME)
         if json_path.is_file() and not image_path.is_file() and read_only:
-            device = _image_from_json(json_path)
             device_key = _read_device_key(state_dir, create=False) or bytes(DEVICE_KEY_LEN)
+            device = _image_from_json(json_path, device_key)
+            counter = None
         else:
             if json_path.is_file() and not read_only:
                 _migrate(state_dir, image_path, json_path)
@@ -168,6 +179,7 @@ def open_store(
                     "gone, so its chain cannot be verified; restore it from a backup"
                 )
             device_key = stored_key
+            counter = RollbackCounter.load(state_dir / COUNTER_FILE_NAME)  # before the image
             device = _open_image(image_path, writable=not read_only)
         store = FlashVehicleStore.mount(
             device,
@@ -178,6 +190,7 @@ def open_store(
             wall_clock=wall_clock,
             name=str(image_path),
             state_dir=state_dir,
+            counter=counter,
         )
         if not read_only:
             store.advance_time_floor()
@@ -194,8 +207,9 @@ def _migrate(state_dir: Path, image_path: Path, json_path: Path) -> None:
     """Build the image from ``vehicle.json`` (unless a complete one exists), then
     retire the JSON. Each step is atomic, so a crash at any point is redone."""
     if not image_path.is_file():
-        device = _image_from_json(json_path)
-        _read_device_key(state_dir, create=True)
+        device_key = _read_device_key(state_dir, create=True)
+        assert device_key is not None
+        device = _image_from_json(json_path, device_key)
         try:
             write_atomic(image_path, device.image())
         except OSError as exc:
@@ -207,7 +221,7 @@ def _migrate(state_dir: Path, image_path: Path, json_path: Path) -> None:
         raise VehicleStateError(f"cannot rename {json_path}: {os_reason(exc)}") from exc
 
 
-def _image_from_json(json_path: Path) -> FlashDevice:
+def _image_from_json(json_path: Path, device_key: bytes) -> FlashDevice:
     try:
         data = json_path.read_bytes()
     except OSError as exc:
@@ -218,7 +232,7 @@ def _image_from_json(json_path: Path) -> FlashDevice:
         raise VehicleStateError(
             f"{json_path} is corrupt ({exc}); restore it from a backup or create a new vehicle"
         ) from None
-    return create_image(old.vin, state=state_from_json(old))
+    return create_image(old.vin, device_key=device_key, state=state_from_json(old))
 
 
 def _open_image(path: Path, *, writable: bool) -> FlashDevice:

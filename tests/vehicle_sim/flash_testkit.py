@@ -14,17 +14,22 @@ from vehicle_sim.flash.layout import Geometry
 from vehicle_sim.flash.records import FlashState
 from vehicle_sim.flash.store import FlashVehicleStore, create_image
 from vehicle_sim.state_schema import StoredState, dump_state
-from vehicle_sim.state_store import IDENTITY_FILE_NAME, JSON_STATE_FILE_NAME, STATE_FILE_NAME
+from vehicle_sim.state_store import (
+    DEVICE_KEY_FILE_NAME,
+    IDENTITY_FILE_NAME,
+    JSON_STATE_FILE_NAME,
+    STATE_FILE_NAME,
+)
 
 
 def flash_state(state_dir: Path) -> FlashState:
     """What the image on disk holds, read straight from the flash (no store)."""
-    device = FlashDevice.open_file(state_dir / STATE_FILE_NAME, writable=False)
-    return Journal.mount(device).state
+    return flash_journal(state_dir).state
 
 
 def flash_journal(state_dir: Path) -> Journal:
-    return Journal.mount(FlashDevice.open_file(state_dir / STATE_FILE_NAME, writable=False))
+    device = FlashDevice.open_file(state_dir / STATE_FILE_NAME, writable=False)
+    return Journal.mount(device, (state_dir / DEVICE_KEY_FILE_NAME).read_bytes())
 
 
 def legacy_vehicle(state_dir: Path, state: StoredState) -> crypto.PrivateKey:
@@ -54,7 +59,7 @@ class Wall:
 
 
 def new_image(geometry: Geometry = SMALL) -> bytes:
-    return create_image(VIN, time_floor=T0, geometry=geometry).image()
+    return create_image(VIN, device_key=DEVICE_KEY, time_floor=T0, geometry=geometry).image()
 
 
 def mount(

@@ -176,17 +176,19 @@ def test_erasing_old_entries_without_a_wrap_is_detected() -> None:
 def test_without_the_device_key_nothing_verifies() -> None:
     """The MAC key lives outside the image: a forger cannot produce entries."""
     from vehicle_sim.flash.device import FlashDevice
+    from vehicle_sim.flash.event_log import EventLog
+    from vehicle_sim.flash.store import FlashTampered
 
     store = _with_log(3)
     store.advance_time_floor()
-    other = FlashVehicleStore.mount(
-        FlashDevice.in_memory(store.device.image()),
-        store.identity.private_key,
-        b"\x00" * 32,
-        name="image",
+    device = FlashDevice.in_memory(store.device.image())
+    readout = EventLog(device, store.journal.geometry, b"\x00" * 32).read(
+        store.snapshot().log_anchor
     )
-    readout = other.read_log()
     assert readout.entries == () and not readout.verified
+    # Nor does the journal: with another key the image does not mount at all.
+    with pytest.raises(FlashTampered, match="fails its MAC"):
+        FlashVehicleStore.mount(device, store.identity.private_key, b"\x00" * 32, name="image")
 
 
 def test_read_only_stores_read_but_do_not_log(tmp_path: object) -> None:

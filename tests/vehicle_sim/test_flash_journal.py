@@ -5,13 +5,13 @@ from __future__ import annotations
 import random
 
 import pytest
-from flash_testkit import SMALL, T0, VIN, logical, mount, new_image
+from flash_testkit import DEVICE_KEY, SMALL, T0, VIN, logical, mount, new_image
 
 from protocol import crypto
 from protocol.store import StateChange, WhitelistEntry
 from protocol.types import LockState, Role
 from vehicle_sim.flash.device import FaultInjector, FlashDevice, PowerCut
-from vehicle_sim.flash.journal import Journal
+from vehicle_sim.flash.journal import BANK_HEADER_SIZE, Journal
 from vehicle_sim.flash.layout import (
     DEFAULT_GEOMETRY,
     MAX_COUNTERS,
@@ -43,7 +43,7 @@ def _commit_unlock(store: object, counter: int) -> None:
 
 
 def test_a_new_image_mounts_with_its_initial_state() -> None:
-    journal = Journal.mount(FlashDevice.in_memory(new_image()))
+    journal = Journal.mount(FlashDevice.in_memory(new_image()), DEVICE_KEY)
     assert journal.state.vin == VIN and journal.state.time_floor == T0
     assert (journal.bank, journal.generation, journal.dirty) == (0, 1, False)
 
@@ -92,7 +92,7 @@ def test_a_damaged_record_before_others_is_corruption_not_a_torn_tail() -> None:
     bank = SMALL.bank_address(store.journal.bank)
     image[bank + store.journal.tail - 120] ^= 0x01  # inside an earlier record
     with pytest.raises(FlashCorrupt, match="damaged"):
-        Journal.mount(FlashDevice.in_memory(image))
+        Journal.mount(FlashDevice.in_memory(image), DEVICE_KEY)
     with pytest.raises(VehicleStateError, match=r"image is corrupt \(.*damaged"):
         mount(bytes(image))
 
@@ -104,23 +104,24 @@ def test_a_damaged_header_of_the_newer_bank_is_refused() -> None:
     image = bytearray(store.device.image())
     image[SMALL.bank_address(store.journal.bank) + 7] ^= 0x01  # the generation field
     with pytest.raises(FlashCorrupt, match="newest state, is damaged"):
-        Journal.mount(FlashDevice.in_memory(image))
+        Journal.mount(FlashDevice.in_memory(image), DEVICE_KEY)
 
 
 def test_an_image_from_a_newer_firmware_is_refused() -> None:
-    from vehicle_sim.flash.journal import BANK_HEADER_SIZE, encode_bank_header
+    from vehicle_sim.flash.auth import JournalAuth
+    from vehicle_sim.flash.journal import encode_bank_header
 
     image = bytearray(new_image())
-    header = encode_bank_header(1, version=99)
+    header = encode_bank_header(1, 0, JournalAuth(DEVICE_KEY), version=99)
     image[SMALL.bank_address(0) : SMALL.bank_address(0) + len(header)] = header
     assert BANK_HEADER_SIZE >= len(header)
     with pytest.raises(FlashCorrupt, match="flash format 99"):
-        Journal.mount(FlashDevice.in_memory(image))
+        Journal.mount(FlashDevice.in_memory(image), DEVICE_KEY)
 
 
 # --- capacity and cost ----------------------------------------------------------------------
 def test_the_largest_state_fits_half_a_bank() -> None:
-    assert 2 * SNAPSHOT_MAX_BYTES + 16 <= DEFAULT_GEOMETRY.bank_bytes
+    assert 2 * SNAPSHOT_MAX_BYTES + BANK_HEADER_SIZE <= DEFAULT_GEOMETRY.bank_bytes
     rng = random.Random(3)
     entries = [WhitelistEntry(crypto.public_bytes(k), Role.DRIVER) for k in _KEYS[:MAX_KEYS]]
     state = FlashState(
@@ -133,8 +134,8 @@ def test_the_largest_state_fits_half_a_bank() -> None:
         keycards={crypto.key_id(k): k for k in _KEYS[-MAX_KEYCARDS:]},
         issuers={crypto.key_id(k): k for k in _KEYS[-2:]},
     )
-    device = create_image(VIN, state=state)
-    mounted = Journal.mount(FlashDevice.in_memory(device.image())).state
+    device = create_image(VIN, device_key=DEVICE_KEY, state=state)
+    mounted = Journal.mount(FlashDevice.in_memory(device.image()), DEVICE_KEY).state
     assert mounted.whitelist == state.whitelist and mounted.revoked == state.revoked
     assert mounted.counters == state.counters and mounted.fast_keys == state.fast_keys
     assert mounted.revoked_shares == state.revoked_shares
@@ -142,7 +143,7 @@ def test_the_largest_state_fits_half_a_bank() -> None:
 
 
 def test_512_keys_cost_the_same_flash_writes_each() -> None:
-    store = mount(create_image(VIN, time_floor=T0).image())
+    store = mount(create_image(VIN, device_key=DEVICE_KEY, time_floor=T0).image())
     injector = store.device.injector = FaultInjector()
     costs = []
     for key in _KEYS[:MAX_KEYS]:
@@ -159,7 +160,7 @@ def test_512_keys_cost_the_same_flash_writes_each() -> None:
 def test_commits_stay_cheap_with_a_full_vehicle_including_compactions() -> None:
     """512 keys and 10,000 revocations: a commit still programs one record, and
     compaction, amortised, adds a small constant (it does not grow per key)."""
-    store = mount(create_image(VIN, time_floor=T0).image())
+    store = mount(create_image(VIN, device_key=DEVICE_KEY, time_floor=T0).image())
     store.add_keys((key, Role.DRIVER) for key in _KEYS[:MAX_KEYS])
     rng = random.Random(9)
     store.apply_revocations(1, [rng.randbytes(16) for _ in range(MAX_REVOCATIONS)])

@@ -22,6 +22,7 @@ from protocol.store import SPENT_NONCE_MEMORY, StateChange, WhitelistEntry
 from vehicle_sim.flash import device as flash_device
 from vehicle_sim.state_schema import StoredState
 from vehicle_sim.state_store import (
+    COUNTER_FILE_NAME,
     DEVICE_KEY_FILE_NAME,
     IDENTITY_FILE_NAME,
     JSON_STATE_FILE_NAME,
@@ -162,6 +163,7 @@ def test_a_failed_write_changes_nothing(
     assert store.lock_state() is LockState.LOCKED and store.last_counter(key_id) == 0
     assert not store.nonce_spent(b"\x05" * 16)
     assert sorted(p.name for p in state_dir.iterdir()) == [
+        COUNTER_FILE_NAME,  # the rollback counter, created by the first open for writing
         DEVICE_KEY_FILE_NAME,
         IDENTITY_FILE_NAME,
         STATE_FILE_NAME,

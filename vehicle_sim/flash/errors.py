@@ -23,6 +23,15 @@ class VehicleStateBusy(VehicleStateError):
         self.pid = pid
 
 
+class FlashTampered(VehicleStateError):
+    """The flash image was modified by someone without the device key.
+
+    A journal record or bank header is complete (its CRC holds) but fails its
+    MAC, or the image went back to an older format or generation than the
+    device's rollback counter has seen. The key module refuses to run on it.
+    """
+
+
 class TooManyIssuers(VehicleStateError):
     """The vehicle already trusts as many issuer keys as it may hold."""
 

@@ -19,6 +19,14 @@ accepted as the torn end of the log only if it looks like one (its end mark
 never written and only erased flash after it); anything else is damage and
 mounting fails rather than silently dropping later records.
 
+Authentication (format 2, see ``auth``): every bank header and record also
+carries a MAC under a key derived from the device key. The CRC still decides
+complete versus torn; a complete structure (CRC and end mark good) whose MAC
+fails was not written by this key module, and mount raises
+``TamperEvidence``. A format 1 bank (no MACs) is replayed once, trusted, and
+rewritten authenticated by the next commit (``migrate``); a format 1 bank
+newer than a format 2 one is a downgrade and refused.
+
 Cost: a commit programs its record (one or two page programs). A compaction
 erases at most one bank and programs one snapshot; the limits keep a snapshot
 at most half a bank, so at least half a bank of commit records are written
@@ -29,23 +37,28 @@ whatever the number of keys.
 
 from __future__ import annotations
 
+import hmac
 import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
+from .auth import FIRST_PREV, JournalAuth
 from .device import PAGE_SIZE, FlashDevice
 from .layout import (
     END_MARK,
     FLASH_FORMAT_VERSION,
     FlashCorrupt,
     Geometry,
+    TamperEvidence,
     decode_superblock,
     encode_superblock,
 )
 from .migrate import upgrade_state
 from .records import (
     COMMIT,
+    MAC_LEN,
     RECORD_HEADER,
     SNAPSHOT,
     FlashState,
@@ -58,32 +71,62 @@ from .records import (
 
 BANK_MAGIC = b"PKJB"
 _BANK_HEADER = struct.Struct("<4sHI")
-BANK_HEADER_SIZE = 16  # the header (15 bytes) padded; records start here
+BANK_HEADER_SIZE = 32  # the header (31 bytes) padded; records start here
+"""Format 2: magic, version, generation (10 bytes), MAC 16, CRC-32, end mark."""
+V1_BANK_HEADER_SIZE = 16  # format 1: magic, version, generation, CRC-32, end mark, padding
 
 
 class JournalFull(Exception):
     """The state does not fit in one bank (the limits should prevent this)."""
 
 
-def encode_bank_header(generation: int, version: int = FLASH_FORMAT_VERSION) -> bytes:
+def encode_bank_header(
+    generation: int, bank: int, auth: JournalAuth, version: int = FLASH_FORMAT_VERSION
+) -> bytes:
     body = _BANK_HEADER.pack(BANK_MAGIC, version, generation)
+    body += auth.header_mac(bank, body)
+    return body + struct.pack("<I", zlib.crc32(body)) + END_MARK
+
+
+def encode_v1_bank_header(generation: int) -> bytes:
+    """A format 1 header (no MAC): for migration tests."""
+    body = _BANK_HEADER.pack(BANK_MAGIC, 1, generation)
     return body + struct.pack("<I", zlib.crc32(body)) + END_MARK
 
 
 @dataclass(frozen=True)
 class _Header:
-    generation: int
-    version: int
+    status: Literal["valid", "absent", "damaged", "tampered"]
+    version: int = 0
+    generation: int = 0
+
+    @property
+    def records_at(self) -> int:
+        return V1_BANK_HEADER_SIZE if self.version == 1 else BANK_HEADER_SIZE
+
+    @property
+    def mac_len(self) -> int:
+        return 0 if self.version == 1 else MAC_LEN
 
 
-def _read_header(raw: bytes) -> _Header | str | None:
-    """The header, None if absent or torn, "damaged" if complete but invalid."""
-    size = _BANK_HEADER.size
+def _read_header(raw: bytes, bank: int, auth: JournalAuth) -> _Header:
+    """The bank header: "absent" if erased or torn, "damaged" if complete with a
+    bad CRC, "tampered" if its CRC holds and its MAC does not."""
+    magic, version, generation = _BANK_HEADER.unpack_from(raw)
+    if version == 1:  # the layout follows the version; a torn one reads 0xFFFF
+        size = _BANK_HEADER.size
+    else:
+        size = _BANK_HEADER.size + MAC_LEN
     body, crc, end = raw[:size], raw[size : size + 4], raw[size + 4 : size + 5]
-    magic, version, generation = _BANK_HEADER.unpack(body)
-    if magic == BANK_MAGIC and struct.unpack("<I", crc)[0] == zlib.crc32(body) and end == END_MARK:
-        return _Header(generation, version)
-    return "damaged" if end == END_MARK else None
+    if end != END_MARK:
+        return _Header("absent")
+    if magic != BANK_MAGIC or struct.unpack("<I", crc)[0] != zlib.crc32(body):
+        return _Header("damaged", version)
+    if 1 < version <= FLASH_FORMAT_VERSION:
+        mac = auth.header_mac(bank, body[: _BANK_HEADER.size])
+        if not hmac.compare_digest(mac, body[_BANK_HEADER.size :]):
+            return _Header("tampered", version, generation)
+    return _Header("valid", version, generation)
 
 
 class Journal:
@@ -94,55 +137,91 @@ class Journal:
         device: FlashDevice,
         geometry: Geometry,
         state: FlashState,
+        auth: JournalAuth,
         *,
         bank: int,
         generation: int,
+        version: int,
         tail: int,
         next_seq: int,
+        last_mac: bytes,
         dirty: bool,
     ) -> None:
         self.device = device
         self.geometry = geometry
         self.state = state
+        self._auth = auth
         self.bank = bank
         self.generation = generation
+        self.version = version  # the flash format of the current bank
         self.tail = tail  # offset in the bank of the first free byte
         self.next_seq = next_seq
+        self._last_mac = last_mac  # the MAC of the bank's last record: the next one's prev
         self.dirty = dirty  # the bank ends in a torn record: compact before appending
         self.compactions = 0
 
     # --- creating and mounting ------------------------------------------------------------
     @classmethod
-    def format(cls, device: FlashDevice, geometry: Geometry, state: FlashState) -> Journal:
+    def format(
+        cls, device: FlashDevice, geometry: Geometry, state: FlashState, device_key: bytes
+    ) -> Journal:
         """Write a superblock and ``state`` as generation 1 to a blank device."""
         if device.page_count != geometry.page_count:
             raise ValueError("the device does not match the geometry")
         device.program(0, encode_superblock(geometry))
         journal = cls(
-            device, geometry, FlashState(), bank=1, generation=0, tail=0, next_seq=1, dirty=True
+            device,
+            geometry,
+            FlashState(),
+            JournalAuth(device_key),
+            bank=1,
+            generation=0,
+            version=FLASH_FORMAT_VERSION,
+            tail=0,
+            next_seq=1,
+            last_mac=FIRST_PREV,
+            dirty=True,
         )
         journal._compact(state)
         return journal
 
     @classmethod
-    def mount(cls, device: FlashDevice) -> Journal:
-        """Replay the image's newest valid bank (FlashCorrupt if there is none)."""
+    def mount(cls, device: FlashDevice, device_key: bytes) -> Journal:
+        """Replay the image's newest valid bank.
+
+        FlashCorrupt if there is none or it is damaged; TamperEvidence if a
+        complete header or record fails its MAC (or format 1 follows format 2).
+        """
+        auth = JournalAuth(device_key)
         view = device.view()
         geometry = decode_superblock(view, device.size)
         headers = [
-            _read_header(bytes(view[a : a + BANK_HEADER_SIZE]))
-            for a in (geometry.bank_address(0), geometry.bank_address(1))
+            _read_header(bytes(view[a : a + BANK_HEADER_SIZE]), b, auth)
+            for b, a in enumerate((geometry.bank_address(0), geometry.bank_address(1)))
         ]
-        valid = [(h.generation, b) for b, h in enumerate(headers) if isinstance(h, _Header)]
+        for bank, header in enumerate(headers):
+            if header.status == "tampered":
+                raise TamperEvidence(
+                    f"the header of bank {bank} (generation {header.generation}) fails its MAC"
+                )
+        valid = [(h.generation, b) for b, h in enumerate(headers) if h.status == "valid"]
         if not valid:
             raise FlashCorrupt("neither journal bank has a valid header")
         _, bank = max(valid)
-        header = headers[bank]
-        assert isinstance(header, _Header)
+        header, other = headers[bank], headers[1 - bank]
         if header.version > FLASH_FORMAT_VERSION:
             raise FlashCorrupt(f"written in flash format {header.version}, newer than this one")
-        state, tail, last_seq, dirty = _replay(view, geometry, bank)
-        _check_other_bank(view, geometry, 1 - bank, headers[1 - bank], last_seq)
+        if (
+            header.version < FLASH_FORMAT_VERSION
+            and other.status == "valid"
+            and (other.version > header.version)
+        ):
+            raise TamperEvidence(
+                f"bank {bank} is in the unauthenticated flash format {header.version} but the "
+                f"older bank {1 - bank} is in format {other.version}: a downgrade"
+            )
+        state, tail, last_seq, last_mac, dirty = _replay(view, geometry, bank, header, auth)
+        _check_other_bank(view, geometry, 1 - bank, other, last_seq)
         if header.version < FLASH_FORMAT_VERSION:
             state = upgrade_state(state, header.version)
             dirty = True  # the next commit compacts: rewrites it in the current format
@@ -150,10 +229,13 @@ class Journal:
             device,
             geometry,
             state,
+            auth,
             bank=bank,
             generation=header.generation,
+            version=header.version,
             tail=tail,
             next_seq=last_seq + 1,
+            last_mac=last_mac,
             dirty=dirty,
         )
 
@@ -165,7 +247,8 @@ class Journal:
         revocations). On any failure the RAM state is unchanged and the
         journal compacts before its next append.
         """
-        record = encode_record(COMMIT, self.next_seq, payload)
+        macs: list[bytes] = []
+        record = encode_record(COMMIT, self.next_seq, payload, self._mac_at(self.tail, macs))
         if self.dirty or self.tail + len(record) > self.geometry.bank_bytes:
             new_state = self.state.copy()
             apply_payload(new_state, payload)
@@ -181,15 +264,36 @@ class Journal:
         apply_payload(self.state, payload)
         self.tail += len(record)
         self.next_seq += 1
+        self._last_mac = macs[0]
 
     def compact(self, prune: Callable[[FlashState], None]) -> None:
         new_state = self.state.copy()
         prune(new_state)
         self._compact(new_state)
 
+    def _mac_at(self, offset: int, out: list[bytes]) -> Callable[[bytes], bytes]:
+        """The MAC function of a record at ``offset`` of the current bank, after
+        the last record; the MAC is also appended to ``out``."""
+        bank, generation, prev = self.bank, self.generation, self._last_mac
+
+        def mac_of(signed: bytes) -> bytes:
+            mac = self._auth.record_mac(bank, generation, offset, prev, signed)
+            out.append(mac)
+            return mac
+
+        return mac_of
+
     def _compact(self, new_state: FlashState) -> None:
         target = 1 - self.bank
-        snapshot = encode_record(SNAPSHOT, self.next_seq, snapshot_payload(new_state))
+        generation = self.generation + 1
+        macs: list[bytes] = []
+
+        def mac_of(signed: bytes) -> bytes:
+            mac = self._auth.record_mac(target, generation, BANK_HEADER_SIZE, FIRST_PREV, signed)
+            macs.append(mac)
+            return mac
+
+        snapshot = encode_record(SNAPSHOT, self.next_seq, snapshot_payload(new_state), mac_of)
         if BANK_HEADER_SIZE + len(snapshot) > self.geometry.bank_bytes:
             raise JournalFull(f"a {len(snapshot)}-byte snapshot does not fit in a bank")
         device = self.device
@@ -201,15 +305,17 @@ class Journal:
                     device.erase(page)
             device.program(address + BANK_HEADER_SIZE, snapshot)
             device.sync()
-            device.program(address, encode_bank_header(self.generation + 1))
+            device.program(address, encode_bank_header(generation, target, self._auth))
             device.sync()
         except BaseException:
             self.dirty = True
             raise
         self.bank = target
-        self.generation += 1
+        self.generation = generation
+        self.version = FLASH_FORMAT_VERSION
         self.tail = BANK_HEADER_SIZE + len(snapshot)
         self.next_seq += 1
+        self._last_mac = macs[0]
         self.state = new_state
         self.dirty = False
         self.compactions += 1
@@ -223,26 +329,40 @@ def _erased(view: memoryview, start: int, end: int) -> bool:
     return start >= end or view[start:end] == b"\xff" * (end - start)
 
 
-def _replay(view: memoryview, geometry: Geometry, bank: int) -> tuple[FlashState, int, int, bool]:
-    """(state, tail offset, last seq, ends torn) of a bank whose header is valid."""
+def _replay(
+    view: memoryview, geometry: Geometry, bank: int, header: _Header, auth: JournalAuth
+) -> tuple[FlashState, int, int, bytes, bool]:
+    """(state, tail offset, last seq, last MAC, ends torn) of a bank whose header is valid."""
     base = geometry.bank_address(bank)
     end = base + geometry.bank_bytes
-    at = base + BANK_HEADER_SIZE
+    at = base + header.records_at
+    mac_len = header.mac_len
     state: FlashState | None = None
     last_seq = 0
+    prev = FIRST_PREV
     count = 0
     while True:
-        record = read_record(view, at, end)
-        expected = record is not None and (
-            (state is None and record.kind == SNAPSHOT)
-            or (state is not None and record.kind == COMMIT and record.seq == last_seq + 1)
+        record = read_record(view, at, end, mac_len=mac_len)
+        if record is None:
+            break
+        if mac_len:
+            mac = auth.record_mac(bank, header.generation, at - base, prev, record.signed)
+            if not hmac.compare_digest(mac, record.mac):
+                what = "its snapshot" if count == 0 else f"record {count}"
+                raise TamperEvidence(
+                    f"bank {bank}, offset {at - base:#x}: {what} fails its MAC "
+                    "(moved, reordered, spliced or altered)"
+                )
+        expected = (state is None and record.kind == SNAPSHOT) or (
+            state is not None and record.kind == COMMIT and record.seq == last_seq + 1
         )
-        if record is None or not expected:
+        if not expected:
             break
         if state is None:
             state = FlashState()
         apply_payload(state, record.payload)
         last_seq = record.seq
+        prev = record.mac
         at += record.length
         count += 1
     where = f"bank {bank}, offset {at - base:#x}"
@@ -251,21 +371,21 @@ def _replay(view: memoryview, geometry: Geometry, bank: int) -> tuple[FlashState
     if record is not None:
         raise FlashCorrupt(f"{where}: record {count} is out of sequence")
     if _erased(view, at, end):
-        return state, at - base, last_seq, False
-    length = claimed_length(view, at, end)
+        return state, at - base, last_seq, prev, False
+    length = claimed_length(view, at, end, mac_len=mac_len)
     torn = _erased(view, at + RECORD_HEADER.size, end) or (
         length is not None and view[at + length - 1] == 0xFF and _erased(view, at + length, end)
     )
     if not torn:
         raise FlashCorrupt(f"{where}: record {count} is damaged (its CRC fails)")
-    return state, at - base, last_seq, True
+    return state, at - base, last_seq, prev, True
 
 
 def _check_other_bank(
     view: memoryview,
     geometry: Geometry,
     bank: int,
-    header: _Header | str | None,
+    header: _Header,
     last_seq: int,
 ) -> None:
     """Refuse an image whose newer bank has a damaged header.
@@ -274,9 +394,13 @@ def _check_other_bank(
     (it is older); on a bank whose snapshot is newer than everything in the
     bank we mounted, it means the newest state is damaged.
     """
-    if header != "damaged":
+    if header.status != "damaged":
         return
     base = geometry.bank_address(bank)
-    record = read_record(view, base + BANK_HEADER_SIZE, base + geometry.bank_bytes)
-    if record is not None and record.kind == SNAPSHOT and record.seq > last_seq:
-        raise FlashCorrupt(f"the header of bank {bank}, which holds the newest state, is damaged")
+    end = base + geometry.bank_bytes
+    for records_at, mac_len in ((BANK_HEADER_SIZE, MAC_LEN), (V1_BANK_HEADER_SIZE, 0)):
+        record = read_record(view, base + records_at, end, mac_len=mac_len)
+        if record is not None and record.kind == SNAPSHOT and record.seq > last_seq:
+            raise FlashCorrupt(
+                f"the header of bank {bank}, which holds the newest state, is damaged"
+            )

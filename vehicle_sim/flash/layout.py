@@ -22,8 +22,11 @@ from .device import PAGE_SIZE
 SUPERBLOCK_MAGIC = b"PKEYFLSH"
 IMAGE_FORMAT = 1
 """The geometry/superblock format (page 0); it never changes after init."""
-FLASH_FORMAT_VERSION = 1
-"""The format of the journal's records (in every bank header); ``migrate`` upgrades older ones."""
+FLASH_FORMAT_VERSION = 2
+"""The format of the journal's records (in every bank header); ``migrate`` upgrades older ones.
+
+1: records and bank headers protected by CRC-32 only.
+2: records and bank headers also carry an HMAC-SHA256 (see ``auth``)."""
 
 _SUPERBLOCK = struct.Struct("<8sHIII")
 END_MARK = b"\x00"
@@ -72,6 +75,12 @@ DEFAULT_GEOMETRY = Geometry()
 
 class FlashCorrupt(Exception):
     """The image does not hold a valid vehicle state; the message says where."""
+
+
+class TamperEvidence(FlashCorrupt):
+    """A complete structure (its CRC holds) fails its MAC, or the image went
+    back to an older format or generation than the device has seen: it was
+    written by someone without the device key, not torn by a power cut."""
 
 
 def encode_superblock(geometry: Geometry) -> bytes:

@@ -3,8 +3,15 @@
 ``upgrade_state`` is the hook for flash format versions: a bank written in an
 older format is replayed and then upgraded here; the journal marks itself for
 compaction, so the next commit rewrites the whole state in the current
-format (atomically, like any compaction). Format 1 is the first, so there is
-nothing to upgrade yet.
+format (atomically, like any compaction).
+
+Format 1 -> 2 (records and bank headers gain a MAC, see ``auth``): the state
+is the same; only its encoding changes, so the step is the identity and the
+compaction does the work. A format 1 image carries no MACs, so it cannot be
+verified: the migration trusts it once, as a firmware update trusts the flash
+it finds, and everything written after it is authenticated. A format 1 bank
+found next to a format 2 one, or after the device's rollback counter records
+format 2 (``monotonic``), is a downgrade and refused.
 
 ``state_from_json`` turns a ``vehicle.json`` (formats 1 and 2, loaded and
 validated by ``vehicle_sim.state_schema``) into the flash state.
@@ -18,7 +25,12 @@ from ..state_schema import StoredState
 from .layout import FLASH_FORMAT_VERSION, FlashCorrupt
 from .records import FlashState
 
-_UPGRADES: dict[int, Callable[[FlashState], FlashState]] = {}
+
+def _same_state(state: FlashState) -> FlashState:
+    return state
+
+
+_UPGRADES: dict[int, Callable[[FlashState], FlashState]] = {1: _same_state}
 """``version -> upgrade to version + 1``, applied in turn."""
 
 

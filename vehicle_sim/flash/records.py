@@ -1,12 +1,16 @@
 """The vehicle state in RAM and its encoding in journal records.
 
-A record is::
+A record (flash format 2) is::
 
-    type u8 | length u32 | seq u32 | payload | crc32 u32 | end 0x00
+    type u8 | length u32 | seq u32 | payload | mac 16 | crc32 u32 | end 0x00
 
 (little endian; ``length`` counts the whole record, ``crc32`` covers type to
-payload). Type ``S`` (snapshot) replaces the whole state; type ``C``
-(commit) changes it. A payload is a sequence of operations, each an opcode
+``mac``). The CRC tells a torn or decayed record from a complete one; the MAC
+(computed by ``journal`` with a key derived from the device key, bound to the
+record's bank, generation, offset and predecessor) tells a record the key
+module wrote from one somebody else did. Format 1 records have no ``mac``.
+Type ``S`` (snapshot) replaces the whole state; type ``C`` (commit) changes
+it. A payload is a sequence of operations, each an opcode
 byte followed by a body of a size fixed by the opcode (see ``_BODY``); a
 snapshot is the operations that build the state from nothing. One
 ``StateChange`` or one console change is one record: replay applies all of
@@ -18,7 +22,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -40,7 +44,10 @@ from .layout import (
 SNAPSHOT: Final = ord("S")
 COMMIT: Final = ord("C")
 RECORD_HEADER = struct.Struct("<BII")
-RECORD_OVERHEAD = RECORD_HEADER.size + 4 + 1
+MAC_LEN: Final = 16
+"""Bytes of HMAC-SHA256 kept in each record and bank header (format 2)."""
+RECORD_OVERHEAD = RECORD_HEADER.size + MAC_LEN + 4 + 1
+"""Bytes of a record that are not payload, in the current format."""
 
 OP_VIN: Final = 0x01  # 17 ASCII bytes
 OP_FLOOR: Final = 0x02  # u64 time floor
@@ -215,9 +222,17 @@ class Ops:
 
 
 # --- records ---------------------------------------------------------------------------------
-def encode_record(kind: int, seq: int, payload: bytes) -> bytes:
-    length = RECORD_HEADER.size + len(payload) + 5
+MacOf = Callable[[bytes], bytes]
+"""Computes the MAC of a record's signed bytes (type to payload)."""
+
+
+def encode_record(kind: int, seq: int, payload: bytes, mac_of: MacOf | None) -> bytes:
+    """The record; ``mac_of`` None writes format 1 (no MAC: migration tests only)."""
+    mac_len = MAC_LEN if mac_of is not None else 0
+    length = RECORD_HEADER.size + len(payload) + mac_len + 5
     body = RECORD_HEADER.pack(kind, length, seq) + payload
+    if mac_of is not None:
+        body += mac_of(body)
     return body + struct.pack("<I", zlib.crc32(body)) + END_MARK
 
 
@@ -227,28 +242,43 @@ class RecordRead:
     seq: int
     payload: bytes
     length: int
+    signed: bytes  # type to payload: what the MAC covers
+    mac: bytes  # empty in format 1
 
 
-def read_record(data: memoryview, offset: int, end: int) -> RecordRead | None:
-    """The record at ``offset``, or None if there is no complete valid one."""
-    if end - offset < RECORD_OVERHEAD:
+def overhead(mac_len: int) -> int:
+    return RECORD_HEADER.size + mac_len + 5
+
+
+def read_record(data: memoryview, offset: int, end: int, *, mac_len: int) -> RecordRead | None:
+    """The record at ``offset`` if it is complete and its CRC holds, else None
+    (its MAC is the journal's to check)."""
+    if end - offset < overhead(mac_len):
         return None
     kind, length, seq = RECORD_HEADER.unpack_from(data, offset)
-    if kind not in (SNAPSHOT, COMMIT) or not RECORD_OVERHEAD <= length <= end - offset:
+    if kind not in (SNAPSHOT, COMMIT) or not overhead(mac_len) <= length <= end - offset:
         return None
     crc_at = offset + length - 5
     (crc,) = struct.unpack_from("<I", data, crc_at)
     if data[crc_at + 4] != END_MARK[0] or crc != zlib.crc32(data[offset:crc_at]):
         return None
-    return RecordRead(kind, seq, bytes(data[offset + RECORD_HEADER.size : crc_at]), length)
+    mac_at = crc_at - mac_len
+    return RecordRead(
+        kind,
+        seq,
+        bytes(data[offset + RECORD_HEADER.size : mac_at]),
+        length,
+        bytes(data[offset:mac_at]),
+        bytes(data[mac_at:crc_at]),
+    )
 
 
-def claimed_length(data: memoryview, offset: int, end: int) -> int | None:
+def claimed_length(data: memoryview, offset: int, end: int, *, mac_len: int) -> int | None:
     """The length a (possibly torn) record header claims, if it is plausible."""
     if end - offset < RECORD_HEADER.size:
         return None
     _, length, _ = RECORD_HEADER.unpack_from(data, offset)
-    return length if RECORD_OVERHEAD <= length <= end - offset else None
+    return length if overhead(mac_len) <= length <= end - offset else None
 
 
 # --- applying operations ------------------------------------------------------------------------

@@ -29,7 +29,13 @@ from protocol.vehicle import VehicleIdentity
 from ..firmware_store import FlashStats, LogEvent, LogReadout
 from ..state_lock import StateLock
 from .device import FlashDevice
-from .errors import StaleRevocations, StoreFull, TooManyIssuers, VehicleStateError
+from .errors import (
+    FlashTampered,
+    StaleRevocations,
+    StoreFull,
+    TooManyIssuers,
+    VehicleStateError,
+)
 from .event_log import ENTRY_SIZE, EventLog
 from .journal import Journal, JournalFull
 from .layout import (
@@ -41,7 +47,9 @@ from .layout import (
     MAX_SHARE_REVOCATIONS,
     FlashCorrupt,
     Geometry,
+    TamperEvidence,
 )
+from .monotonic import RollbackCounter
 from .records import BYTES_PER_KEY, FlashState, Ops
 
 WallClock = Callable[[], float]
@@ -56,18 +64,20 @@ ID_LEN = crypto.KEY_ID_LEN
 def create_image(
     vin: str,
     *,
+    device_key: bytes,
     issuers: Iterable[crypto.PublicKey] = (),
     time_floor: int = 0,
     geometry: Geometry | None = None,
     state: FlashState | None = None,
 ) -> FlashDevice:
-    """A new in-memory image holding a fresh vehicle (or ``state``, for migration)."""
+    """A new in-memory image holding a fresh vehicle (or ``state``, for migration),
+    its journal authenticated with ``device_key``."""
     geometry = geometry or Geometry()
     if state is None:
         state = FlashState(vin=vin, time_floor=time_floor)
         state.issuers = {crypto.key_id(key): key for key in issuers}
     device = FlashDevice.blank(geometry.page_count)
-    Journal.format(device, geometry, state)
+    Journal.format(device, geometry, state, device_key)
     return device
 
 
@@ -90,8 +100,10 @@ class FlashVehicleStore:
         wall_clock: WallClock,
         name: str,
         state_dir: Path | None,
+        counter: RollbackCounter | None = None,
     ) -> None:
         self._device = device
+        self._counter = counter
         self._journal = journal
         self._log = log
         self._identity = identity
@@ -113,12 +125,21 @@ class FlashVehicleStore:
         wall_clock: WallClock = time.time,
         name: str = "the flash image",
         state_dir: Path | None = None,
+        counter: RollbackCounter | None = None,
     ) -> FlashVehicleStore:
-        """Mount ``device``; VehicleStateError naming ``name`` if it is corrupt."""
+        """Mount ``device``; ``FlashTampered`` naming ``name`` if it was modified
+        without ``device_key`` (or is older than ``counter``), VehicleStateError
+        if it is corrupt."""
         try:
-            journal = Journal.mount(device)
+            journal = Journal.mount(device, device_key)
+            _check_floor(journal, counter)
             log = EventLog(device, journal.geometry, device_key)
             identity = VehicleIdentity(private_key, journal.state.vin)
+        except TamperEvidence as exc:
+            raise FlashTampered(
+                f"{name} was modified without the device key ({exc}); "
+                "the key module refuses to run on it"
+            ) from None
         except (FlashCorrupt, ValueError) as exc:
             raise VehicleStateError(
                 f"{name} is corrupt ({exc}); restore it from a backup or create a new vehicle"
@@ -133,6 +154,7 @@ class FlashVehicleStore:
             wall_clock=wall_clock,
             name=name,
             state_dir=state_dir,
+            counter=counter,
         )
 
     @property
@@ -461,6 +483,9 @@ class FlashVehicleStore:
             ops.log_anchor(*anchor)
         with self._writing():
             self._journal.commit(ops.payload(), prune=self._prune)
+            if self._counter is not None:
+                # After the image is durable: the counter may lag, never lead.
+                self._counter.advance(self._journal.version, self._journal.generation)
 
     def _prune(self, state: FlashState) -> None:
         horizon = state.time_floor - SHARE_PRUNE_MARGIN
@@ -490,6 +515,23 @@ class _Writing:
             raise VehicleStateError(f"cannot write {self._name}: {os_reason(exc)}") from exc
         if isinstance(exc, JournalFull):
             raise StoreFull(f"{self._name} is full: {exc}") from exc
+
+
+def _check_floor(journal: Journal, counter: RollbackCounter | None) -> None:
+    """TamperEvidence if the image is older than the device's rollback counter."""
+    floor = counter.floor if counter is not None else None
+    if floor is None:
+        return
+    if journal.version < floor.version:
+        raise TamperEvidence(
+            f"the journal is in flash format {journal.version} but this device already "
+            f"wrote format {floor.version}: a downgrade"
+        )
+    if journal.generation < floor.generation:
+        raise TamperEvidence(
+            f"the journal is at generation {journal.generation} but this device already "
+            f"compacted to generation {floor.generation}: an older image was restored"
+        )
 
 
 def os_reason(exc: OSError) -> str:
