@@ -15,25 +15,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
+import re
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from ble_stack.errors import TransportOpenError
+from ble_stack.transport_errors import ResetTimeout, explain_open_error
 from ble_stack.virtual_link import VirtualRadio
 
 if TYPE_CHECKING:
     from bumble.device import Device
     from bumble.transport.common import Transport
 
+__all__ = [
+    "DEFAULT_OPEN_TIMEOUT",
+    "SERIAL_RESET_TIMEOUT",
+    "OpenedDevice",
+    "default_radio",
+    "explain_open_error",
+    "open_device",
+]
+
 DEFAULT_OPEN_TIMEOUT = 10.0
-_RADIO_FIX = "is `phonekey radio` running and listening there?"
-_SPEC_HELP = (
-    "use virtual, tcp-client:HOST:PORT, unix:PATH, usb:0, usb:VID:PID, "
-    "serial:/dev/ttyACM0,1000000 or hci-socket:0"
-)
-_HARDWARE_DOC = "see docs/hardware.md"
+SERIAL_RESET_TIMEOUT = 3.0
+"""How long a serial controller has to answer HCI Reset before the open fails."""
+# H4: command packet HCI_Reset (opcode 0x0C03), and the opcode in its Command Complete.
+_HCI_RESET = bytes([0x01, 0x03, 0x0C, 0x00])
+_RESET_OPCODE = bytes([0x03, 0x0C])
+# What bumble's usb transport parses: N, VID:PID, VID:PID/SERIAL, VID:PID#N, BUS-PORT.PORT,
+# then an optional ! (forced mode) and +sco=N; `[driver=rtk]`-style metadata is removed first.
+_USB_SPEC = re.compile(r"(\d+|[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}([/#].+)?|\d+-[\d.]+)!?(\+sco=\d+)?")
+_METADATA = re.compile(r"\[[^\]]*\]")
 
 _default_radios: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, VirtualRadio] = (
     weakref.WeakKeyDictionary()
@@ -111,6 +124,7 @@ async def open_device(
     radio: VirtualRadio | None = None,
     capture: str | None = None,
     timeout: float = DEFAULT_OPEN_TIMEOUT,
+    reset_timeout: float = SERIAL_RESET_TIMEOUT,
 ) -> OpenedDevice:
     """Open the transport named by `spec` and build a Device on it.
 
@@ -118,7 +132,10 @@ async def open_device(
     `radio` is the VirtualRadio for `virtual` specs (default: `default_radio()`).
     `capture` names a btsnoop file that records all HCI traffic of the device;
     for non-virtual specs the BUMBLE_SNOOPER variable works as in bumble.
-    The device is returned not powered on. Raises TransportOpenError.
+    A `serial:` controller must answer HCI Reset within `reset_timeout`
+    seconds, so a wrong baud rate fails here with a message instead of
+    hanging the first command. The device is returned not powered on.
+    Raises TransportOpenError (cause and fix: ble_stack.transport_errors).
     """
     from bumble import hci
     from bumble.device import Device
@@ -144,6 +161,13 @@ async def open_device(
                 transport = await open_transport(spec)
         except Exception as error:
             raise explain_open_error(spec, error, timeout) from error
+        if spec.startswith("serial:"):
+            try:
+                await _probe_hci_reset(transport, reset_timeout)
+            except ResetTimeout as error:
+                with contextlib.suppress(Exception):
+                    await transport.close()
+                raise explain_open_error(spec, error, timeout) from error
         closers.append(transport.close)
         host = Host(controller_source=transport.source, controller_sink=transport.sink)
         device = Device(name=name, address=static_address, host=host)
@@ -180,53 +204,35 @@ def _check_spec_shape(spec: str) -> None:
             )
     elif scheme in ("unix", "unix-client") and not rest:
         raise TransportOpenError(spec, "expected unix:PATH", "e.g. unix:/tmp/phonekey-1.sock")
-
-
-def explain_open_error(spec: str, error: BaseException, timeout: float) -> TransportOpenError:
-    """Turn whatever bumble or the OS raised into a cause and a fix."""
-    scheme, _, rest = spec.partition(":")
-    kind = type(error).__name__
-    text = str(error)
-    cause, fix = f"{kind}: {text}" if text else kind, f"check the spec; {_HARDWARE_DOC}"
-    if isinstance(error, TimeoutError):
-        cause, fix = f"no answer within {timeout:g} s", "check the address and that it is reachable"
-    elif isinstance(error, ConnectionRefusedError):
-        cause, fix = f"connection refused at {rest}", _RADIO_FIX
-    elif isinstance(error, FileNotFoundError) and scheme in ("unix", "unix-client"):
-        cause, fix = f"no socket at {rest}", _RADIO_FIX
-    elif isinstance(error, socket.gaierror):
-        cause, fix = f"cannot resolve host in {rest!r}", "check the host name in the spec"
-    elif kind == "TransportSpecError":
-        cause, fix = f"unknown transport {scheme!r}", _SPEC_HELP
-    elif isinstance(error, ModuleNotFoundError):
-        cause = f"bumble's {scheme} transport needs the missing module {error.name!r}"
-        fix = f"pip install it; {_HARDWARE_DOC}"
-    elif scheme in ("usb", "pyusb"):
-        cause, fix = _explain_usb(kind, text)
-    elif scheme == "serial":
-        cause = f"cannot open serial port: {text}"
-        fix = "check the device path and that you may open it (dialout group)"
-    elif scheme == "hci-socket":
-        cause = f"cannot open HCI socket: {text or kind}"
-        fix = f"needs Linux with Bluetooth, the adapter down, and CAP_NET_ADMIN; {_HARDWARE_DOC}"
-    elif scheme == "vhci":
-        cause, fix = f"cannot open /dev/vhci: {text or kind}", "modprobe hci_vhci, or use virtual"
-    elif isinstance(error, PermissionError):
-        cause, fix = f"permission denied: {text}", f"run with the needed rights; {_HARDWARE_DOC}"
-    return TransportOpenError(spec, cause, fix)
-
-
-def _explain_usb(kind: str, text: str) -> tuple[str, str]:
-    if kind in ("TransportInitError", "USBErrorNotFound", "USBErrorNoDevice"):
-        return "no USB Bluetooth dongle found", f"plug one in or {_HARDWARE_DOC}"
-    if kind == "USBErrorAccess":
-        return "no permission to open the USB dongle", f"add a udev rule or {_HARDWARE_DOC}"
-    if kind == "USBErrorBusy":
-        return (
-            "the USB dongle is in use (bluetoothd?)",
-            f"take it away from the OS stack; {_HARDWARE_DOC}",
+    elif scheme == "usb" and not _USB_SPEC.fullmatch(_METADATA.sub("", rest)):
+        raise TransportOpenError(
+            spec, "expected usb:N, usb:VID:PID or usb:VID:PID/SERIAL", "e.g. usb:0 or usb:0a12:0001"
         )
-    return (
-        f"USB is not usable on this machine ({kind}{': ' + text if text else ''})",
-        f"use a machine with a USB dongle, or the virtual radio; {_HARDWARE_DOC}",
-    )
+    elif scheme == "serial" and not rest.split(",")[0]:
+        raise TransportOpenError(
+            spec, "expected serial:DEVICE[,BAUD]", "e.g. serial:/dev/ttyACM0,1000000"
+        )
+    elif scheme == "hci-socket" and rest and not rest.isdigit():
+        raise TransportOpenError(spec, "expected hci-socket:N", "e.g. hci-socket:0 for hci0")
+
+
+async def _probe_hci_reset(transport: Transport, timeout: float) -> None:
+    """Send HCI Reset and wait for its Command Complete; raise ResetTimeout if none comes.
+
+    The Host built next takes the packet sink over, so nothing of this stays.
+    """
+    answered = asyncio.Event()
+
+    class _Probe:
+        def on_packet(self, packet: bytes) -> None:
+            # 0x04 event, 0x0E Command Complete, length, credits, opcode
+            if packet[:2] == b"\x04\x0e" and packet[4:6] == _RESET_OPCODE:
+                answered.set()
+
+    transport.source.set_packet_sink(_Probe())
+    transport.sink.on_packet(_HCI_RESET)
+    try:
+        async with asyncio.timeout(timeout):
+            await answered.wait()
+    except TimeoutError:
+        raise ResetTimeout(timeout) from None

@@ -9,6 +9,7 @@ import pytest
 from ble_testkit import EchoPeripheral, find_vehicle
 
 from ble_stack.errors import BleStackError, TransportOpenError
+from ble_stack.transport_errors import HostInfo
 from ble_stack.transports import default_radio, explain_open_error, open_device
 
 
@@ -88,10 +89,13 @@ def test_usb_failures_point_at_the_hardware_doc() -> None:
 
     not_found = explain_open_error("usb:0", TransportInitError("device not found"), 10)
     assert str(not_found) == (
-        "cannot open BLE transport 'usb:0': no USB Bluetooth dongle found\n"
-        "  fix: plug one in or see docs/hardware.md"
+        "cannot open BLE transport 'usb:0': no USB Bluetooth controller found\n"
+        "  fix: plug the dongle in; `phonekey doctor` lists USB devices (usb:N counts only "
+        "Bluetooth-class devices; try usb:VID:PID)"
     )
-    denied = explain_open_error("usb:0", type("USBErrorAccess", (Exception,), {})(), 10)
+    denied = explain_open_error(
+        "usb:0", type("USBErrorAccess", (Exception,), {})(), 10, HostInfo("linux", True)
+    )
     assert "permission" in denied.cause and "docs/hardware.md" in denied.fix
     timeout = explain_open_error("tcp-client:10.0.0.1:9", TimeoutError(), 2)
     assert timeout.cause == "no answer within 2 s"
