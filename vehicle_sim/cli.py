@@ -48,6 +48,9 @@ class UsageError(Exception):
     """A bad argument found after parsing (exit 2)."""
 
 
+CONTROLLER_START_TIMEOUT = 10.0
+
+
 class ControllerStartError(Exception):
     """The transport opened but its controller would not power on or advertise (exit 4)."""
 
@@ -423,7 +426,16 @@ async def run_vehicle(
                 store, opened.device, adv_interval_ms=interval, on_event=on_event, options=options
             )
             try:
-                await runtime.start()  # cleans up after itself if it fails
+                # A USB or hci-socket controller that never answers would hang here
+                # forever; a real one powers on in well under a second.
+                async with asyncio.timeout(CONTROLLER_START_TIMEOUT):
+                    await runtime.start()  # cleans up after itself if it fails
+            except TimeoutError:
+                raise ControllerStartError(
+                    f"cannot start the vehicle on {spec}: the controller did not power on "
+                    f"within {CONTROLLER_START_TIMEOUT:g} s (replug the dongle; "
+                    "--debug for details)"
+                ) from None
             except Exception as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise ControllerStartError(f"cannot start the vehicle on {spec}: {reason}") from exc
