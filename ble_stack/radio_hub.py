@@ -162,7 +162,19 @@ class RadioHub:
             f"host {number}", host_source=transport.source, host_sink=transport.sink
         )
         controller.on_link_event = self._on_link_event
+        controller.route_host_packet = self._route_host_packet
         return controller
+
+    def _route_host_packet(self, controller: VirtualController) -> VirtualController:
+        """Before a host's packet: a host that attached since the last look
+        gets a fresh controller now, before its first command lands."""
+        slot = next((s for s in self.slots if s.controller is controller), None)
+        if slot is None:
+            return controller
+        client = slot.current_client()
+        if client is not None and client is not slot.attached and slot.attached is not None:
+            self._check_slot(slot, reset_parser=False)  # the stream is in sync: keep it
+        return slot.controller
 
     def _say(self, line: str) -> None:
         logger.info("%s", line)
@@ -176,7 +188,7 @@ class RadioHub:
             for slot in self.slots:
                 self._check_slot(slot)
 
-    def _check_slot(self, slot: HostSlot) -> None:
+    def _check_slot(self, slot: HostSlot, *, reset_parser: bool = True) -> None:
         client = slot.current_client()
         packets = slot.controller.host_packets
         # A host that came and went between two looks still used the controller.
@@ -191,7 +203,7 @@ class RadioHub:
             logger.warning("host %d: a new host took over the slot", slot.number)
             previous.close()
         if previous is not None or blink:
-            self._replace_controller(slot)
+            self._replace_controller(slot, reset_parser=reset_parser)
         if client is not None:
             self._say(f"host {slot.number}: attached")
 
@@ -203,7 +215,7 @@ class RadioHub:
                 slot.attached = client
                 self._say(f"host {slot.number}: attached")
 
-    def _replace_controller(self, slot: HostSlot) -> None:
+    def _replace_controller(self, slot: HostSlot, *, reset_parser: bool = True) -> None:
         """The slot's host left: its radio vanishes, a fresh one takes the slot."""
         assert self._radio is not None
         old = slot.controller
@@ -211,7 +223,7 @@ class RadioHub:
         self._timers.extend(old.vanish(self.supervision_timeout))
         self._radio.release_address(old)
         parser = getattr(_unwrapped(slot.transport).source, "parser", None)
-        if parser is not None:
+        if parser is not None and reset_parser:
             parser.reset()  # drop any half-received packet of the old host
         slot.controller = self._new_controller(slot.number, slot.transport)
         slot.seen_packets = 0
@@ -258,6 +270,7 @@ class RadioHub:
         self._timers.clear()
         for slot in self.slots:
             slot.controller.on_link_event = None
+            slot.controller.route_host_packet = None
             slot.controller.unplug()
             client = slot.current_client()
             if client is not None:

@@ -68,13 +68,22 @@ class VirtualController(Controller):
     `on_link_event(controller, event)` (optional) sees every LE Connection
     Complete and Disconnection Complete event this controller sends its host,
     with the connection still known (`find_connection_by_handle`).
+    `route_host_packet` (optional) may hand a host's packet to another controller.
     """
 
     on_link_event: Callable[[VirtualController, hci.HCI_Event], None] | None = None
+    # Called before each packet from a host; returns the controller that should
+    # handle it (the radio hub swaps in a fresh one when a new host shows up).
+    route_host_packet: Callable[[VirtualController], VirtualController] | None = None
     host_packets = 0  # HCI packets received from hosts so far
     vanished = False
 
     def on_hci_packet(self, packet: hci.HCI_Packet) -> None:
+        if self.route_host_packet is not None:
+            target = self.route_host_packet(self)
+            if target is not self:
+                target.on_hci_packet(packet)
+                return
         if self.vanished:
             return  # a silent radio does nothing its former host asks
         self.host_packets += 1
@@ -134,6 +143,7 @@ class VirtualController(Controller):
         self.vanished = True
         self.host = None
         self.on_link_event = None
+        self.route_host_packet = None
         self._stop_radio()
         self.le_connections.clear()
         if self in self.link.controllers:

@@ -312,3 +312,29 @@ async def test_removing_a_device_by_default_still_tells_peers_at_once() -> None:
         assert reasons == [
             hci.HCI_ErrorCode.REMOTE_DEVICE_TERMINATED_CONNECTION_DUE_TO_POWER_OFF_ERROR
         ]
+
+
+async def test_host_reattaching_at_once_gets_a_fresh_controller() -> None:
+    hub = RadioHub(["tcp-server:127.0.0.1:0", "tcp-server:127.0.0.1:0"], supervision_timeout=30)
+    vehicle_spec, phone_spec = await hub.start()
+    try:
+        async with await open_device(phone_spec, name="phone") as phone_opened:
+            first = await open_device(vehicle_spec, name="vehicle")
+            await EchoPeripheral(first.device).start()
+            await connect_echo(phone_opened.device)
+            assert first.transport is not None
+            await first.transport.close()
+            await first.close()
+            # Back before the hub looked at the slot again: its first command
+            # already lands on a fresh controller, not on the crashed host's one.
+            async with await open_device(vehicle_spec, name="vehicle again") as again:
+                await EchoPeripheral(again.device).start()
+                assert not again.device.connections
+                async with BleakClient(
+                    await find_vehicle(phone_opened.device),
+                    backend=BumbleBleakClient,
+                    bumble_device=phone_opened.device,
+                ) as client:
+                    assert await echo_round_trip(client, b"xy") == b"yx"
+    finally:
+        await hub.close()
