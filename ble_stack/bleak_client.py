@@ -93,6 +93,7 @@ class BumbleBleakClient(BaseBleakClient):
         self._connection: Connection | None = None
         self._peer: Peer | None = None
         self._subscribers: dict[int, Callable[[bytes], None]] = {}
+        self.disconnect_reason: int | None = None  # HCI reason of the last link drop
 
     # -- connectivity -------------------------------------------------------
 
@@ -166,6 +167,7 @@ class BumbleBleakClient(BaseBleakClient):
 
     def _on_disconnection(self, reason: int) -> None:
         logger.debug("disconnected from %s, reason 0x%02X", self.address, reason)
+        self.disconnect_reason = reason
         self._connection = None
         self._peer = None
         self._subscribers.clear()
@@ -291,3 +293,11 @@ class BumbleBleakClient(BaseBleakClient):
         peer = self._require_peer()
         subscriber = self._subscribers.pop(characteristic.handle, None)
         await self._gatt(peer.unsubscribe(characteristic.obj, subscriber))
+
+
+def disconnect_reason(client: object) -> int | None:
+    """The HCI reason the link of a `BleakClient` last dropped with (e.g. 0x08,
+    connection timeout), when its backend is `BumbleBleakClient`; None for
+    other backends, which do not say."""
+    backend = getattr(client, "_backend", None)
+    return backend.disconnect_reason if isinstance(backend, BumbleBleakClient) else None

@@ -49,7 +49,13 @@ from protocol.shares import Share
 
 from .cloud_sync import DEFAULT_CLOUD_DEADLINE, ClockNotCorrected, CloudSync, is_clock_refusal
 from .credential_cache import CacheState, CredentialCache
-from .errors import AdapterUnavailable, BluetoothError, CommandTimeout, KeyUnavailable
+from .errors import (
+    AdapterUnavailable,
+    BluetoothError,
+    CommandTimeout,
+    KeyUnavailable,
+    VehicleWentAway,
+)
 from .keystore import KeyStore
 from .outcome import CommandOutcome as CommandOutcome
 from .outcome import Latency as Latency
@@ -193,6 +199,10 @@ class PhoneKey:
                 raise AdapterUnavailable(f"no usable Bluetooth adapter: {exc}") from exc
             except BleakError as exc:
                 await _disconnect(client)
+                from ble_stack.bleak_client import disconnect_reason
+
+                if disconnect_reason(client) == 0x08:  # link timed out: not worth a retry
+                    raise VehicleWentAway(card.vin) from exc
                 failure = exc
                 logger.debug("connect attempt %d to %s failed: %s", attempt, device.address, exc)
         if failure is not None:

@@ -45,6 +45,17 @@ class ConnectionLost(PhoneError):
     """The link dropped while the phone was waiting for the vehicle."""
 
 
+class VehicleWentAway(ConnectionLost):
+    """The link timed out (HCI 0x08): the vehicle stopped answering without a word."""
+
+    def __init__(self, vin: str) -> None:
+        super().__init__(
+            f"vehicle {vin} went away (link supervision timeout: out of range, switched "
+            "off or crashed); try again once it is back"
+        )
+        self.vin = vin
+
+
 class BluetoothError(PhoneError):
     """The Bluetooth stack failed an operation (e.g. the GATT service is missing)."""
 

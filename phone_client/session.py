@@ -58,7 +58,7 @@ from protocol import (
 from protocol.card import VehicleCard
 from protocol.events import FastPathRefusedReceived, ManageCompleted, VehicleStatusReceived
 
-from .errors import BluetoothError, CommandTimeout, ConnectionLost
+from .errors import BluetoothError, CommandTimeout, ConnectionLost, VehicleWentAway
 from .keystore import KeyStore
 
 MAX_CHALLENGE_AGE: Final = 20.0
@@ -67,6 +67,7 @@ accepts challenges for 30 s; asking for a new one at 20 s leaves room for a
 slow, fragmented request to arrive before the vehicle's limit."""
 
 logger = logging.getLogger(__name__)
+_LINK_TIMEOUT: Final = 0x08  # HCI connection timeout: the peer stopped answering
 
 _Answer = ChallengeReceived | CommandCompleted | ManageCompleted | FastPathRefusedReceived
 _E = TypeVar("_E", ChallengeReceived, CommandCompleted, ManageCompleted)
@@ -380,7 +381,12 @@ class VehicleSession:
     def on_disconnected(self) -> None:
         """bleak's disconnected callback (wired up by PhoneKey.connect)."""
         if not self.closing:
-            self._fail(ConnectionLost(f"vehicle {self.card.vin} dropped the connection"))
+            from ble_stack.bleak_client import disconnect_reason
+
+            if disconnect_reason(self.client) == _LINK_TIMEOUT:
+                self._fail(VehicleWentAway(self.card.vin))
+            else:
+                self._fail(ConnectionLost(f"vehicle {self.card.vin} dropped the connection"))
 
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:
