@@ -18,7 +18,7 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,15 +31,17 @@ from phone_client.cloud_client import CloudClient
 from phone_client.keystore import KeyStore
 from protocol import Command, LockState, Role
 from protocol.card import VehicleCard
+from vehicle_sim.keycard import create_card
 from vehicle_sim.runtime import VehicleRuntime
 from vehicle_sim.state_store import init_vehicle, open_store
 
 from .demo_cloud import WEEK, cache_credential_from, enroll, register_vehicle, revoke, start_clouds
+from .demo_firmware import firmware_steps
 
 DEMO_VIN = "1HGCM82633A004352"
 STEP_TIMEOUT = 10.0
 
-Outcome = Literal["unlocked", "locked", "denied"]
+Outcome = Literal["unlocked", "locked", "denied", "enrolled", "revoked"]
 
 
 @dataclass
@@ -53,10 +55,12 @@ class Step:
     cloud: str = "none"  # the cloud as the phone saw it; "none" when it used none
     latency_ms: float = 0.0
     error: str | None = None
+    fast_path: bool = False  # answered on the fast path (no public-key op on the vehicle)
+    expect_fast: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.outcome == self.expected
+        return self.outcome == self.expected and (self.fast_path or not self.expect_fast)
 
 
 @dataclass
@@ -76,6 +80,7 @@ class Demo:
         self.radio = VirtualRadio()
         self.steps: list[Step] = []
         self._clients: list[CloudClient] = []
+        self.vin = DEMO_VIN
 
     async def _make_phone(
         self, label: str, card: VehicleCard, *, whitelisted: bool, cloud: RunningCloud | None = None
@@ -121,12 +126,14 @@ class Demo:
         lapsed = await self._make_phone("lapsed", card, whitelisted=False, cloud=past_cloud)
 
         # Physical provisioning of a stopped vehicle: the owner's and a driver's
-        # key, and the credential cloud's issuer key.
+        # key, the credential cloud's issuer key, and the keycard.
+        keycard = create_card(self.workdir / "keycard.pem")
         with open_store(state_dir) as store:
             store.add_key(owner.keystore.public_key(), Role.OWNER)
             store.add_key(driver.keystore.public_key(), Role.DRIVER)
             store.add_issuer(cloud.issuer_public_key)
-        self.say("owner and driver phones paired: keys on the vehicle's whitelist")
+            store.add_keycard(keycard.public_key())
+        self.say("owner and driver phones paired: keys on the vehicle's whitelist; keycard added")
         self.say("stranger phone holds the vehicle card but its key is not whitelisted")
 
         token = await register_vehicle(cloud, card)
@@ -140,11 +147,13 @@ class Demo:
 
         with open_store(state_dir) as store:
             device = await self.radio.create_device("vehicle")
-            async with VehicleRuntime(store, device):
+            async with VehicleRuntime(store, device) as runtime:
                 self.say("vehicle advertising on the virtual radio\n")
                 await self._whitelist_steps(owner, driver, stranger)
                 self.say("\n-- the cloud fails; the renter's phone keeps its key --")
                 await self._outage_steps(cloud, past_cloud, token, card, owner, renter, lapsed)
+                self.say("\n-- the owner comes back: the fast path --")
+                await firmware_steps(self, runtime, keycard, card, owner, stranger)
         return self.steps
 
     async def _whitelist_steps(self, owner: _Phone, driver: _Phone, stranger: _Phone) -> None:
@@ -187,8 +196,36 @@ class Demo:
         past_cloud.set_fault("blackhole")
         await self._step(lapsed, Command.UNLOCK, "expired credential, cloud down: denied", "denied")
 
-    async def _step(self, phone: _Phone, command: Command, name: str, expected: Outcome) -> None:
-        step = Step(name, expected, credential="whitelist" if phone.whitelisted else None)
+    async def _action_step(
+        self, name: str, expected: Outcome, action: Callable[[], Awaitable[Outcome]]
+    ) -> None:
+        """A step that is not a lock command: a keycard tap, an enrollment, a revocation."""
+        step = Step(name, expected)
+        self.steps.append(step)
+        start = time.perf_counter()
+        try:
+            step.outcome = await action()
+        except Exception as exc:  # every failure is a step outcome here
+            step.outcome = "denied"
+            step.error = str(exc) or type(exc).__name__
+        step.latency_ms = (time.perf_counter() - start) * 1000
+        self.say(_describe(step, None))
+
+    async def _step(
+        self,
+        phone: _Phone,
+        command: Command,
+        name: str,
+        expected: Outcome,
+        *,
+        expect_fast: bool = False,
+    ) -> None:
+        step = Step(
+            name,
+            expected,
+            credential="whitelist" if phone.whitelisted else None,
+            expect_fast=expect_fast,
+        )
         self.steps.append(step)
         start = time.perf_counter()
         result: CommandOutcome | None = None
@@ -211,6 +248,7 @@ class Demo:
             step.latency_ms = result.latency.total * 1000
             step.outcome = _outcome_of(result)
             step.credential = result.credential
+            step.fast_path = result.fast_path
             if not result.ok:
                 step.error = f"{result.result.name.lower()}: role does not permit {command.name}"
         if phone.cloud is not None:
@@ -241,7 +279,10 @@ def _describe(step: Step, result: CommandOutcome | None) -> str:
             )
             if value is not None
         ]
-        line += f"  ({', '.join(parts)}; MTU {result.att_mtu}, {result.frames_written} write)"
+        path = "fast path" if result.fast_path else "full handshake"
+        line += (
+            f"  ({', '.join(parts)}; {path}; MTU {result.att_mtu}, {result.frames_written} write)"
+        )
     if result is not None and result.message:
         line += f"\n       {result.message}"
     if step.error:
@@ -301,7 +342,11 @@ def register(subparsers: Any) -> None:
             "enrolled only through the cloud unlocks with its first credential, then from "
             "its cache while the cloud returns HTTP 500 and while it is blackholed; the "
             "owner revokes it and carries the revocation to the car; an expired credential "
-            "is denied. Exit 0 exactly when every step has its expected outcome."
+            "is denied. Then the firmware: the owner unlocks on the fast path; the keycard "
+            "unlocks and locks with every phone lost; a keycard tap opens the pairing window "
+            "in which a new phone enrolls as owner (a stranger is refused outside it); the "
+            "owner shares a guest key offline, the friend unlocks with it, and the owner "
+            "revokes it. Exit 0 exactly when every step has its expected outcome."
         ),
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")

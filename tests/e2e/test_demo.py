@@ -29,6 +29,8 @@ def test_demo_json_reports_every_step_as_expected() -> None:
             "cloud",
             "latency_ms",
             "error",
+            "fast_path",
+            "expect_fast",
         }
     assert steps["unknown phone is denied"]["error"]
     assert steps["renter: first credential from the cloud"]["credential"] == "cloud"
@@ -36,3 +38,11 @@ def test_demo_json_reports_every_step_as_expected() -> None:
     assert (outage["credential"], outage["cloud"]) == ("cache", "blackhole")
     assert steps["renter: cloud HTTP 500, cached credential"]["cloud"] == "http-500"
     assert steps["revoked renter is denied"]["outcome"] == "denied"
+    # The firmware part: fast path, keycard, enrollment window, offline share.
+    assert steps["owner unlocks on the fast path"]["fast_path"] is True
+    assert steps["keycard unlocks"]["outcome"] == "unlocked"
+    assert steps["stranger enrolls without a keycard: denied"]["error"]
+    assert steps["new phone enrolls as owner in the window"]["outcome"] == "enrolled"
+    assert steps["new owner phone unlocks"]["fast_path"] is False  # first contact: full
+    assert steps["friend unlocks with the share"]["credential"] == "share"
+    assert steps["friend with a revoked share: denied"]["outcome"] == "denied"
