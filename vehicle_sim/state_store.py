@@ -44,6 +44,7 @@ from .atomic_file import fsync_directory, write_atomic
 from .firmware_store import FirmwareStore
 from .flash.device import FlashDevice, FlashMisuse
 from .flash.errors import (
+    FastKeyTampered,
     FlashTampered,
     StaleRevocations,
     StoreFull,
@@ -64,6 +65,7 @@ __all__ = [
     "JSON_STATE_FILE_NAME",
     "MIGRATED_JSON_FILE_NAME",
     "STATE_FILE_NAME",
+    "FastKeyTampered",
     "FileVehicleStore",
     "FlashTampered",
     "FlashVehicleStore",

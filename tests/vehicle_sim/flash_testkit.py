@@ -8,10 +8,18 @@ from pathlib import Path
 from protocol import crypto
 from vehicle_sim.atomic_file import write_atomic
 from vehicle_sim.firmware_store import LogEntry
+from vehicle_sim.flash.auth import FIRST_PREV, JournalAuth
 from vehicle_sim.flash.device import FaultInjector, FlashDevice
-from vehicle_sim.flash.journal import Journal
-from vehicle_sim.flash.layout import Geometry
-from vehicle_sim.flash.records import FlashState
+from vehicle_sim.flash.journal import BANK_HEADER_SIZE, Journal, encode_bank_header
+from vehicle_sim.flash.layout import Geometry, encode_superblock
+from vehicle_sim.flash.records import (
+    COMMIT,
+    MAC_LEN,
+    SNAPSHOT,
+    FlashState,
+    encode_record,
+    snapshot_payload,
+)
 from vehicle_sim.flash.store import FlashVehicleStore, create_image
 from vehicle_sim.state_schema import StoredState, dump_state
 from vehicle_sim.state_store import (
@@ -94,3 +102,43 @@ def log_entries(store: FlashVehicleStore) -> list[LogEntry]:
     readout = store.read_log()
     assert readout.verified, readout.problem
     return list(readout.entries)
+
+
+def format2_bank(
+    device: FlashDevice,
+    bank: int,
+    generation: int,
+    first_seq: int,
+    state: FlashState,
+    commits: list[bytes],
+    geometry: Geometry = SMALL,
+    device_key: bytes = DEVICE_KEY,
+) -> None:
+    """Write ``bank`` as the format 2 firmware did: MAC'd, fast-path secrets in
+    the clear (``commits`` use ``Ops.set_fast(..., None)``)."""
+    auth = JournalAuth(device_key)
+    base = geometry.bank_address(bank)
+    at, prev = BANK_HEADER_SIZE, FIRST_PREV
+    payloads = [(SNAPSHOT, snapshot_payload(state, None)), *((COMMIT, c) for c in commits)]
+    for seq, (kind, payload) in enumerate(payloads, start=first_seq):
+
+        def mac_of(signed: bytes, at: int = at, prev: bytes = prev) -> bytes:
+            return auth.record_mac(bank, generation, at, prev, signed)
+
+        record = encode_record(kind, seq, payload, mac_of)
+        device.program(base + at, record)
+        at, prev = at + len(record), record[-5 - MAC_LEN : -5]
+    device.program(base, encode_bank_header(generation, bank, auth, version=2))
+
+
+def format2_image(
+    state: FlashState,
+    commits: list[bytes],
+    geometry: Geometry = SMALL,
+    device_key: bytes = DEVICE_KEY,
+) -> bytes:
+    """An image as the format 2 firmware wrote it, one bank (bank 0, generation 1)."""
+    device = FlashDevice.blank(geometry.page_count)
+    device.program(0, encode_superblock(geometry))
+    format2_bank(device, 0, 1, 1, state, commits, geometry, device_key)
+    return device.image()

@@ -1,4 +1,4 @@
-"""The journal is tamper-evident (flash format 2): whoever rewrites the image
+"""The journal is tamper-evident (flash formats 2 and 3): whoever rewrites the image
 without the device key cannot change the state without mount refusing it,
 while a power cut still only ever looks like a power cut."""
 
@@ -212,7 +212,7 @@ def test_a_modified_snapshot_is_tampering() -> None:
     store.journal.compact(lambda state: None)  # the snapshot holds the key now
     image = bytearray(store.device.image())
     address, length = _records(image, store.journal.bank)[0]
-    payload = snapshot_payload(store.snapshot())
+    payload = snapshot_payload(store.snapshot(), store.journal.keywrap)
     owner = crypto.public_bytes(OWNER) + bytes([Role.OWNER])
     at = address + 9 + payload.index(owner)
     image[at : at + 33] = crypto.public_bytes(THIEF)  # swap the owner key for the thief's
@@ -257,7 +257,7 @@ def _format1_image(state: FlashState, commits: list[bytes]) -> bytes:
     device.program(0, encode_superblock(SMALL))
     at = SMALL.bank_address(0) + V1_BANK_HEADER_SIZE
     for seq, (kind, payload) in enumerate(
-        [(SNAPSHOT, snapshot_payload(state)), *((COMMIT, c) for c in commits)], start=1
+        [(SNAPSHOT, snapshot_payload(state, None)), *((COMMIT, c) for c in commits)], start=1
     ):
         record = encode_record(kind, seq, payload, None)
         device.program(at, record)
@@ -282,17 +282,19 @@ def test_a_format1_image_is_trusted_once_and_rewritten_authenticated() -> None:
     assert store.last_counter(KEY_ID) == 5 and store.lock_state() is LockState.UNLOCKED
     before = logical(store)
 
-    store.advance_time_floor()  # the first commit compacts into format 2
+    store.advance_time_floor()  # the first commit compacts into the current format
     assert (store.journal.version, store.journal.generation) == (FLASH_FORMAT_VERSION, 2)
     migrated = mount(store.device.image())
     assert logical(migrated) == before and migrated.journal.version == FLASH_FORMAT_VERSION
     _unlock(migrated, 6)
     assert mount(migrated.device.image()).last_counter(KEY_ID) == 6
 
-    # The other bank still holds the format 1 state; it is older and never used.
-    # Dressed up as newer, it is a downgrade, not a second migration.
+    # The migration erased the format 1 bank (it held fast-path secrets in the
+    # clear). A format 1 header written there, newer, is a downgrade, not a
+    # second migration.
     downgraded = bytearray(migrated.device.image())
     header = SMALL.bank_address(0)
+    assert downgraded[header : header + SMALL.bank_bytes] == b"\xff" * SMALL.bank_bytes
     downgraded[header : header + V1_BANK_HEADER_SIZE - 1] = encode_v1_bank_header(9)
     _refused(downgraded, match="a downgrade")
 
@@ -321,7 +323,7 @@ def test_the_counter_refuses_an_older_generation_and_a_format1_image(tmp_path: P
         )
 
     store = mount_counted(old_image)  # no counter yet: a vehicle from before it
-    store.advance_time_floor()  # migrates; the counter records format 2
+    store.advance_time_floor()  # migrates; the counter records the current format
     assert RollbackCounter.load(counter_path).floor is not None
     migrated = store.device.image()
     with pytest.raises(FlashTampered, match="a downgrade"):

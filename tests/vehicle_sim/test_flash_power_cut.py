@@ -7,7 +7,8 @@ checked: it mounts; the state is exactly the old one or the new one (so
 counters never go back, acknowledged nonces, revocations and lock states
 stay, the whitelist is old or new); the event log verifies and is a prefix of
 the new log that still holds the old one; and the rebooted vehicle keeps
-working (a commit after the cut persists across another reboot).
+working (a commit after the cut persists across another reboot). No
+fast-path secret of either state is ever in the image in the clear.
 """
 
 from __future__ import annotations
@@ -193,6 +194,19 @@ def _log_between(entries: list[LogEntry], old: list[LogEntry], new: list[LogEntr
     return old_head <= head <= new_head and all(written.get(e.seq) == e for e in entries)
 
 
+def _secrets(*states: dict[str, object]) -> set[bytes]:
+    found: set[bytes] = set()
+    for state in states:
+        fast_keys = state["fast_keys"]
+        assert isinstance(fast_keys, dict)
+        found.update(fast_keys.values())
+    return found
+
+
+def _no_secret_in(image: bytes, *states: dict[str, object]) -> bool:
+    return not any(secret in image for secret in _secrets(*states))
+
+
 def _check_reboot(
     image: bytes,
     old: dict[str, object],
@@ -205,6 +219,7 @@ def _check_reboot(
     store = mount(image)  # mounts, whatever the cut left
     state = logical(store)
     assert state in (old, new), what
+    assert _no_secret_in(image, old, new), what
     assert _log_between(log_entries(store), old_log, new_log), what
     # The rebooted vehicle works: a further commit lands and survives a reboot.
     store.commit(StateChange(key_id=OWNER.key_id, counter=10**9, nonce=b"\xee" * 16))
@@ -213,6 +228,7 @@ def _check_reboot(
     assert {k: v for k, v in logical(again).items() if k not in ("counters", "nonces")} == {
         k: v for k, v in state.items() if k not in ("counters", "nonces")
     }, what
+    assert _no_secret_in(store.device.image(), old, new), what
     return store.device.image()
 
 
@@ -266,6 +282,7 @@ def test_seeded_random_sequences_with_random_cuts() -> None:
     image = BASE
     wall = Wall()
     cuts = 0
+    secrets: set[bytes] = set()  # every fast-path secret the sequence ever set
     for step in range(300):
         name = rng.choice(sorted(OPS))
         op = OPS[name]
@@ -285,8 +302,12 @@ def test_seeded_random_sequences_with_random_cuts() -> None:
             image = store.device.image()
             rebooted = mount(image, None, wall)
             assert logical(rebooted) in (old, new), f"step {step} {name} cut {cut}"
+            assert _no_secret_in(image, old, new), f"step {step} {name} cut {cut}"
             assert _log_between(log_entries(rebooted), old_log, new_log), f"step {step}"
             cuts += 1
         else:
             image = store.device.image()
+            assert _no_secret_in(image, old, new), f"step {step} {name}"
+        secrets |= _secrets(old, new)
+    assert secrets and not any(secret in image for secret in secrets)
     assert cuts > 150

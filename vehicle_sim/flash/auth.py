@@ -1,4 +1,4 @@
-"""The journal's MACs: what the device key vouches for (flash format 2).
+"""The journal's MACs: what the device key vouches for (flash formats 2 and 3).
 
 The journal key is ``HKDF-SHA256(device key, salt "phonekey flash", info
 "phonekey journal v2")``: never the device key itself, which the event log

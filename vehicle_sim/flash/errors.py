@@ -32,6 +32,13 @@ class FlashTampered(VehicleStateError):
     """
 
 
+class FastKeyTampered(FlashTampered):
+    """A wrapped fast-path secret in the flash image fails its AES key wrap
+    integrity check (flash format 3): it was not wrapped with this device's
+    key. The key module refuses to run on the image, as for any tampering.
+    """
+
+
 class TooManyIssuers(VehicleStateError):
     """The vehicle already trusts as many issuer keys as it may hold."""
 

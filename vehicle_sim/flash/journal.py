@@ -19,13 +19,23 @@ accepted as the torn end of the log only if it looks like one (its end mark
 never written and only erased flash after it); anything else is damage and
 mounting fails rather than silently dropping later records.
 
-Authentication (format 2, see ``auth``): every bank header and record also
+Authentication (formats 2 and 3, see ``auth``): every bank header and record also
 carries a MAC under a key derived from the device key. The CRC still decides
 complete versus torn; a complete structure (CRC and end mark good) whose MAC
 fails was not written by this key module, and mount raises
 ``TamperEvidence``. A format 1 bank (no MACs) is replayed once, trusted, and
 rewritten authenticated by the next commit (``migrate``); a format 1 bank
 newer than a format 2 one is a downgrade and refused.
+
+Secrecy (format 3, see ``keywrap``): fast-path secrets are written wrapped
+and unwrapped at replay, so the RAM state holds them in the clear and the
+flash never does. A format 1 or 2 bank holds them in the clear, so the
+compaction that migrates it also erases it once the new bank's header (the
+commit point) is written ("scrubbing"); its header page is erased last, so a
+power cut mid-scrub leaves a bank whose header still names format 1 or 2.
+Mount marks any other bank that is neither a valid format 3 bank nor erased
+(a scrub or a compaction cut short) for scrubbing, and the next commit
+erases it before appending; a read-only mount never writes, so it leaves it.
 
 Cost: a commit programs its record (one or two page programs). A compaction
 erases at most one bank and programs one snapshot; the limits keep a snapshot
@@ -46,6 +56,7 @@ from typing import Literal
 
 from .auth import FIRST_PREV, JournalAuth
 from .device import PAGE_SIZE, FlashDevice
+from .keywrap import FastKeyWrap
 from .layout import (
     END_MARK,
     FLASH_FORMAT_VERSION,
@@ -58,6 +69,7 @@ from .layout import (
 from .migrate import upgrade_state
 from .records import (
     COMMIT,
+    FIRST_WRAPPED_FORMAT,
     MAC_LEN,
     RECORD_HEADER,
     SNAPSHOT,
@@ -138,6 +150,7 @@ class Journal:
         geometry: Geometry,
         state: FlashState,
         auth: JournalAuth,
+        keywrap: FastKeyWrap,
         *,
         bank: int,
         generation: int,
@@ -146,11 +159,13 @@ class Journal:
         next_seq: int,
         last_mac: bytes,
         dirty: bool,
+        scrub_pending: bool = False,
     ) -> None:
         self.device = device
         self.geometry = geometry
         self.state = state
         self._auth = auth
+        self.keywrap = keywrap
         self.bank = bank
         self.generation = generation
         self.version = version  # the flash format of the current bank
@@ -158,6 +173,7 @@ class Journal:
         self.next_seq = next_seq
         self._last_mac = last_mac  # the MAC of the bank's last record: the next one's prev
         self.dirty = dirty  # the bank ends in a torn record: compact before appending
+        self.scrub_pending = scrub_pending  # erase the other bank before appending
         self.compactions = 0
 
     # --- creating and mounting ------------------------------------------------------------
@@ -174,6 +190,7 @@ class Journal:
             geometry,
             FlashState(),
             JournalAuth(device_key),
+            FastKeyWrap(device_key),
             bank=1,
             generation=0,
             version=FLASH_FORMAT_VERSION,
@@ -190,9 +207,12 @@ class Journal:
         """Replay the image's newest valid bank.
 
         FlashCorrupt if there is none or it is damaged; TamperEvidence if a
-        complete header or record fails its MAC (or format 1 follows format 2).
+        complete header or record fails its MAC (or an older format follows a
+        newer one), ``keywrap.UnwrapFailed`` (a TamperEvidence) if a wrapped
+        fast-path secret fails to unwrap.
         """
         auth = JournalAuth(device_key)
+        keywrap = FastKeyWrap(device_key)
         view = device.view()
         geometry = decode_superblock(view, device.size)
         headers = [
@@ -220,8 +240,15 @@ class Journal:
                 f"bank {bank} is in the unauthenticated flash format {header.version} but the "
                 f"older bank {1 - bank} is in format {other.version}: a downgrade"
             )
-        state, tail, last_seq, last_mac, dirty = _replay(view, geometry, bank, header, auth)
+        state, tail, last_seq, last_mac, dirty = _replay(
+            view, geometry, bank, header, auth, keywrap
+        )
         _check_other_bank(view, geometry, 1 - bank, other, last_seq)
+        other_base = geometry.bank_address(1 - bank)
+        scrub_pending = not (other.status == "valid" and other.version >= FIRST_WRAPPED_FORMAT)
+        scrub_pending = scrub_pending and not _erased(
+            view, other_base, other_base + geometry.bank_bytes
+        )
         if header.version < FLASH_FORMAT_VERSION:
             state = upgrade_state(state, header.version)
             dirty = True  # the next commit compacts: rewrites it in the current format
@@ -230,6 +257,7 @@ class Journal:
             geometry,
             state,
             auth,
+            keywrap,
             bank=bank,
             generation=header.generation,
             version=header.version,
@@ -237,6 +265,7 @@ class Journal:
             next_seq=last_seq + 1,
             last_mac=last_mac,
             dirty=dirty,
+            scrub_pending=scrub_pending,
         )
 
     # --- committing ----------------------------------------------------------------------------
@@ -245,23 +274,27 @@ class Journal:
 
         ``prune`` drops what a snapshot need not keep (expired share
         revocations). On any failure the RAM state is unchanged and the
-        journal compacts before its next append.
+        journal compacts before its next append, except a failure scrubbing
+        a migrated bank after the compaction committed (``_compact``).
         """
         macs: list[bytes] = []
         record = encode_record(COMMIT, self.next_seq, payload, self._mac_at(self.tail, macs))
         if self.dirty or self.tail + len(record) > self.geometry.bank_bytes:
             new_state = self.state.copy()
-            apply_payload(new_state, payload)
+            apply_payload(new_state, payload, self.keywrap)
             prune(new_state)
             self._compact(new_state)
             return
+        assert self.version == FLASH_FORMAT_VERSION  # an older bank is dirty: it compacts
+        if self.scrub_pending:
+            self._scrub(1 - self.bank)
         try:
             self.device.program(self.geometry.bank_address(self.bank) + self.tail, record)
             self.device.sync()
         except BaseException:
             self.dirty = True
             raise
-        apply_payload(self.state, payload)
+        apply_payload(self.state, payload, self.keywrap)
         self.tail += len(record)
         self.next_seq += 1
         self._last_mac = macs[0]
@@ -293,7 +326,8 @@ class Journal:
             macs.append(mac)
             return mac
 
-        snapshot = encode_record(SNAPSHOT, self.next_seq, snapshot_payload(new_state), mac_of)
+        payload = snapshot_payload(new_state, self.keywrap)
+        snapshot = encode_record(SNAPSHOT, self.next_seq, payload, mac_of)
         if BANK_HEADER_SIZE + len(snapshot) > self.geometry.bank_bytes:
             raise JournalFull(f"a {len(snapshot)}-byte snapshot does not fit in a bank")
         device = self.device
@@ -310,6 +344,7 @@ class Journal:
         except BaseException:
             self.dirty = True
             raise
+        source, source_version = self.bank, self.version
         self.bank = target
         self.generation = generation
         self.version = FLASH_FORMAT_VERSION
@@ -318,7 +353,26 @@ class Journal:
         self._last_mac = macs[0]
         self.state = new_state
         self.dirty = False
+        self.scrub_pending = False  # the target bank was erased before it was written
         self.compactions += 1
+        if source_version < FIRST_WRAPPED_FORMAT:
+            # The commit point is behind us; the old bank holds fast-path secrets
+            # in the clear. A failure here leaves it marked (and the change made).
+            self.scrub_pending = True
+            self._scrub(source)
+
+    def _scrub(self, bank: int) -> None:
+        """Erase every page of ``bank`` (not the current one), its header page
+        last, so that until the scrub is complete the bank still reads as the
+        older format and the next mount marks it again."""
+        assert bank != self.bank
+        device = self.device
+        first = self.geometry.bank_first_page(bank)
+        for page in [*range(first + 1, first + self.geometry.bank_pages), first]:
+            if not device.is_erased(page * PAGE_SIZE, PAGE_SIZE):
+                device.erase(page)
+        device.sync()
+        self.scrub_pending = False
 
     @property
     def used_bytes(self) -> int:
@@ -330,7 +384,12 @@ def _erased(view: memoryview, start: int, end: int) -> bool:
 
 
 def _replay(
-    view: memoryview, geometry: Geometry, bank: int, header: _Header, auth: JournalAuth
+    view: memoryview,
+    geometry: Geometry,
+    bank: int,
+    header: _Header,
+    auth: JournalAuth,
+    keywrap: FastKeyWrap,
 ) -> tuple[FlashState, int, int, bytes, bool]:
     """(state, tail offset, last seq, last MAC, ends torn) of a bank whose header is valid."""
     base = geometry.bank_address(bank)
@@ -360,7 +419,7 @@ def _replay(
             break
         if state is None:
             state = FlashState()
-        apply_payload(state, record.payload)
+        apply_payload(state, record.payload, keywrap, version=header.version)
         last_seq = record.seq
         prev = record.mac
         at += record.length

@@ -22,11 +22,12 @@ from .device import PAGE_SIZE
 SUPERBLOCK_MAGIC = b"PKEYFLSH"
 IMAGE_FORMAT = 1
 """The geometry/superblock format (page 0); it never changes after init."""
-FLASH_FORMAT_VERSION = 2
+FLASH_FORMAT_VERSION = 3
 """The format of the journal's records (in every bank header); ``migrate`` upgrades older ones.
 
 1: records and bank headers protected by CRC-32 only.
-2: records and bank headers also carry an HMAC-SHA256 (see ``auth``)."""
+2: records and bank headers also carry an HMAC-SHA256 (see ``auth``).
+3: fast-path secrets are AES-key-wrapped, never in the clear (see ``keywrap``)."""
 
 _SUPERBLOCK = struct.Struct("<8sHIII")
 END_MARK = b"\x00"

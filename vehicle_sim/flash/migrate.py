@@ -13,6 +13,16 @@ it finds, and everything written after it is authenticated. A format 1 bank
 found next to a format 2 one, or after the device's rollback counter records
 format 2 (``monotonic``), is a downgrade and refused.
 
+Format 2 -> 3 (fast-path secrets wrapped at rest, see ``keywrap``): again the
+state in RAM is the same (replay reads format 2's secrets in the clear, as
+format 3's are after unwrapping), so the step is the identity; the
+compaction writes them wrapped, and then erases the old bank, which held
+them in the clear (``journal``, "Secrecy"). ``open_store`` commits at every
+writable open (the time floor), so a format 1 or 2 image is rewritten at its
+first writable open; a read-only open leaves it as it is. The compaction
+advances the rollback counter to format 3, after which a format 1 or 2 image
+(or bank newer than a format 3 one) is a downgrade and refused.
+
 ``state_from_json`` turns a ``vehicle.json`` (formats 1 and 2, loaded and
 validated by ``vehicle_sim.state_schema``) into the flash state.
 """
@@ -30,7 +40,7 @@ def _same_state(state: FlashState) -> FlashState:
     return state
 
 
-_UPGRADES: dict[int, Callable[[FlashState], FlashState]] = {1: _same_state}
+_UPGRADES: dict[int, Callable[[FlashState], FlashState]] = {1: _same_state, 2: _same_state}
 """``version -> upgrade to version + 1``, applied in turn."""
 
 

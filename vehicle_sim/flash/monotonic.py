@@ -8,7 +8,7 @@ it in ``device.counter`` beside ``device.key`` (16 bytes, 0600)::
     magic "PKMC" | flash format u16 | 0 u16 | generation u64
 
 It records the highest flash format and journal generation the module has
-committed. It is advanced only when a compaction (or the format 2 migration)
+committed. It is advanced only when a compaction (or a format migration)
 has durably moved the image forward, so it costs one small file write per
 compaction, not per commit; a power cut between the image and the counter
 leaves the counter one step behind, which is safe.

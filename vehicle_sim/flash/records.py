@@ -1,6 +1,6 @@
 """The vehicle state in RAM and its encoding in journal records.
 
-A record (flash format 2) is::
+A record (flash formats 2 and 3) is::
 
     type u8 | length u32 | seq u32 | payload | mac 16 | crc32 u32 | end 0x00
 
@@ -9,6 +9,11 @@ A record (flash format 2) is::
 (computed by ``journal`` with a key derived from the device key, bound to the
 record's bank, generation, offset and predecessor) tells a record the key
 module wrote from one somebody else did. Format 1 records have no ``mac``.
+Format 3 differs from format 2 only in the fast-path secrets: format 3 sets
+one with ``OP_SET_FAST_WRAPPED`` (the secret AES-key-wrapped, see
+``keywrap``), formats 1 and 2 with ``OP_SET_FAST`` (in the clear); each
+format refuses the other's opcode. ``FlashState`` always holds them in the
+clear: it is RAM.
 Type ``S`` (snapshot) replaces the whole state; type ``C`` (commit) changes
 it. A payload is a sequence of operations, each an opcode
 byte followed by a body of a size fixed by the opcode (see ``_BODY``); a
@@ -30,8 +35,10 @@ from protocol import crypto
 from protocol.store import SPENT_NONCE_MEMORY, WhitelistEntry
 from protocol.types import LockState, Role
 
+from .keywrap import WRAPPED_LEN, FastKeyWrap
 from .layout import (
     END_MARK,
+    FLASH_FORMAT_VERSION,
     MAX_COUNTERS,
     MAX_ISSUERS,
     MAX_KEYCARDS,
@@ -59,7 +66,7 @@ OP_COUNTER: Final = 0x07  # 16-byte key id, u64 counter
 OP_WIPE: Final = 0x08  # no body: drop keys, fast keys and share revocations
 OP_ADD_KEY: Final = 0x09  # 33-byte compressed key, u8 Role
 OP_REMOVE_KEY: Final = 0x0A  # 16-byte key id (drops its fast key too)
-OP_SET_FAST: Final = 0x0B  # 16-byte key id, 32-byte secret
+OP_SET_FAST: Final = 0x0B  # formats 1-2 only: 16-byte key id, 32-byte secret in the clear
 OP_DROP_FAST: Final = 0x0C  # 16-byte key id
 OP_REVOKE_SHARE: Final = 0x0D  # 16-byte share id, u64 not_after
 OP_REVOCATIONS: Final = 0x0E  # u64 version, u32 n, n x 16-byte revocation id (added)
@@ -67,6 +74,9 @@ OP_ISSUERS: Final = 0x0F  # u8 n, n x 33-byte compressed key (replaces the list)
 OP_ADD_CARD: Final = 0x10  # 33-byte compressed key
 OP_REMOVE_CARD: Final = 0x11  # 16-byte card id
 OP_BACKOFF: Final = 0x12  # u32 level
+OP_SET_FAST_WRAPPED: Final = 0x13  # format 3: AES-KW(KEK, key id 16 | secret 32), 56 bytes
+FIRST_WRAPPED_FORMAT: Final = 3
+"""The first flash format whose fast-path secrets are wrapped (``keywrap``)."""
 
 _BODY: Final = {
     OP_VIN: 17,
@@ -85,9 +95,10 @@ _BODY: Final = {
     OP_ADD_CARD: 33,
     OP_REMOVE_CARD: 16,
     OP_BACKOFF: 4,
+    OP_SET_FAST_WRAPPED: WRAPPED_LEN,
 }
 BYTES_PER_KEY: Final = (1 + _BODY[OP_ADD_KEY]) + (1 + _BODY[OP_COUNTER])
-"""Snapshot bytes of one whitelisted key and its counter (a fast key adds 49)."""
+"""Snapshot bytes of one whitelisted key and its counter (a fast key adds 57)."""
 
 SNAPSHOT_MAX_BYTES: Final = (
     RECORD_OVERHEAD
@@ -95,7 +106,7 @@ SNAPSHOT_MAX_BYTES: Final = (
     + 2 + MAX_ISSUERS * 33
     + 13 + MAX_REVOCATIONS * 16
     + MAX_KEYCARDS * 34
-    + MAX_KEYS * (1 + _BODY[OP_ADD_KEY] + 1 + _BODY[OP_SET_FAST])
+    + MAX_KEYS * (1 + _BODY[OP_ADD_KEY] + 1 + _BODY[OP_SET_FAST_WRAPPED])
     + MAX_COUNTERS * (1 + _BODY[OP_COUNTER])
     + MAX_SHARE_REVOCATIONS * (1 + _BODY[OP_REVOKE_SHARE])
     + SPENT_NONCE_MEMORY * (1 + _BODY[OP_NONCE])
@@ -189,8 +200,12 @@ class Ops:
     def remove_key(self, key_id: bytes) -> Ops:
         return self._op(OP_REMOVE_KEY, key_id)
 
-    def set_fast(self, key_id: bytes, secret: bytes) -> Ops:
-        return self._op(OP_SET_FAST, key_id + secret)
+    def set_fast(self, key_id: bytes, secret: bytes, keywrap: FastKeyWrap | None) -> Ops:
+        """Set a fast-path secret: wrapped (format 3), or in the clear if
+        ``keywrap`` is None (formats 1 and 2: migration tests only)."""
+        if keywrap is None:
+            return self._op(OP_SET_FAST, key_id + secret)
+        return self._op(OP_SET_FAST_WRAPPED, keywrap.wrap(key_id, secret))
 
     def drop_fast(self, key_id: bytes) -> Ops:
         return self._op(OP_DROP_FAST, key_id)
@@ -310,11 +325,25 @@ def iter_ops(payload: bytes) -> Iterator[Op]:
         at += size
 
 
-def apply_payload(state: FlashState, payload: bytes) -> None:
-    """Apply every operation of ``payload`` to ``state`` (FlashCorrupt if invalid)."""
+def apply_payload(
+    state: FlashState,
+    payload: bytes,
+    keywrap: FastKeyWrap,
+    *,
+    version: int = FLASH_FORMAT_VERSION,
+) -> None:
+    """Apply every operation of ``payload``, written in flash format ``version``,
+    to ``state``: FlashCorrupt if invalid, ``keywrap.UnwrapFailed`` (a
+    TamperEvidence) if a wrapped fast-path secret fails to unwrap."""
     for code, body in iter_ops(payload):
+        if code == OP_SET_FAST and version >= FIRST_WRAPPED_FORMAT:
+            raise FlashCorrupt(
+                f"a fast-path secret in the clear in flash format {version} (they are wrapped)"
+            )
+        if code == OP_SET_FAST_WRAPPED and version < FIRST_WRAPPED_FORMAT:
+            raise FlashCorrupt(f"unknown operation {code:#04x} in flash format {version}")
         try:
-            _apply(state, code, body)
+            _apply(state, code, body, keywrap)
         except (ValueError, KeyError, IndexError, struct.error) as exc:
             raise FlashCorrupt(f"operation {code:#04x} is invalid: {exc}") from None
 
@@ -323,7 +352,7 @@ def _key(raw: bytes) -> crypto.PublicKey:
     return crypto.public_key_from_bytes(raw)
 
 
-def _apply(state: FlashState, code: int, body: bytes) -> None:
+def _apply(state: FlashState, code: int, body: bytes, keywrap: FastKeyWrap) -> None:
     if code == OP_VIN:
         state.vin = body.decode("ascii")
     elif code == OP_FLOOR:
@@ -350,6 +379,9 @@ def _apply(state: FlashState, code: int, body: bytes) -> None:
         state.fast_keys.pop(body, None)
     elif code == OP_SET_FAST:
         state.fast_keys[body[:16]] = body[16:]
+    elif code == OP_SET_FAST_WRAPPED:
+        key_id, secret = keywrap.unwrap(body)
+        state.fast_keys[key_id] = secret
     elif code == OP_DROP_FAST:
         state.fast_keys.pop(body, None)
     elif code == OP_REVOKE_SHARE:
@@ -369,8 +401,10 @@ def _apply(state: FlashState, code: int, body: bytes) -> None:
         (state.backoff_level,) = struct.unpack("<I", body)
 
 
-def snapshot_payload(state: FlashState) -> bytes:
-    """The operations that rebuild ``state`` from nothing."""
+def snapshot_payload(state: FlashState, keywrap: FastKeyWrap | None) -> bytes:
+    """The operations that rebuild ``state`` from nothing (fast-path secrets
+    wrapped with ``keywrap``; None writes them in the clear, as formats 1 and
+    2 did: migration tests only)."""
     ops = (
         Ops()
         .vin(state.vin)
@@ -389,7 +423,7 @@ def snapshot_payload(state: FlashState) -> bytes:
     for key_id, counter in state.counters.items():
         ops.counter(key_id, counter)
     for key_id, secret in state.fast_keys.items():
-        ops.set_fast(key_id, secret)
+        ops.set_fast(key_id, secret, keywrap)
     for share_id, not_after in state.revoked_shares.items():
         ops.revoke_share(share_id, not_after)
     for nonce in state.spent_nonces:

@@ -30,6 +30,7 @@ from ..firmware_store import FlashStats, LogEvent, LogReadout
 from ..state_lock import StateLock
 from .device import FlashDevice
 from .errors import (
+    FastKeyTampered,
     FlashTampered,
     StaleRevocations,
     StoreFull,
@@ -38,6 +39,7 @@ from .errors import (
 )
 from .event_log import ENTRY_SIZE, EventLog
 from .journal import Journal, JournalFull
+from .keywrap import UnwrapFailed
 from .layout import (
     MAX_COUNTERS,
     MAX_ISSUERS,
@@ -128,13 +130,22 @@ class FlashVehicleStore:
         counter: RollbackCounter | None = None,
     ) -> FlashVehicleStore:
         """Mount ``device``; ``FlashTampered`` naming ``name`` if it was modified
-        without ``device_key`` (or is older than ``counter``), VehicleStateError
-        if it is corrupt."""
+        without ``device_key`` (or is older than ``counter``; ``FastKeyTampered``
+        if what fails is a wrapped fast-path secret), VehicleStateError if it is
+        corrupt.
+
+        Mounting replays the journal, which unwraps every fast-path secret once:
+        from then on they are in RAM only (``fast_key`` reads RAM)."""
         try:
             journal = Journal.mount(device, device_key)
             _check_floor(journal, counter)
             log = EventLog(device, journal.geometry, device_key)
             identity = VehicleIdentity(private_key, journal.state.vin)
+        except UnwrapFailed as exc:
+            raise FastKeyTampered(
+                f"{name} was modified without the device key ({exc}); "
+                "the key module refuses to run on it"
+            ) from None
         except TamperEvidence as exc:
             raise FlashTampered(
                 f"{name} was modified without the device key ({exc}); "
@@ -208,6 +219,7 @@ class FlashVehicleStore:
         return nonce in self._state.spent_nonces
 
     def fast_key(self, key_id: bytes) -> bytes | None:
+        """The fast-path secret, from RAM (unwrapped once, at mount; see ``keywrap``)."""
         return self._state.fast_keys.get(key_id)
 
     def share_revoked(self, share_id: bytes) -> bool:
@@ -246,7 +258,7 @@ class FlashVehicleStore:
         for key_id in change.drop_fast_keys:
             ops.drop_fast(key_id)
         for key_id, secret in change.set_fast_keys:
-            ops.set_fast(key_id, secret)
+            ops.set_fast(key_id, secret, self._journal.keywrap)
         for share_id, not_after in change.revoke_shares:
             ops.revoke_share(share_id, not_after)
         if change.key_id is not None and change.counter is not None:
