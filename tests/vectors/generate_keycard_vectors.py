@@ -14,8 +14,6 @@ deliberate change of the format, and say so in the commit.
 # ruff: noqa: E402
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ for _path in (str(ROOT), str(HERE)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from generate_vectors import RNG_DOC, CounterRng
+from generate_vectors import RNG_DOC, CounterRng, render, write_or_check
 
 from protocol import crypto
 from vehicle_sim.keycard import TAP_DOMAIN, TapAction, card_id, sign_tap, tap_message
@@ -72,20 +70,10 @@ def build() -> dict[str, Any]:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
-    args = parser.parse_args()
-    text = json.dumps(build(), indent=2) + "\n"
-    if args.check:
-        if not OUT.exists() or OUT.read_text() != text:
-            print(f"{OUT.name} is stale: regenerate it", file=sys.stderr)
-            return 1
-        print(f"{OUT.name} is up to date")
-        return 0
-    OUT.write_text(text)
-    print(f"wrote {OUT.name}")
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    return write_or_check(
+        {OUT: render(build())}, script=__file__, description=__doc__ or "", argv=argv
+    )
 
 
 if __name__ == "__main__":

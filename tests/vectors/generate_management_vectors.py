@@ -26,10 +26,8 @@ formats, and say so in the commit.
 # ruff: noqa: E402
 from __future__ import annotations
 
-import argparse
 import calendar
 import hashlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,12 +38,14 @@ for _path in (str(ROOT), str(HERE)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from generate_vectors import (  # the rng and key conventions of handshake_v1.json
+from generate_vectors import (
     PHONE_KEY_SEED,
     RNG_DOC,
     SCALAR_DOC,
     VEHICLE_KEY_SEED,
     CounterRng,
+    render,
+    write_or_check,  # the rng and key conventions of handshake_v1.json
 )
 
 from protocol import (
@@ -499,10 +499,6 @@ def build_fast_path() -> dict[str, Any]:
     }
 
 
-def render(data: dict[str, Any]) -> str:
-    return json.dumps(data, indent=2) + "\n"
-
-
 def outputs() -> dict[Path, str]:
     return {
         MANAGE_FILE: render(build_manage()),
@@ -512,29 +508,7 @@ def outputs() -> dict[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="verify the files instead of writing them; exit 1 if stale",
-    )
-    args = parser.parse_args(argv)
-    stale = []
-    for path, text in outputs().items():
-        current = path.read_text() if path.exists() else None
-        if current == text:
-            continue
-        if args.check:
-            stale.append(path)
-        else:
-            path.write_text(text)
-            print(f"wrote {path.relative_to(ROOT)}")
-    for path in stale:
-        print(
-            f"stale: {path.relative_to(ROOT)} (run {Path(__file__).name} to regenerate)",
-            file=sys.stderr,
-        )
-    return 1 if stale else 0
+    return write_or_check(outputs(), script=__file__, description=__doc__ or "", argv=argv)
 
 
 if __name__ == "__main__":

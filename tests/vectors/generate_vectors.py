@@ -402,8 +402,13 @@ def outputs() -> dict[Path, str]:
     return {HANDSHAKE_FILE: render(build_handshake()), INVALID_FILE: render(build_invalid())}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def write_or_check(
+    files: dict[Path, str], *, script: str, description: str, argv: list[str] | None = None
+) -> int:
+    """Write ``files`` (path -> text), or with ``--check`` exit 1 naming the stale ones.
+
+    Every vector generator's command line: ``python tests/vectors/SCRIPT [--check]``."""
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
     parser.add_argument(
         "--check",
         action="store_true",
@@ -411,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     stale = []
-    for path, text in outputs().items():
+    for path, text in files.items():
         current = path.read_text() if path.exists() else None
         if current == text:
             continue
@@ -422,10 +427,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path.relative_to(ROOT)}")
     for path in stale:
         print(
-            f"stale: {path.relative_to(ROOT)} (run {Path(__file__).name} to regenerate)",
+            f"stale: {path.relative_to(ROOT)} (run {Path(script).name} to regenerate)",
             file=sys.stderr,
         )
     return 1 if stale else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return write_or_check(outputs(), script=__file__, description=__doc__ or "", argv=argv)
 
 
 if __name__ == "__main__":
