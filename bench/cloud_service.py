@@ -8,7 +8,7 @@ once for ``duration`` seconds; every request is a real issuance (request
 signature verified, enrolment looked up, credential signed). Requests are
 signed before the timed part and reused: a replay inside the request's time
 window only yields another credential for the same holder (see
-cloud_sim/requests_auth.py), so the server does the same work.
+protocol/cloud_request_auth.py), so the server does the same work.
 
     python -m bench.cloud_service [--duration 5] [--concurrency 16]
 """
@@ -28,8 +28,8 @@ from typing import Any
 
 import aiohttp
 
-from cloud_sim.requests_auth import sign_credential_request
 from protocol import crypto
+from protocol.cloud_request_auth import sign_credential_request
 from vehicle_sim.state_store import init_vehicle
 
 from .stats import machine_info, summary

@@ -7,6 +7,6 @@ objects the vehicle checks against the issuer public key it was provisioned
 with. That is why the simulator can inject faults (``cloud_sim.faults``) and
 the key must keep working.
 
-This package stays import-light: ``cloud_sim.requests_auth`` (which a phone
-imports) does not pull in aiohttp.
+The phone never imports this package: the signed credential request both
+sides speak lives in ``protocol.cloud_request_auth``.
 """

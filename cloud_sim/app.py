@@ -25,13 +25,13 @@ from aiohttp.typedefs import Handler
 
 from protocol import credentials, crypto
 from protocol.card import InvalidCard, VehicleCard
+from protocol.cloud_request_auth import MAX_REQUEST_SKEW, verify_credential_request
 from protocol.types import Role
 
 from . import inputs
 from .db import CloudDB, Enrollment, Vehicle, hash_token, revocation_id_hex
 from .faults import FAULTS, FaultMode, FaultState, fault_middleware, signed_b64
 from .inputs import ApiError
-from .requests_auth import MAX_REQUEST_SKEW, verify_credential_request
 
 log = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ from typing import Any, Final, TypeVar
 
 import aiohttp
 
-from cloud_sim.requests_auth import sign_credential_request
 from protocol import credentials, crypto
 from protocol.card import VehicleCard
+from protocol.cloud_request_auth import sign_credential_request
 
 from .circuit_breaker import CircuitBreaker
 from .errors import (

@@ -10,10 +10,10 @@ from typing import Any
 
 import aiohttp
 
-from cloud_sim.requests_auth import sign_credential_request
 from cloud_sim.server import RunningCloud
 from protocol import credentials, crypto
 from protocol.card import VehicleCard
+from protocol.cloud_request_auth import sign_credential_request
 
 VIN = "1HGCM82633A004352"
 

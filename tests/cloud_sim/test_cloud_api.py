@@ -22,9 +22,9 @@ from cloud_testkit import (
 )
 
 from cloud_sim.app import OWNER_REFUSED
-from cloud_sim.requests_auth import credential_request_message
 from cloud_sim.server import RunningCloud, start_cloud
 from protocol import credentials, crypto
+from protocol.cloud_request_auth import credential_request_message
 from protocol.types import Role
 
 Http = aiohttp.ClientSession

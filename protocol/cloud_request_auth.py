@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 from typing import Final
 
-from protocol import crypto
+from . import crypto
 
 CREDENTIAL_REQUEST_LABEL: Final = b"phonekey/v1 credential request"
 MAX_REQUEST_SKEW: Final = 300  # seconds between the phone's and the cloud's clock
