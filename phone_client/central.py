@@ -35,7 +35,7 @@ from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
 
 from ble_stack.uuids import PHONEKEY_SERVICE_UUID
-from protocol import Command, VehicleRejected
+from protocol import Command, VehicleRejected, WrongVehicle
 from protocol.card import VehicleCard
 from protocol.credentials import Credential
 from protocol.errors import (
@@ -70,6 +70,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT: Final = 10.0
 CONNECT_ATTEMPTS: Final = 3
+LEGACY_CANDIDATES: Final = 8  # vehicles an old card tries before giving up
 _DISCONNECT_TIMEOUT: Final = 2.0
 
 
@@ -125,11 +126,49 @@ class PhoneKey:
         card = self.card(vehicle)
         _ = self.keystore.private_key  # fail on a missing or unsafe key before any radio work
         timings = SessionTimings()
+        # An old card (no advertising secret) cannot resolve rotating tags: a
+        # scanned vehicle is only a candidate until its challenge names our
+        # vehicle id; a wrong one is dropped and the next candidate tried.
+        # The credential then waits for the right vehicle's challenge.
+        candidates = card.adv_secret is None
+        tried: list[str] = []
+        while True:
+            opened, client = await self._open(
+                card, device, timeout, timings, None if candidates else credential, tried
+            )
+            if opened is not None:
+                session = opened
+                break
+            device = None  # scan for the next candidate
+        try:
+            if candidates and credential is not None:
+                await session.present_credential(credential)
+            yield session
+        finally:
+            session.closing = True  # our own disconnect is not a lost connection
+            await _disconnect(client)
+
+    async def _open(
+        self,
+        card: VehicleCard,
+        device: BLEDevice | None,
+        timeout: float,
+        timings: SessionTimings,
+        credential: bytes | None,
+        tried: list[str],
+    ) -> tuple[VehicleSession | None, BleakClient]:
+        """Scan (unless ``device``), connect and wait for the first challenge.
+
+        (None, client) when an old card's vehicle turned out to be another
+        vehicle (its address is then in ``tried``); raises otherwise.
+        """
+        retry = card.adv_secret is None
         if device is None:
             start = time.perf_counter()
-            device = await self.find_vehicle(card, timeout)
+            device = await find_vehicle(
+                card, timeout, scanner_kwargs=self.scanner_kwargs, exclude=tried
+            )
             timings.scan = time.perf_counter() - start
-
         session: VehicleSession | None = None
 
         def on_disconnected(_client: BleakClient) -> None:
@@ -150,11 +189,21 @@ class PhoneKey:
                 max_challenge_age=self.max_challenge_age,
             )
             await session.start(credential=credential)
-            yield session
-        finally:
+        except WrongVehicle:
             if session is not None:
-                session.closing = True  # our own disconnect is not a lost connection
+                session.closing = True
             await _disconnect(client)
+            if not retry or len(tried) >= LEGACY_CANDIDATES:
+                raise
+            logger.info("%s is not vehicle %s; trying another", device.address, card.vin)
+            tried.append(device.address)
+            return None, client
+        except BaseException:
+            if session is not None:
+                session.closing = True
+            await _disconnect(client)
+            raise
+        return session, client
 
     async def _connect_client(
         self,

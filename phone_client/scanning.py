@@ -1,16 +1,23 @@
 """Finding phonekey vehicles in advertisements, through bleak's scanner API.
 
 A vehicle advertises the phonekey service UUID (so OS scan filters can pick
-it out) and manufacturer data ``{ADV_COMPANY_ID: format_version || tag}``,
-where the tag is ``protocol.card.advertised_tag(VIN)``. The phone matches the
-tag against the VINs of the cards it holds, so it knows which car is which
-before connecting to any of them.
+it out) and manufacturer data ``{ADV_COMPANY_ID: version || tag}``. Format 2
+tags rotate and resolve only with the vehicle's advertising secret
+(protocol/privacy.py), which the phone holds from the vehicle card; format 1
+tags (vehicles from before private advertising) are the VIN's static tag.
+
+A card without the advertising secret (made before private advertising)
+cannot resolve format 2 tags: such a phone takes the phonekey vehicles it
+hears as *candidates* and the caller checks the vehicle id in the first
+challenge (``protocol.WrongVehicle`` otherwise), trying the next candidate.
+Re-adding the vehicle with its current card (`phonekey vehicle show`) ends
+that.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +27,8 @@ from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError
 
 from ble_stack.uuids import ADV_COMPANY_ID, PHONEKEY_SERVICE_UUID
-from protocol.card import ADV_FORMAT_VERSION, ADV_TAG_LEN, VehicleCard, advertised_tag
+from protocol import privacy
+from protocol.card import VehicleCard
 
 from .errors import AdapterUnavailable, VehicleNotFound
 
@@ -39,12 +47,20 @@ class SeenVehicle:
         return self.device.address
 
 
+def adv_tag_of(advertisement: AdvertisementData) -> privacy.AdvTag | None:
+    """The vehicle tag (with its format) in a phonekey advertisement, or None."""
+    return privacy.parse_adv_payload(advertisement.manufacturer_data.get(ADV_COMPANY_ID))
+
+
 def tag_of(advertisement: AdvertisementData) -> bytes | None:
     """The vehicle tag in a phonekey advertisement, or None if it carries none."""
-    data = advertisement.manufacturer_data.get(ADV_COMPANY_ID)
-    if data is None or len(data) < 1 + ADV_TAG_LEN or data[0] != ADV_FORMAT_VERSION:
-        return None
-    return bytes(data[1 : 1 + ADV_TAG_LEN])
+    seen = adv_tag_of(advertisement)
+    return None if seen is None else seen.tag
+
+
+def card_matches(card: VehicleCard, seen: privacy.AdvTag) -> bool:
+    """Whether this advertisement's tag resolves to the vehicle of ``card``."""
+    return privacy.matches(seen, vin=card.vin, secret=card.adv_secret)
 
 
 def _scanner(callback: Any, scanner_kwargs: Mapping[str, Any] | None) -> BleakScanner:
@@ -69,13 +85,29 @@ async def find_vehicle(
     timeout: float,
     *,
     scanner_kwargs: Mapping[str, Any] | None = None,
+    exclude: Collection[str] = (),
 ) -> BLEDevice:
-    """Scan until the vehicle of ``card`` advertises; raise VehicleNotFound after ``timeout``."""
-    wanted = advertised_tag(card.vin)
+    """Scan until the vehicle of ``card`` advertises; raise VehicleNotFound after ``timeout``.
+
+    With the card's advertising secret only that vehicle matches. Without it
+    (an old card) the first phonekey vehicle heard whose address is not in
+    ``exclude`` is returned, unless it advertises another VIN's format-1 tag:
+    the caller must check the vehicle id in its challenge.
+    """
+    legacy_tag = privacy.legacy_tag(card.vin)
     found: asyncio.Future[BLEDevice] = asyncio.get_running_loop().create_future()
 
+    def wanted(seen: privacy.AdvTag) -> bool:
+        if card_matches(card, seen):
+            return True
+        # An old card: any format-2 vehicle may be ours; format 1 names its VIN.
+        return card.adv_secret is None and seen.version == privacy.PRIVATE_FORMAT_VERSION
+
     def on_advertisement(device: BLEDevice, advertisement: AdvertisementData) -> None:
-        if not found.done() and tag_of(advertisement) == wanted:
+        seen = adv_tag_of(advertisement)
+        if found.done() or seen is None or device.address in exclude:
+            return
+        if wanted(seen):
             found.set_result(device)
 
     scanner = _scanner(on_advertisement, scanner_kwargs)
@@ -87,9 +119,15 @@ async def find_vehicle(
         async with asyncio.timeout(timeout):
             return await found
     except TimeoutError:
+        what = (
+            "no advertisement resolving with its card's advertising secret"
+            if card.adv_secret is not None
+            else f"no phonekey advertisement (legacy tag {legacy_tag.hex()})"
+        )
+        if exclude:
+            what += f" beyond {len(exclude)} vehicle(s) that were not it"
         raise VehicleNotFound(
-            f"vehicle {card.vin} not found: no advertisement with its tag "
-            f"{wanted.hex()} within {timeout:g} s"
+            f"vehicle {card.vin} not found: {what} within {timeout:g} s"
         ) from None
     finally:
         # Stop before connecting: many controllers cannot scan and initiate at once.
@@ -102,14 +140,18 @@ async def scan_vehicles(
     known: Iterable[VehicleCard] = (),
     scanner_kwargs: Mapping[str, Any] | None = None,
 ) -> list[SeenVehicle]:
-    """Listen for ``timeout`` seconds; return every phonekey vehicle heard, by address."""
-    vin_by_tag = {advertised_tag(card.vin): card.vin for card in known}
+    """Listen for ``timeout`` seconds; return every phonekey vehicle heard, by address.
+
+    A vehicle is named when one of the ``known`` cards resolves its tag.
+    """
+    cards = list(known)
     seen: dict[str, SeenVehicle] = {}
 
     def on_advertisement(device: BLEDevice, advertisement: AdvertisementData) -> None:
-        tag = tag_of(advertisement)
+        tag = adv_tag_of(advertisement)
         if tag is not None:
-            seen[device.address] = SeenVehicle(device, advertisement.rssi, tag, vin_by_tag.get(tag))
+            vin = next((card.vin for card in cards if card_matches(card, tag)), None)
+            seen[device.address] = SeenVehicle(device, advertisement.rssi, tag.tag, vin)
 
     scanner = _scanner(on_advertisement, scanner_kwargs)
     try:

@@ -6,11 +6,15 @@ delivers scan responses (and passive scanners never request them)::
 
     Flags            3 bytes   LE General Discoverable, BR/EDR not supported
     UUID128 list    18 bytes   PHONEKEY_SERVICE_UUID (complete list)
-    Manufacturer     9 bytes   ADV_COMPANY_ID, ADV_FORMAT_VERSION, advertised_tag(VIN)
+    Manufacturer    10 bytes   ADV_COMPANY_ID, format 2, tag (prand 2 || hash 3)
                     --------
-                    30 bytes   of the 31 a legacy advertisement may hold
+                    31 bytes   of the 31 a legacy advertisement may hold
 
-The scan response only holds the local name, which nothing depends on.
+The tag and the vehicle's random address rotate every epoch and only holders
+of the advertising secret can resolve them (protocol/privacy.py); neither the
+VIN, the vehicle id nor the public key is ever in the air before a phone
+connects. The scan response only holds the generic local name, which nothing
+depends on.
 """
 
 from __future__ import annotations
@@ -26,22 +30,34 @@ from ble_stack.advertising import (
     parse_ad_structures,
 )
 from ble_stack.uuids import ADV_COMPANY_ID, PHONEKEY_SERVICE_UUID
-from protocol.card import ADV_FORMAT_VERSION, ADV_TAG_LEN, advertised_tag
+from protocol import privacy
+from protocol.card import VehicleCard
+from protocol.vehicle_base import VehicleIdentity
 
 LOCAL_NAME: Final = "phonekey"
 
 
-def manufacturer_payload(vin: str) -> bytes:
-    """The manufacturer-specific data after the company id: version, then tag."""
-    return bytes([ADV_FORMAT_VERSION]) + advertised_tag(vin)
+def adv_secret(identity: VehicleIdentity) -> bytes:
+    """The vehicle's advertising secret (derived from its identity key: no state to keep)."""
+    return privacy.derive_adv_secret(identity.private_key)
 
 
-def build_vehicle_advertisement(vin: str) -> tuple[bytes, bytes]:
-    """(advertising data, scan response data) for the vehicle with this VIN."""
+def private_card(card: VehicleCard, identity: VehicleIdentity) -> VehicleCard:
+    """``card`` with the advertising secret, as `vehicle init` / `show` print it for phones."""
+    return VehicleCard(card.vin, card.public_key, card.issuer, adv_secret(identity))
+
+
+def manufacturer_payload(secret: bytes, epoch: int) -> bytes:
+    """The manufacturer-specific data after the company id: version 2, then the tag."""
+    return privacy.adv_payload(secret, epoch)
+
+
+def build_vehicle_advertisement(secret: bytes, epoch: int) -> tuple[bytes, bytes]:
+    """(advertising data, scan response data) of the vehicle with ``secret`` in ``epoch``."""
     advertising_data, scan_response = build_advertisement(
         local_name=LOCAL_NAME,
         service_uuids=[PHONEKEY_SERVICE_UUID],
-        manufacturer_data={ADV_COMPANY_ID: manufacturer_payload(vin)},
+        manufacturer_data={ADV_COMPANY_ID: manufacturer_payload(secret, epoch)},
     )
     # Real controllers reject more than 31 bytes; the virtual one would not notice.
     assert len(advertising_data) <= LEGACY_PAYLOAD_MAX, len(advertising_data)
@@ -53,19 +69,15 @@ def build_vehicle_advertisement(vin: str) -> tuple[bytes, bytes]:
     return advertising_data, scan_response
 
 
-def parse_advertised_tag(manufacturer_data: Mapping[int, bytes]) -> bytes | None:
+def parse_advertised_tag(manufacturer_data: Mapping[int, bytes]) -> privacy.AdvTag | None:
     """The vehicle tag in a scan result's manufacturer data (bleak's dict form).
 
     None if the advertiser is not a phonekey vehicle of a format this code reads.
     """
-    payload = manufacturer_data.get(ADV_COMPANY_ID)
-    if payload is None or len(payload) < 1 + ADV_TAG_LEN:
-        return None
-    if payload[0] != ADV_FORMAT_VERSION:
-        return None
-    return bytes(payload[1 : 1 + ADV_TAG_LEN])
+    return privacy.parse_adv_payload(manufacturer_data.get(ADV_COMPANY_ID))
 
 
-def advertises_vin(manufacturer_data: Mapping[int, bytes], vin: str) -> bool:
-    """Whether a scan result's manufacturer data carries this VIN's tag."""
-    return parse_advertised_tag(manufacturer_data) == advertised_tag(vin)
+def advertises(manufacturer_data: Mapping[int, bytes], card: VehicleCard) -> bool:
+    """Whether a scan result's manufacturer data names the vehicle of ``card``."""
+    seen = parse_advertised_tag(manufacturer_data)
+    return seen is not None and privacy.matches(seen, vin=card.vin, secret=card.adv_secret)

@@ -120,6 +120,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "controllers, 100 on radios)",
     )
     p.add_argument(
+        "--adv-rotation",
+        type=_rotation_arg,
+        default=900.0,
+        metavar="S",
+        help="rotate the advertised tag and random address every S seconds (default 900)",
+    )
+    p.add_argument(
         "--max-connections",
         type=_connections_arg,
         default=3,
@@ -176,6 +183,7 @@ def _sub(
 
 
 _interval_arg = number_in_range(float, lambda v: 20 <= v <= 10240, "must be within 20..10240 ms")
+_rotation_arg = number_in_range(float, lambda v: 1 <= v <= 86400, "must be within 1..86400 s")
 _connections_arg = number_in_range(int, lambda v: 1 <= v <= 32, "must be within 1..32")
 _timeout_arg = number_in_range(float, lambda v: 1 <= v <= 3600, "must be within 1..3600 s")
 _drift_arg = number_in_range(
@@ -252,8 +260,9 @@ def _public_key_arg(text: str, option: str) -> crypto.PublicKey:
 def _init(args: argparse.Namespace) -> int:
     from protocol import crypto
 
+    from .advertising import private_card
     from .display import short_id
-    from .state_store import init_vehicle
+    from .state_store import init_vehicle, open_store
 
     state_dir = _state_dir(args)
     issuers = [] if args.issuer is None else [_public_key_arg(args.issuer, "--issuer")]
@@ -261,6 +270,8 @@ def _init(args: argparse.Namespace) -> int:
         card = init_vehicle(state_dir, args.vin, issuers=issuers)
     except ValueError as exc:  # the VIN
         raise UsageError(str(exc)) from None
+    with open_store(state_dir) as store:  # the card with the advertising secret
+        card = private_card(store.card, store.identity)
     print(f"created vehicle {card.vin} in {state_dir}")
     print(f"vehicle id {card.vehicle_id.hex()} ({short_id(card.vehicle_id)}), doors locked")
     for issuer in issuers:
@@ -331,6 +342,7 @@ def _provision(args: argparse.Namespace) -> int:
     (physical access): a running vehicle holds the lock and this is refused."""
     from protocol import crypto
 
+    from .advertising import private_card
     from .state_store import open_store
 
     issuer = _public_key_arg(args.issuer, "--issuer")
@@ -346,7 +358,7 @@ def _provision(args: argparse.Namespace) -> int:
                 f"({_plural(count, 'issuer key')})"
             )
         # Last line: the card for phones, now naming the issuer they should pin.
-        print(store.card.to_text())
+        print(private_card(store.card, store.identity).to_text())
     return EXIT_OK
 
 
@@ -363,7 +375,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    options = FirmwareOptions(slots=slots, mcu=PROFILES[args.mcu])
+    options = FirmwareOptions(slots=slots, mcu=PROFILES[args.mcu], adv_rotation=args.adv_rotation)
     return asyncio.run(
         run_vehicle(
             _state_dir(args),

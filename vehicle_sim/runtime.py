@@ -14,6 +14,14 @@ completes at the vehicle's next advertisement and airtime is free.
 phone still connects within a few hundred ms, with a fifth of the airtime and
 power draw of 20 ms, which matters for a parked car's battery.
 
+Private advertising (protocol/privacy.py): the advertised tag and the random
+address are functions of the vehicle's advertising secret and the epoch
+(``FirmwareOptions.adv_rotation`` seconds of ``wall_clock`` time, 15 minutes
+by default). A background task rotates both at every epoch boundary: stop
+advertising, set the new random address, advertise the new data. Links that
+are up stay up (a connection does not depend on the advertiser address).
+``refresh_advertising`` does the same on demand, for tests with a fake clock.
+
 The runtime is also the key module's firmware around the protocol sessions:
 it logs every decision in the store's event log, keeps the failed-
 authentication backoff (restored from and checkpointed to the store), the
@@ -36,9 +44,10 @@ from bumble import hci
 from bumble.core import BaseBumbleError
 from bumble.device import AdvertisingType, Connection, Device
 
+from protocol import privacy
 from protocol.events import CommandExecuted
 
-from .advertising import build_vehicle_advertisement
+from .advertising import adv_secret, build_vehicle_advertisement
 from .backoff import Backoff, BackoffPolicy
 from .card_reader import KeycardReader
 from .display import ReportedEvent, describe_key, iso_utc, lock_word, short_id
@@ -67,6 +76,8 @@ class FirmwareOptions:
     fast_path: bool = True  # offer the symmetric fast path after a full handshake
     monotonic: Callable[[], float] = time.monotonic  # sessions, slots, backoff, window
     sleep: Sleep = asyncio.sleep  # backoff delays and MCU time
+    adv_rotation: float = privacy.DEFAULT_ADV_ROTATION  # seconds per advertising epoch
+    wall_clock: Callable[[], float] = time.time  # unix time: which advertising epoch it is
 
 
 class VehicleRuntime:
@@ -93,8 +104,10 @@ class VehicleRuntime:
         self.device = device
         self.adv_interval_ms = adv_interval_ms
         self._on_event = on_event
+        self._adv_secret = adv_secret(store.identity)
+        self.adv_epoch = privacy.epoch_of(self.options.wall_clock(), self.options.adv_rotation)
         self.advertising_data, self.scan_response_data = build_vehicle_advertisement(
-            store.identity.vin
+            self._adv_secret, self.adv_epoch
         )
         monotonic = self.options.monotonic
         self.backoff = Backoff(
@@ -126,6 +139,7 @@ class VehicleRuntime:
         )
         self._adv_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._rotation_task: asyncio.Task[None] | None = None
         self._running = False
 
     @property
@@ -142,7 +156,8 @@ class VehicleRuntime:
         self.device.on(Device.EVENT_CONNECTION, self._on_connection)
         try:
             await self.device.power_on()
-            await self._start_advertising()
+            async with self._adv_lock:
+                await self._advertise_epoch(self._current_epoch())
         except BaseException:
             await self.stop()  # leave nothing half-started behind
             raise
@@ -161,15 +176,18 @@ class VehicleRuntime:
                 self.store.revocation_version(),
                 iso_utc(self.store.now()),
             )
+        self._rotation_task = asyncio.get_running_loop().create_task(self._rotate_forever())
 
     async def stop(self) -> None:
         """Stop advertising, drop every phone and end all sessions. Idempotent."""
         if not self._running:
             return
         self._running = False
-        for task in list(self._tasks):
+        tasks = [*self._tasks, *([self._rotation_task] if self._rotation_task else [])]
+        self._rotation_task = None
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(_STOP_TIMEOUT):
                 await self.device.stop_advertising()
@@ -198,6 +216,61 @@ class VehicleRuntime:
         await self.stop()
 
     # --- advertising ----------------------------------------------------------------------
+    @property
+    def advertised_address(self) -> hci.Address:
+        """The random address of the current epoch."""
+        return self._epoch_address(self.adv_epoch)
+
+    def _current_epoch(self) -> int:
+        return privacy.epoch_of(self.options.wall_clock(), self.options.adv_rotation)
+
+    def _epoch_address(self, epoch: int) -> hci.Address:
+        text = privacy.address_text(privacy.address_for_epoch(self._adv_secret, epoch))
+        return hci.Address(text, hci.Address.RANDOM_DEVICE_ADDRESS)
+
+    async def _advertise_epoch(self, epoch: int) -> None:
+        """(Re)start advertising with the data and random address of ``epoch``; lock held."""
+        self.adv_epoch = epoch
+        self.advertising_data, self.scan_response_data = build_vehicle_advertisement(
+            self._adv_secret, epoch
+        )
+        await self.device.stop_advertising()
+        address = self._epoch_address(epoch)
+        # Allowed while connected, not while advertising (stopped above).
+        await self.device.send_sync_command(
+            hci.HCI_LE_Set_Random_Address_Command(random_address=address)
+        )
+        self.device.random_address = address
+        await self._start_advertising()
+
+    async def refresh_advertising(self) -> bool:
+        """Rotate to the current epoch if it changed; True if it did.
+
+        A controller that refuses (e.g. it cannot advertise while connected)
+        is retried at the next disconnection, like any advertising restart.
+        """
+        async with self._adv_lock:
+            epoch = self._current_epoch()
+            if not self._running or epoch == self.adv_epoch:
+                return False
+            try:
+                await self._advertise_epoch(epoch)
+            except (BaseBumbleError, hci.HCI_Error) as exc:
+                logger.info("cannot rotate advertising now (%s); will retry", exc)
+                return False
+        logger.info("advertising rotated (epoch %d)", epoch)
+        return True
+
+    async def _rotate_forever(self) -> None:
+        rotation = self.options.adv_rotation
+        while self._running:
+            now = self.options.wall_clock()
+            delay = privacy.next_rotation(now, rotation) - now
+            # Capped, so a wall clock that jumps is noticed within one period.
+            await asyncio.sleep(min(max(delay, 0.0), rotation) + 0.01)
+            if not await self.refresh_advertising() and self._current_epoch() != self.adv_epoch:
+                await asyncio.sleep(min(rotation, 1.0))  # refused: do not spin
+
     async def _start_advertising(self) -> None:
         await self.device.start_advertising(
             advertising_type=AdvertisingType.UNDIRECTED_CONNECTABLE_SCANNABLE,
@@ -216,7 +289,10 @@ class VehicleRuntime:
                 return
             try:
                 advertising_set = self.device.legacy_advertising_set
-                if advertising_set is not None:
+                epoch = self._current_epoch()
+                if epoch != self.adv_epoch:
+                    await self._advertise_epoch(epoch)  # rotation was refused while connected
+                elif advertising_set is not None:
                     await advertising_set.start()  # same set, data and address
                 else:
                     await self._start_advertising()

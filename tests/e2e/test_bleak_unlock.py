@@ -41,6 +41,7 @@ from protocol import (
 )
 from protocol.card import VehicleCard
 from protocol.errors import RejectedUnknownKey
+from vehicle_sim.advertising import private_card
 from vehicle_sim.runtime import VehicleRuntime
 from vehicle_sim.state_store import FileVehicleStore, init_vehicle, open_store
 
@@ -92,8 +93,9 @@ async def radio() -> AsyncIterator[VirtualRadio]:
 
 @pytest.fixture
 async def vehicle(radio: VirtualRadio, tmp_path: Path) -> AsyncIterator[Vehicle]:
-    card = init_vehicle(tmp_path / "vehicle", VIN)
+    init_vehicle(tmp_path / "vehicle", VIN)
     store = open_store(tmp_path / "vehicle")
+    card = private_card(store.card, store.identity)  # with the advertising secret
     device = await radio.create_device("vehicle")
     runtime = VehicleRuntime(store, device)
     await runtime.start()
@@ -288,7 +290,9 @@ async def test_link_dropped_mid_session_is_connection_lost(
 
 async def test_vehicle_not_in_range_is_not_found(make_phone: PhoneFactory) -> None:
     phone = await make_phone()
-    elsewhere = VehicleCard("2FTRX18W1XCA01234", phone.keystore.public_key())
+    # A current card (with an advertising secret): an old one would take any
+    # phonekey vehicle as a candidate (tests/e2e/test_private_advertising.py).
+    elsewhere = VehicleCard("2FTRX18W1XCA01234", phone.keystore.public_key(), adv_secret=bytes(16))
     phone.keystore.add_vehicle(elsewhere)
     with pytest.raises(VehicleNotFound, match=elsewhere.vin):
         await phone.central().find_vehicle(elsewhere.vin, timeout=0.3)

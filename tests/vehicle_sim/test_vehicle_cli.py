@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from vehicle_testkit import VIN
 
-from protocol import Role, crypto
+from protocol import Role, crypto, privacy
 from protocol.card import VehicleCard
 from protocol.credentials import revocation_id
 from vehicle_sim.state_store import open_store
@@ -29,7 +29,9 @@ def test_init_prints_the_card_last(
     card = VehicleCard.from_text(out.strip().splitlines()[-1])
     assert card.vin == VIN
     with open_store(state_dir, read_only=True) as store:
-        assert store.card == card
+        # The card for phones adds the advertising secret (protocol/privacy.py).
+        assert store.card == card.without_adv_secret()
+        assert card.adv_secret == privacy.derive_adv_secret(store.identity.private_key)
 
 
 def test_init_errors(vehicle_cli: Cli, state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -201,7 +203,7 @@ def test_provision_then_show(
     assert f"{owner_id[:4].hex()}  owner   counter 0  revoked" in out
     # The card names the first issuer, so phones pin it from the vehicle itself.
     with_issuer = VehicleCard(card.vin, card.public_key, crypto.public_key_from_text(first))
-    assert lines[-1] == f"card        {with_issuer.to_text()}"
+    assert lines[-1].startswith(f"card        {with_issuer.to_text()}:adv:")  # + adv secret
 
 
 def test_show_a_vehicle_without_issuers(

@@ -12,7 +12,7 @@ from vehicle_testkit import STEP_TIMEOUT, PhoneFactory
 from ble_stack.virtual_link import VirtualRadio
 from protocol import ChallengeReceived, Command, RequestRejected, VehicleRejected
 from protocol.events import CommandExecuted
-from vehicle_sim.advertising import build_vehicle_advertisement
+from vehicle_sim.advertising import adv_secret, build_vehicle_advertisement
 from vehicle_sim.gatt_server import PhonekeyGattServer
 from vehicle_sim.state_store import FileVehicleStore
 
@@ -42,7 +42,7 @@ async def served(
     )
     server.attach()
     await device.power_on()
-    advertising_data, scan_response = build_vehicle_advertisement(store.identity.vin)
+    advertising_data, scan_response = build_vehicle_advertisement(adv_secret(store.identity), 0)
     await device.start_advertising(
         advertising_data=advertising_data,
         scan_response_data=scan_response,

@@ -25,7 +25,7 @@ from ble_stack.virtual_link import VirtualRadio
 from protocol import Command, PhoneConnection, ProtocolError, Role, crypto
 from protocol.card import VehicleCard
 from protocol.events import PhoneEvent
-from vehicle_sim.advertising import advertises_vin
+from vehicle_sim.advertising import parse_advertised_tag
 from vehicle_sim.display import ReportedEvent
 from vehicle_sim.runtime import VehicleRuntime
 from vehicle_sim.state_store import FileVehicleStore, init_vehicle, open_store
@@ -105,14 +105,15 @@ class BlePhone:
         return crypto.key_id(self.key.public_key())
 
     async def scan_for(self, vin: str) -> hci.Address:
-        """The address of the vehicle advertising ``vin``'s tag, as a phone finds it."""
+        """The address of the phonekey vehicle advertising (these rigs run one vehicle:
+        its rotating tag names no VIN, so ``vin`` is only for the reader)."""
         found: asyncio.Future[hci.Address] = asyncio.get_running_loop().create_future()
 
         def on_advertisement(advertisement: Advertisement) -> None:
             fields = AdvertisementFields.from_ad_structures(
                 parse_ad_structures(advertisement.data_bytes)
             )
-            if advertises_vin(fields.manufacturer_data, vin) and not found.done():
+            if parse_advertised_tag(fields.manufacturer_data) and not found.done():
                 found.set_result(advertisement.address)
 
         self.device.on("advertisement", on_advertisement)
