@@ -1,4 +1,4 @@
-"""Byte layouts of the messages (construct) and the public encode/decode.
+"""Byte layouts of the messages and the public encode/decode.
 
 Every message on the wire is::
 
@@ -11,11 +11,7 @@ bytes, or a field value the protocol does not define. Nothing else escapes.
 
 from __future__ import annotations
 
-import io
-from dataclasses import replace
 from typing import Any, Final
-
-import construct as c
 
 from . import crypto
 from .errors import (
@@ -70,67 +66,75 @@ MAX_MANAGE_ARGUMENT: Final = max(ARGUMENT_LENGTHS.values())
 MAX_SIGNED_OBJECT_SIZE: Final = 400
 MAX_CREDENTIAL_SIZE: Final = 300
 
-_Header = c.Struct("version" / c.Int8ub, "type" / c.Int8ub)
-_Versions = c.PrefixedArray(c.Int8ub, c.Int8ub)
+_HEADER_LEN: Final = 2  # wire_version:u8 | message_type:u8
 
-_BODIES: dict[int, c.Construct] = {
-    _MSG_CHALLENGE: c.Struct(
-        "versions" / _Versions,
-        "vehicle_id" / c.Bytes(crypto.KEY_ID_LEN),
-        "nonce" / c.Bytes(NONCE_LEN),
+# Field kinds of the byte layouts. Every multi-byte integer is big-endian.
+_U8: Final = 0  # one byte
+_U64: Final = 1  # eight bytes
+_BYTES: Final = 2  # exactly ``size`` bytes
+_VERSIONS: Final = 3  # u8 count, then that many u8 versions
+_BLOB8: Final = 4  # u8 length, then that many bytes
+_BLOB16: Final = 5  # u16 length, then that many bytes
+
+_Layout = tuple[tuple[int, str, int], ...]
+"""(kind, field name, size for ``_BYTES``) in wire order."""
+
+_LAYOUTS: dict[int, _Layout] = {
+    _MSG_CHALLENGE: (
+        (_VERSIONS, "versions", 0),
+        (_BYTES, "vehicle_id", crypto.KEY_ID_LEN),
+        (_BYTES, "nonce", NONCE_LEN),
     ),
-    _MSG_CHALLENGE_REQUEST: c.Struct(),
-    _MSG_COMMAND_REQUEST: c.Struct(
-        "version" / c.Int8ub,
-        "offered_versions" / _Versions,
-        "nonce" / c.Bytes(NONCE_LEN),
-        "key_id" / c.Bytes(crypto.KEY_ID_LEN),
-        "counter" / c.Int64ub,
-        "command" / c.Int8ub,
-        "ephemeral_key" / c.Bytes(crypto.COMPRESSED_POINT_LEN),
-        "signature" / c.Bytes(crypto.SIGNATURE_LEN),
+    _MSG_CHALLENGE_REQUEST: (),
+    _MSG_COMMAND_REQUEST: (
+        (_U8, "version", 0),
+        (_VERSIONS, "offered_versions", 0),
+        (_BYTES, "nonce", NONCE_LEN),
+        (_BYTES, "key_id", crypto.KEY_ID_LEN),
+        (_U64, "counter", 0),
+        (_U8, "command", 0),
+        (_BYTES, "ephemeral_key", crypto.COMPRESSED_POINT_LEN),
+        (_BYTES, "signature", crypto.SIGNATURE_LEN),
     ),
-    _MSG_COMMAND_RESPONSE: c.Struct(
-        "result" / c.Int8ub,
-        "command" / c.Int8ub,
-        "counter" / c.Int64ub,
-        "lock_state" / c.Int8ub,
-        "mac" / c.Bytes(crypto.MAC_LEN),
+    _MSG_COMMAND_RESPONSE: (
+        (_U8, "result", 0),
+        (_U8, "command", 0),
+        (_U64, "counter", 0),
+        (_U8, "lock_state", 0),
+        (_BYTES, "mac", crypto.MAC_LEN),
     ),
-    _MSG_ERROR: c.Struct("code" / c.Int8ub),
-    _MSG_CREDENTIAL: c.Struct("credential" / c.Prefixed(c.Int16ub, c.GreedyBytes)),
-    _MSG_VEHICLE_STATUS: c.Struct(
-        "revocation_version" / c.Int64ub, "time_nonce" / c.Bytes(NONCE_LEN)
+    _MSG_ERROR: ((_U8, "code", 0),),
+    _MSG_CREDENTIAL: ((_BLOB16, "credential", 0),),
+    _MSG_VEHICLE_STATUS: ((_U64, "revocation_version", 0), (_BYTES, "time_nonce", NONCE_LEN)),
+    _MSG_REVOCATION_UPDATE: ((_BLOB16, "delta", 0),),
+    _MSG_TIME_UPDATE: ((_BLOB16, "signed_time", 0),),
+    _MSG_ISSUER_UPDATE: ((_BLOB16, "rotation", 0),),
+    _MSG_MANAGE_REQUEST: (
+        (_U8, "version", 0),
+        (_VERSIONS, "offered_versions", 0),
+        (_BYTES, "nonce", NONCE_LEN),
+        (_BYTES, "key_id", crypto.KEY_ID_LEN),
+        (_U64, "counter", 0),
+        (_U8, "operation", 0),
+        (_BLOB8, "argument", 0),
+        (_BYTES, "ephemeral_key", crypto.COMPRESSED_POINT_LEN),
+        (_BYTES, "signature", crypto.SIGNATURE_LEN),
     ),
-    _MSG_REVOCATION_UPDATE: c.Struct("delta" / c.Prefixed(c.Int16ub, c.GreedyBytes)),
-    _MSG_TIME_UPDATE: c.Struct("signed_time" / c.Prefixed(c.Int16ub, c.GreedyBytes)),
-    _MSG_ISSUER_UPDATE: c.Struct("rotation" / c.Prefixed(c.Int16ub, c.GreedyBytes)),
-    _MSG_MANAGE_REQUEST: c.Struct(
-        "version" / c.Int8ub,
-        "offered_versions" / _Versions,
-        "nonce" / c.Bytes(NONCE_LEN),
-        "key_id" / c.Bytes(crypto.KEY_ID_LEN),
-        "counter" / c.Int64ub,
-        "operation" / c.Int8ub,
-        "argument" / c.Prefixed(c.Int8ub, c.GreedyBytes),
-        "ephemeral_key" / c.Bytes(crypto.COMPRESSED_POINT_LEN),
-        "signature" / c.Bytes(crypto.SIGNATURE_LEN),
+    _MSG_MANAGE_RESPONSE: (
+        (_U8, "result", 0),
+        (_U8, "operation", 0),
+        (_U64, "counter", 0),
+        (_BYTES, "mac", crypto.MAC_LEN),
     ),
-    _MSG_MANAGE_RESPONSE: c.Struct(
-        "result" / c.Int8ub,
-        "operation" / c.Int8ub,
-        "counter" / c.Int64ub,
-        "mac" / c.Bytes(crypto.MAC_LEN),
+    _MSG_FAST_COMMAND_REQUEST: (
+        (_U8, "version", 0),
+        (_BYTES, "nonce", NONCE_LEN),
+        (_BYTES, "key_id", crypto.KEY_ID_LEN),
+        (_U64, "counter", 0),
+        (_U8, "command", 0),
+        (_BYTES, "mac", crypto.MAC_LEN),
     ),
-    _MSG_FAST_COMMAND_REQUEST: c.Struct(
-        "version" / c.Int8ub,
-        "nonce" / c.Bytes(NONCE_LEN),
-        "key_id" / c.Bytes(crypto.KEY_ID_LEN),
-        "counter" / c.Int64ub,
-        "command" / c.Int8ub,
-        "mac" / c.Bytes(crypto.MAC_LEN),
-    ),
-    _MSG_FAST_PATH_REFUSED: c.Struct("reason" / c.Int8ub),
+    _MSG_FAST_PATH_REFUSED: ((_U8, "reason", 0),),
 }
 
 _TYPE_OF: dict[type, int] = {
@@ -161,63 +165,129 @@ AUTHENTICATED_RESULTS: Final = _RESPONSE_RESULTS | _MANAGE_RESULTS
 def encode(message: Message) -> bytes:
     """Serialise a message. Raises ``ValueError`` for a message we must not send."""
     msg_type = _TYPE_OF[type(message)]
-    fields = _fields_of(message)
+    return _encode_fields(msg_type, _fields_of(message), type(message).__name__)
+
+
+def _encode_fields(
+    msg_type: int, fields: dict[str, Any], name: str, *, check: bool = True
+) -> bytes:
+    """Pack ``fields`` in the layout of ``msg_type``, refusing what a peer must refuse.
+
+    Never send what a peer must refuse, and the decoder stays the one
+    definition of valid: every value is range- and length-checked as it is
+    packed (so the bytes parse back field for field, by construction), and
+    the decoder's own semantic checks (``_to_message``: defined enum values,
+    versions, sizes, results allowed per message) run on the packed values,
+    without parsing the bytes again. ``check=False`` skips those semantic
+    checks, for bytes that are only hashed or MACed, never sent.
+    """
+    parts = [bytes((WIRE_VERSION, msg_type))]
     try:
-        body: bytes = _BODIES[msg_type].build(fields)
-    except c.ConstructError as exc:
-        raise ValueError(f"cannot encode {type(message).__name__}: {exc}") from None
-    data = bytes([WIRE_VERSION, msg_type]) + body
-    # Never send what a peer must refuse: the decoder is the one definition of valid.
+        for kind, field, size in _LAYOUTS[msg_type]:
+            value = fields[field]
+            if kind == _U8:
+                parts.append(bytes((value,)))
+            elif kind == _U64:
+                parts.append(value.to_bytes(8, "big"))
+            elif kind == _BYTES:
+                if not isinstance(value, bytes | bytearray) or len(value) != size:
+                    raise ValueError(f"{field} must be {size} bytes")
+                parts.append(bytes(value))
+            elif kind == _VERSIONS:
+                parts.append(len(value).to_bytes(1, "big") + bytes(value))
+            else:
+                if not isinstance(value, bytes | bytearray):
+                    raise ValueError(f"{field} must be bytes")
+                parts.append(len(value).to_bytes(1 if kind == _BLOB8 else 2, "big") + value)
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise ValueError(f"cannot encode {name}: {exc}") from None
+    data = b"".join(parts)
+    if not check:
+        return data
     try:
-        decode(data)
+        if len(data) > MAX_MESSAGE_SIZE:
+            raise MessageTooLarge(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
+        _to_message(msg_type, fields)
     except DecodeError as exc:
-        raise ValueError(f"cannot encode {type(message).__name__}: {exc}") from None
+        raise ValueError(f"cannot encode {name}: {exc}") from None
     return data
 
 
 def decode(data: bytes) -> Message:
     """Parse one complete message; raise a ``DecodeError`` for anything malformed."""
-    if len(data) > MAX_MESSAGE_SIZE:
-        raise MessageTooLarge(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
-    if len(data) < _Header.sizeof():
-        raise TruncatedMessage(f"message of {len(data)} bytes has no complete header")
-    header = _Header.parse(data)
-    if header.version != WIRE_VERSION:
-        raise UnsupportedWireVersion(f"wire version {header.version} (this side speaks 1)")
-    body_struct = _BODIES.get(header.type)
-    if body_struct is None:
-        raise UnknownMessageType(f"unknown message type 0x{header.type:02x}")
-    stream = io.BytesIO(data[_Header.sizeof() :])
-    try:
-        parsed = body_struct.parse_stream(stream)
-    except c.StreamError:
-        raise TruncatedMessage(f"message type 0x{header.type:02x} is truncated") from None
-    except c.ConstructError as exc:  # pragma: no cover - no other failure in these structs
-        raise DecodeError(f"undecodable message: {exc}") from None
-    rest = len(data) - _Header.sizeof() - stream.tell()
-    if rest:
-        raise TrailingBytes(f"{rest} unexpected trailing bytes after the message")
-    return _to_message(header.type, parsed)
+    size = len(data)
+    if size > MAX_MESSAGE_SIZE:
+        raise MessageTooLarge(f"message of {size} bytes exceeds {MAX_MESSAGE_SIZE}")
+    if size < _HEADER_LEN:
+        raise TruncatedMessage(f"message of {size} bytes has no complete header")
+    version, msg_type = data[0], data[1]
+    if version != WIRE_VERSION:
+        raise UnsupportedWireVersion(f"wire version {version} (this side speaks 1)")
+    layout = _LAYOUTS.get(msg_type)
+    if layout is None:
+        raise UnknownMessageType(f"unknown message type 0x{msg_type:02x}")
+    fields: dict[str, Any] = {}
+    offset = _HEADER_LEN
+    for kind, field, width in layout:
+        if kind == _U8:
+            width = 1
+        elif kind == _U64:
+            width = 8
+        elif kind != _BYTES:  # a length prefix, then that many bytes
+            prefix = 2 if kind == _BLOB16 else 1
+            if offset + prefix > size:
+                raise TruncatedMessage(f"message type 0x{msg_type:02x} is truncated")
+            width = int.from_bytes(data[offset : offset + prefix], "big")
+            offset += prefix
+        end = offset + width
+        if end > size:
+            raise TruncatedMessage(f"message type 0x{msg_type:02x} is truncated")
+        if kind == _U8:
+            fields[field] = data[offset]
+        elif kind == _U64:
+            fields[field] = int.from_bytes(data[offset:end], "big")
+        elif kind == _VERSIONS:
+            fields[field] = list(data[offset:end])
+        else:
+            fields[field] = bytes(data[offset:end])
+        offset = end
+    if offset != size:
+        raise TrailingBytes(f"{size - offset} unexpected trailing bytes after the message")
+    return _to_message(msg_type, fields)
 
 
 def request_signed_part(request: CommandRequest) -> bytes:
     """The encoded request without its trailing signature: what the transcript covers."""
-    return encode(replace(request, signature=bytes(crypto.SIGNATURE_LEN)))[: -crypto.SIGNATURE_LEN]
+    return _without_last(request, "signature", crypto.SIGNATURE_LEN)
 
 
 def response_maced_part(response: CommandResponse | ManageResponse) -> bytes:
     """The encoded response without its trailing MAC: what the MAC covers."""
-    return encode(replace(response, mac=bytes(crypto.MAC_LEN)))[: -crypto.MAC_LEN]
+    return _without_last(response, "mac", crypto.MAC_LEN)
 
 
 def manage_signed_part(request: ManageRequest) -> bytes:
     """The encoded manage request without its trailing signature."""
-    return encode(replace(request, signature=bytes(crypto.SIGNATURE_LEN)))[: -crypto.SIGNATURE_LEN]
+    return _without_last(request, "signature", crypto.SIGNATURE_LEN)
 
 
 def fast_request_maced_part(request: FastCommandRequest) -> bytes:
     """The encoded fast request without its trailing MAC."""
-    return encode(replace(request, mac=bytes(crypto.MAC_LEN)))[: -crypto.MAC_LEN]
+    return _without_last(request, "mac", crypto.MAC_LEN)
+
+
+def _without_last(message: Message, last: str, size: int) -> bytes:
+    """``message`` encoded with its last field (``last``, ``size`` bytes) zeroed,
+    that field cut off: the same bytes whatever the field held.
+
+    These bytes are only hashed or MACed, never sent: the semantic checks of
+    ``encode`` are left to the ``encode`` (or ``decode``) of the whole message,
+    which every caller does anyway (a message that fails them is never sent).
+    Lengths and ranges are still checked while packing."""
+    fields = _fields_of(message)
+    fields[last] = bytes(size)
+    name = type(message).__name__
+    return _encode_fields(_TYPE_OF[type(message)], fields, name, check=False)[:-size]
 
 
 def _fields_of(message: Message) -> dict[str, Any]:
@@ -246,55 +316,55 @@ def _versions(values: list[int], field: str) -> tuple[int, ...]:
     return tuple(values)
 
 
-def _to_message(msg_type: int, p: Any) -> Message:
+def _to_message(msg_type: int, p: dict[str, Any]) -> Message:
     if msg_type == _MSG_CHALLENGE:
         return Challenge(
-            versions=_versions(list(p.versions), "versions"),
-            vehicle_id=bytes(p.vehicle_id),
-            nonce=bytes(p.nonce),
+            versions=_versions(list(p["versions"]), "versions"),
+            vehicle_id=bytes(p["vehicle_id"]),
+            nonce=bytes(p["nonce"]),
         )
     if msg_type == _MSG_CHALLENGE_REQUEST:
         return ChallengeRequest()
     if msg_type == _MSG_COMMAND_REQUEST:
-        if p.version == 0:
+        if p["version"] == 0:
             raise FieldValueError("version 0 is not a protocol version")
         return CommandRequest(
-            version=p.version,
-            offered_versions=_versions(list(p.offered_versions), "offered_versions"),
-            nonce=bytes(p.nonce),
-            key_id=bytes(p.key_id),
-            counter=p.counter,
-            command=_enum(Command, p.command, "command"),
-            ephemeral_key=bytes(p.ephemeral_key),
-            signature=bytes(p.signature),
+            version=p["version"],
+            offered_versions=_versions(list(p["offered_versions"]), "offered_versions"),
+            nonce=bytes(p["nonce"]),
+            key_id=bytes(p["key_id"]),
+            counter=p["counter"],
+            command=_enum(Command, p["command"], "command"),
+            ephemeral_key=bytes(p["ephemeral_key"]),
+            signature=bytes(p["signature"]),
         )
     if msg_type == _MSG_COMMAND_RESPONSE:
-        result = _enum(ResultCode, p.result, "result")
+        result = _enum(ResultCode, p["result"], "result")
         if result not in _RESPONSE_RESULTS:
             raise FieldValueError(f"a response cannot carry result {result.name}")
         return CommandResponse(
             result=result,
-            command=_enum(Command, p.command, "command"),
-            counter=p.counter,
-            lock_state=_enum(LockState, p.lock_state, "lock_state"),
-            mac=bytes(p.mac),
+            command=_enum(Command, p["command"], "command"),
+            counter=p["counter"],
+            lock_state=_enum(LockState, p["lock_state"], "lock_state"),
+            mac=bytes(p["mac"]),
         )
     if msg_type == _MSG_CREDENTIAL:
-        credential = bytes(p.credential)
+        credential = bytes(p["credential"])
         if not 0 < len(credential) <= MAX_CREDENTIAL_SIZE:
             raise FieldValueError(
                 f"credential of {len(credential)} bytes (allowed 1..{MAX_CREDENTIAL_SIZE})"
             )
         return CredentialPresentation(credential)
     if msg_type == _MSG_VEHICLE_STATUS:
-        return VehicleStatus(p.revocation_version, bytes(p.time_nonce))
+        return VehicleStatus(p["revocation_version"], bytes(p["time_nonce"]))
     if msg_type in (_MSG_REVOCATION_UPDATE, _MSG_TIME_UPDATE, _MSG_ISSUER_UPDATE):
         if msg_type == _MSG_REVOCATION_UPDATE:
-            blob = bytes(p.delta)
+            blob = bytes(p["delta"])
         elif msg_type == _MSG_TIME_UPDATE:
-            blob = bytes(p.signed_time)
+            blob = bytes(p["signed_time"])
         else:
-            blob = bytes(p.rotation)
+            blob = bytes(p["rotation"])
         if not 0 < len(blob) <= MAX_SIGNED_OBJECT_SIZE:
             raise FieldValueError(
                 f"signed object of {len(blob)} bytes (allowed 1..{MAX_SIGNED_OBJECT_SIZE})"
@@ -305,53 +375,53 @@ def _to_message(msg_type: int, p: Any) -> Message:
             return TimeUpdate(blob)
         return IssuerUpdate(blob)
     if msg_type == _MSG_MANAGE_REQUEST:
-        if p.version == 0:
+        if p["version"] == 0:
             raise FieldValueError("version 0 is not a protocol version")
-        operation = _enum(ManageOp, p.operation, "operation")
-        argument = bytes(p.argument)
+        operation = _enum(ManageOp, p["operation"], "operation")
+        argument = bytes(p["argument"])
         if len(argument) != ARGUMENT_LENGTHS[operation]:
             raise FieldValueError(
                 f"{operation.name} takes a {ARGUMENT_LENGTHS[operation]}-byte argument, "
                 f"not {len(argument)} bytes"
             )
         return ManageRequest(
-            version=p.version,
-            offered_versions=_versions(list(p.offered_versions), "offered_versions"),
-            nonce=bytes(p.nonce),
-            key_id=bytes(p.key_id),
-            counter=p.counter,
+            version=p["version"],
+            offered_versions=_versions(list(p["offered_versions"]), "offered_versions"),
+            nonce=bytes(p["nonce"]),
+            key_id=bytes(p["key_id"]),
+            counter=p["counter"],
             operation=operation,
             argument=argument,
-            ephemeral_key=bytes(p.ephemeral_key),
-            signature=bytes(p.signature),
+            ephemeral_key=bytes(p["ephemeral_key"]),
+            signature=bytes(p["signature"]),
         )
     if msg_type == _MSG_MANAGE_RESPONSE:
-        result = _enum(ResultCode, p.result, "result")
+        result = _enum(ResultCode, p["result"], "result")
         if result not in _MANAGE_RESULTS:
             raise FieldValueError(f"a manage response cannot carry result {result.name}")
         return ManageResponse(
             result=result,
-            operation=_enum(ManageOp, p.operation, "operation"),
-            counter=p.counter,
-            mac=bytes(p.mac),
+            operation=_enum(ManageOp, p["operation"], "operation"),
+            counter=p["counter"],
+            mac=bytes(p["mac"]),
         )
     if msg_type == _MSG_FAST_COMMAND_REQUEST:
-        if p.version == 0:
+        if p["version"] == 0:
             raise FieldValueError("version 0 is not a protocol version")
         return FastCommandRequest(
-            version=p.version,
-            nonce=bytes(p.nonce),
-            key_id=bytes(p.key_id),
-            counter=p.counter,
-            command=_enum(Command, p.command, "command"),
-            mac=bytes(p.mac),
+            version=p["version"],
+            nonce=bytes(p["nonce"]),
+            key_id=bytes(p["key_id"]),
+            counter=p["counter"],
+            command=_enum(Command, p["command"], "command"),
+            mac=bytes(p["mac"]),
         )
     if msg_type == _MSG_FAST_PATH_REFUSED:
-        reason = _enum(ResultCode, p.reason, "reason")
+        reason = _enum(ResultCode, p["reason"], "reason")
         if reason in AUTHENTICATED_RESULTS:
             raise FieldValueError(f"a fast-path refusal cannot carry {reason.name}")
         return FastPathRefused(reason=reason)
-    code = _enum(ResultCode, p.code, "code")
+    code = _enum(ResultCode, p["code"], "code")
     if code in AUTHENTICATED_RESULTS:
         raise FieldValueError(f"an error message cannot carry {code.name}")
     return ErrorMessage(code=code)

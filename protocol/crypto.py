@@ -11,6 +11,7 @@ deterministically in tests; production callers pass ``os.urandom``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Callable
@@ -78,6 +79,15 @@ def public_key_from_bytes(data: bytes) -> PublicKey:
         return ec.EllipticCurvePublicKey.from_encoded_point(CURVE, data)
     except ValueError as exc:  # not on the curve, bad prefix byte, ...
         raise InvalidKeyEncoding(f"not a valid P-256 point: {exc}") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def cached_public_key(data: bytes) -> PublicKey:
+    """``public_key_from_bytes`` for long-lived keys (whitelist entries, issuers):
+    each distinct encoding is parsed and checked once, then served from a
+    bounded cache. Public keys are immutable, so sharing one object is safe.
+    Not for ephemeral keys: they would only churn the cache."""
+    return public_key_from_bytes(bytes(data))
 
 
 def key_id(key: PublicKey) -> bytes:

@@ -10,6 +10,7 @@ counted in ``crypto_ops`` so a firmware can charge MCU time for them.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -77,11 +78,12 @@ class VehicleIdentity:
     private_key: crypto.PrivateKey
     vin: str
 
-    @property
+    # Derived once per identity (the key never changes): every handshake needs them.
+    @functools.cached_property
     def public_key(self) -> crypto.PublicKey:
         return self.private_key.public_key()
 
-    @property
+    @functools.cached_property
     def vehicle_id(self) -> bytes:
         return crypto.key_id(self.public_key)
 
@@ -264,7 +266,8 @@ class VehicleBase:
             except shares.ShareError as exc:
                 raise ShareRefused(f"share refused: {exc}") from None
         th = transcript(outstanding.encoded, self._identity.public_key, request, digest)
-        phone_key = crypto.public_key_from_bytes(entry.public_key)
+        # Parsed (and validated) once per distinct key, then cached by its bytes.
+        phone_key = crypto.cached_public_key(entry.public_key)
         self.crypto_ops["ecdsa_verify"] += 1
         try:
             crypto.verify(phone_key, request.signature, th)
