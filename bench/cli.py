@@ -113,10 +113,13 @@ def summary_text(report: dict[str, Any]) -> str:
     if "scale" in report:
         section = report["scale"]
         if "ratio_max_keys" in section:
+            rss = section.get("vehicle_rss_mib")
             lines.append(
-                f"scale: {section['max_keys']} keys + revocations vs 1 key: ratio "
-                f"{section['ratio_max_keys']} (target <= 1.1); "
-                f"{section['flash_bytes_per_key']} flash bytes per key"
+                f"scale: {section['max_keys']} keys + {section['revocations']} revocations vs "
+                f"1 key: ratio {section['ratio_max_keys']} full handshake, "
+                f"{section['ratio_max_keys_fast']} fast path (target <= 1.1); "
+                f"{section['flash_bytes_per_key']} flash bytes per key; vehicle process RSS "
+                f"{'n/a' if rss is None else f'{rss} MiB'}"
             )
         else:
             lines.append(f"scale: {_missing(section)}")

@@ -1,86 +1,74 @@
-"""The warm unlock: the fast path of issue 4 (an HMAC under the key the last
-full handshake established; no public-key operation on the vehicle).
+"""Full handshake versus fast path through the phone client's own API.
 
-The phone client does not use the fast path yet, so the benchmark drives it
-itself through the protocol's ``PhoneConnection.send_fast_command`` on a
-``VehicleSession`` (reaching into the session's connection: a stopgap until
-the phone client offers it). The first warm unlock of a phone runs a full
-handshake to obtain the fast key; the benchmark discards it as warm-up.
+The phone client (``phone_client.session.VehicleSession.command``) uses the
+fast path by itself whenever it holds a fast key for the vehicle (an HMAC
+under the key the last full handshake established; no public-key operation
+on the vehicle) and says so in ``CommandOutcome.fast_path``. So:
+
+- ``unlock_fast``: a plain ``run_command``; the benchmark checks that the
+  answer really came on the fast path and raises ``NotFastPath`` otherwise
+  (a fast attempt the vehicle refused falls back to a full handshake inside
+  the same command, which must not be counted as a warm unlock).
+- ``unlock_full``: the phone first forgets its fast key
+  (``KeyStore.fast_keys.drop``, outside the timed part), so the command runs
+  the full handshake; the new fast key it receives is stored durably before
+  the command returns, as on any full handshake. Checked to be full.
+
+``probe`` runs one full and one fast unlock and returns None when the warm
+figure can be measured, else ``{"available": false, "why": ...}``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from pathlib import Path
 from typing import Any
 
-from phone_client.central import PhoneKey
 from phone_client.keystore import KeyStore
-from protocol import ChallengeReceived, Command, CommandCompleted, PhoneConnection, PhoneState
+from phone_client.outcome import CommandOutcome
 
-from .rig import VIN, UnlockRig, UnlockSample, analyse
+from .rig import VIN, UnlockRig, UnlockSample
 from .stats import unavailable
 
-_TIMEOUT = 10.0
-_PROBE_TIMEOUT = 3.0
-_fast_keys: dict[Path, bytes] = {}
+
+class NotFastPath(RuntimeError):
+    """A command meant for one path was answered on the other."""
 
 
 def status() -> dict[str, Any] | None:
-    """None when warm unlocks can be measured, else why not."""
-    if not hasattr(PhoneConnection, "send_fast_command"):
-        return unavailable(
-            "waiting on issue 4: the protocol's fast path (PhoneConnection.send_fast_command, "
-            "CommandCompleted.fast_key) has not landed"
-        )
+    """None when the phone client reports the fast path, else why not."""
+    if "fast_path" not in CommandOutcome.__dataclass_fields__:
+        return unavailable("the phone client does not report the fast path (CommandOutcome)")
     return None
 
 
 async def probe(rig: UnlockRig, keystore: KeyStore) -> dict[str, Any] | None:
-    """Warm ``keystore`` up (a full handshake yields the fast key), then try one
-    fast unlock; None when it worked, else why the warm figure is missing."""
+    """A full handshake (which yields the fast key), then one fast unlock:
+    None when it was answered on the fast path, else why the figure is missing."""
     try:
-        await unlock(rig, keystore)
-        sample = await unlock(rig, keystore, timeout=_PROBE_TIMEOUT)
+        await unlock_full(rig, keystore)
+        sample = await rig.unlock(keystore)
     except Exception as exc:
-        return unavailable(f"waiting on issue 4: a fast unlock failed on this vehicle ({exc})")
+        return unavailable(f"a fast-path unlock failed on this vehicle ({exc})")
     if not sample.fast_path:
-        return unavailable("waiting on issue 4: the vehicle answered without the fast path")
+        why = sample.fast_path_refused or "the phone held no fast key after a full handshake"
+        return unavailable(f"the vehicle answered without the fast path ({why})")
     return None
 
 
-async def unlock(rig: UnlockRig, keystore: KeyStore, *, timeout: float = _TIMEOUT) -> UnlockSample:
-    """Scan, connect, subscribe, then the fast command (or a full one, first)."""
-    loop = asyncio.get_running_loop()
-    phone = PhoneKey(keystore, client_kwargs=rig.client_kwargs, scanner_kwargs=rig.scanner_kwargs)
-    home = keystore.home
-    fast_key = _fast_keys.get(home)
-    rig.tap.records.clear()
-    start = time.perf_counter()
-    async with phone.connect(VIN, timeout=timeout) as session:
-        if fast_key is None:
-            # The first contact: a full handshake, whose answer carries the fast key.
-            completed = await session.command(Command.UNLOCK)
-        else:
-            conn = session._conn
-            deadline = loop.time() + timeout
-            while conn.state is not PhoneState.READY:
-                await session._wait_for(ChallengeReceived, deadline, "a challenge")
-            conn.send_fast_command(Command.UNLOCK, keystore.next_counter(VIN), fast_key)
-            await session._write_pending()
-            completed = await session._wait_for(CommandCompleted, deadline, "the response")
-            keystore.observe_counter(VIN, completed.counter)
-        result_at = loop.time()
-        total = time.perf_counter() - start
-    if completed.fast_key is not None:
-        _fast_keys[home] = completed.fast_key
-    figures = analyse(rig.tap.records, result_at)
-    return UnlockSample(
-        total_ms=total * 1000,
-        scan_connect_ms=(total - figures.handshake_s) * 1000,
-        handshake_ms=figures.handshake_s * 1000,
-        figures=figures,
-        credential="fast-path" if completed.fast_path else "whitelist",
-        fast_path=completed.fast_path,
-    )
+async def unlock_fast(rig: UnlockRig, keystore: KeyStore) -> UnlockSample:
+    """One unlock that must be answered on the fast path."""
+    sample = await rig.unlock(keystore)
+    if not sample.fast_path:
+        raise NotFastPath(
+            "a warm unlock was answered by a full handshake "
+            f"(fast path refused: {sample.fast_path_refused or 'no fast key held'})"
+        )
+    return sample
+
+
+async def unlock_full(rig: UnlockRig, keystore: KeyStore) -> UnlockSample:
+    """One unlock by the full handshake (the phone's fast key dropped first)."""
+    keystore.fast_keys.drop(VIN)
+    sample = await rig.unlock(keystore)
+    if sample.fast_path:
+        raise NotFastPath("a full-handshake unlock was answered on the fast path")
+    return sample

@@ -43,10 +43,11 @@ class Plan:
     independence_rounds: int
     cloud_seconds: float
     cloud_concurrency: int
+    rss_unlocks: int
 
 
-FULL: Final = Plan(30, 15, 10, 600, 20, 30, 5.0, 16)
-QUICK: Final = Plan(2, 1, 1, 40, 2, 1, 0.3, 4)
+FULL: Final = Plan(30, 15, 10, 600, 20, 30, 5.0, 16, 3)
+QUICK: Final = Plan(2, 1, 1, 40, 2, 1, 0.3, 4, 1)
 
 
 def _runners(plan: Plan, workdir: Path) -> dict[str, Callable[[], Awaitable[dict[str, Any]]]]:
@@ -58,7 +59,9 @@ def _runners(plan: Plan, workdir: Path) -> dict[str, Callable[[], Awaitable[dict
         "radio": lambda: radio.measure(plan.radio_runs, workdir / "radio"),
         "mcu": lambda: mcu.measure(plan.mcu_runs, workdir / "mcu"),
         "throughput": in_thread_throughput,
-        "scale": lambda: scale.measure(plan.scale_runs, workdir / "scale"),
+        "scale": lambda: scale.measure(
+            plan.scale_runs, workdir / "scale", rss_unlocks=plan.rss_unlocks
+        ),
         "cloud_independence": lambda: cloud_independence.measure(
             plan.independence_rounds, workdir / "independence"
         ),
@@ -99,6 +102,7 @@ def run(sections: Sequence[str] = SECTIONS, *, quick: bool = False) -> dict[str,
     started = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="phonekey-bench-") as tmp:
+            filesystem = filesystem_of(Path(tmp))
             results = asyncio.run(_run(ordered, plan, Path(tmp)))
     finally:
         undo()
@@ -112,13 +116,37 @@ def run(sections: Sequence[str] = SECTIONS, *, quick: bool = False) -> dict[str,
         "quick": quick,
         "machine": machine_info(),
         "vehicle_store": sorted(backends),
-        # The file store fsyncs every accepted command (vehicle_sim.atomic_file);
-        # None: another store, whose durability the report does not know.
-        "persistence_fsync": True if backends == {"FileVehicleStore"} else None,
+        # The flash store fsyncs its image on every commit (vehicle_sim.flash:
+        # FlashDevice.sync after each journal record), i.e. on every accepted
+        # command; None: another store, whose durability the report does not know.
+        "persistence_fsync": True if backends == {"FlashVehicleStore"} else None,
+        "persistence": {
+            "how": "vehicle state on the emulated flash image, os.fsync after every commit "
+            "(FlashDevice.sync); the phone's counter and fast keys: write, fsync, rename",
+            "workdir_filesystem": filesystem,
+        },
         "plan": plan.__dict__,
         **results,
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
+
+
+def filesystem_of(path: Path) -> str | None:
+    """The type of the filesystem holding ``path`` (Linux ``/proc/mounts``), as
+    fsync costs differ by orders of magnitude between tmpfs and a disk."""
+    best: tuple[str, str | None] = ("", None)
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) >= 3:
+                    mount = fields[1]
+                    inside = str(path.resolve()).startswith(mount.rstrip("/") + "/")
+                    if inside and len(mount) > len(best[0]):
+                        best = (mount, fields[2])
+    except OSError:
+        return None
+    return best[1]
 
 
 def failed(report: dict[str, Any]) -> list[str]:

@@ -131,7 +131,8 @@ class UnlockSample:
     handshake_ms: float  # subscribe to authenticated result
     figures: TraceFigures
     credential: str | None
-    fast_path: bool = False
+    fast_path: bool = False  # the phone client's own report (CommandOutcome.fast_path)
+    fast_path_refused: str | None = None  # a fast attempt the vehicle refused (fell back)
 
 
 @dataclass
@@ -148,6 +149,7 @@ class UnlockRig:
     seed: int = 0
     runtime_kwargs: Mapping[str, Any] = field(default_factory=dict)
     issuer: crypto.PublicKey | None = None
+    provision: Callable[[Any], None] | None = None  # called with the open store before start
     card: VehicleCard = field(init=False)
     radio: VirtualRadio = field(init=False)
     tap: AttTap = field(init=False)
@@ -181,6 +183,9 @@ class UnlockRig:
         for public, role in self._pending_keys:
             store.add_key(public, role)
         self._pending_keys.clear()
+        if self.provision is not None:
+            self.provision(store)
+        self.store = store
         self.phone_device: Device = await self.radio.create_device("phone")
         self.tap = AttTap(self.radio.link, self.radio.controller_of(self.phone_device))
         vehicle_device = await self.radio.create_device("vehicle")
@@ -223,9 +228,7 @@ class UnlockRig:
         return sample_of(outcome, analyse(self.tap.records, result_at[0]))
 
 
-def sample_of(
-    outcome: CommandOutcome, figures: TraceFigures, fast_path: bool = False
-) -> UnlockSample:
+def sample_of(outcome: CommandOutcome, figures: TraceFigures) -> UnlockSample:
     total = outcome.latency.total
     return UnlockSample(
         total_ms=total * 1000,
@@ -233,7 +236,8 @@ def sample_of(
         handshake_ms=figures.handshake_s * 1000,
         figures=figures,
         credential=outcome.credential,
-        fast_path=fast_path,
+        fast_path=outcome.fast_path,
+        fast_path_refused=outcome.fast_path_refused,
     )
 
 
@@ -271,4 +275,5 @@ def describe(samples: list[UnlockSample]) -> dict[str, Any]:
         "scan_connect": summary([s.scan_connect_ms for s in samples]),
         "handshake": summary([s.handshake_ms for s in samples]),
         "credential": sorted({str(s.credential) for s in samples}),
+        "fast_path_runs": sum(1 for s in samples if s.fast_path),
     }

@@ -40,7 +40,8 @@ def report() -> dict[str, Any]:
 def test_report_says_what_it_ran_on(report: dict[str, Any]) -> None:
     assert report["quick"] is True
     assert {"python", "platform", "cpu", "cpus"} <= set(report["machine"])
-    assert "persistence_fsync" in report
+    assert report["persistence_fsync"] in (True, None)
+    assert "how" in report["persistence"]
     assert not any("error" in v for v in report.values() if isinstance(v, dict))
 
 
@@ -54,6 +55,10 @@ def test_unlock_kinds(report: dict[str, Any]) -> None:
         assert entry["bytes_to_vehicle"] > 0 and entry["bytes_to_phone"] > 0
         assert {"p50_ms", "p99_ms", "runs"} <= set(entry["scan_connect"])
         assert {"p50_ms", "p99_ms", "runs"} <= set(entry["handshake"])
+    # Each kind took the path it is filed under (the phone client's own report).
+    assert report["unlock"]["cold"]["fast_path_runs"] == 0
+    warm = report["unlock"]["warm"]
+    assert waiting(warm) or warm["fast_path_runs"] == warm["runs"]
     # A credential rides with the request: more bytes to the vehicle, no extra round trip.
     cold, cached = report["unlock"]["cold"], report["unlock"]["cached_credential"]
     assert cached["bytes_to_vehicle"] > cold["bytes_to_vehicle"]
@@ -76,8 +81,21 @@ def test_mcu_scale_throughput_cloud(report: dict[str, Any]) -> None:
     assert waiting(mcu) or (
         "p50_ms" in mcu["full"] and ("p50_ms" in mcu["fast"] or waiting(mcu["fast"]))
     )
+    if not waiting(mcu):
+        # The MCU time was charged: a verify and an ECDH per full handshake, none on the fast path.
+        assert mcu["full"]["charged_ops_per_unlock"] == {"ecdh": 1.0, "ecdsa_verify": 1.0}
+        assert mcu["full"]["fast_path_runs"] == 0
+        if not waiting(mcu["fast"]):
+            assert mcu["fast"]["charged_ops_per_unlock"] == {}
+            assert mcu["fast"]["fast_path_runs"] == mcu["fast"]["runs"]
     scale = report["scale"]
     assert waiting(scale) or {"ratio_max_keys", "max_keys", "flash_bytes_per_key"} <= set(scale)
+    if not waiting(scale):
+        assert scale["max_keys"] >= 256 and scale["flash_bytes_per_key"] > 0
+        assert scale["held"]["max_keys"]["keys"] == scale["max_keys"]
+        assert scale["held"]["max_keys"]["revocations"] == 10_000
+        rss = scale["vehicle_rss"]
+        assert waiting(rss) or rss["max_keys"]["rss_after_unlocks_kib"] > 0
     assert isinstance(report["throughput"]["ratio_to_crypto"], float)
     independence = report["cloud_independence"]
     assert isinstance(independence["http_500_ratio"], float)
