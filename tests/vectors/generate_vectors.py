@@ -153,8 +153,8 @@ def run_exchange(mtu: int) -> dict[str, Any]:
     for frame in answer_frames:
         phone.receive_data(frame)
     phone_events = []
-    while (event := phone.next_event()) is not None:
-        phone_events.append(event)
+    while (phone_event := phone.next_event()) is not None:
+        phone_events.append(phone_event)
     executed = [e for e in vehicle_events if isinstance(e, CommandExecuted)]
     completed = [e for e in phone_events if isinstance(e, CommandCompleted)]
     assert len(executed) == 1 and len(completed) == 1, (vehicle_events, phone_events)
