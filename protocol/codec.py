@@ -1,4 +1,4 @@
-"""Byte layouts of the messages and the public encode/decode.
+"""Byte layouts of the messages (construct) and the public encode/decode.
 
 Every message on the wire is::
 
@@ -11,7 +11,10 @@ bytes, or a field value the protocol does not define. Nothing else escapes.
 
 from __future__ import annotations
 
+import io
 from typing import Any, Final
+
+import construct as c
 
 from . import crypto
 from .errors import (
@@ -68,73 +71,66 @@ MAX_CREDENTIAL_SIZE: Final = 300
 
 _HEADER_LEN: Final = 2  # wire_version:u8 | message_type:u8
 
-# Field kinds of the byte layouts. Every multi-byte integer is big-endian.
-_U8: Final = 0  # one byte
-_U64: Final = 1  # eight bytes
-_BYTES: Final = 2  # exactly ``size`` bytes
-_VERSIONS: Final = 3  # u8 count, then that many u8 versions
-_BLOB8: Final = 4  # u8 length, then that many bytes
-_BLOB16: Final = 5  # u16 length, then that many bytes
+_Versions = c.PrefixedArray(c.Int8ub, c.Int8ub)
 
-_Layout = tuple[tuple[int, str, int], ...]
-"""(kind, field name, size for ``_BYTES``) in wire order."""
-
-_LAYOUTS: dict[int, _Layout] = {
-    _MSG_CHALLENGE: (
-        (_VERSIONS, "versions", 0),
-        (_BYTES, "vehicle_id", crypto.KEY_ID_LEN),
-        (_BYTES, "nonce", NONCE_LEN),
+_BODIES: dict[int, c.Construct] = {
+    _MSG_CHALLENGE: c.Struct(
+        "versions" / _Versions,
+        "vehicle_id" / c.Bytes(crypto.KEY_ID_LEN),
+        "nonce" / c.Bytes(NONCE_LEN),
     ),
-    _MSG_CHALLENGE_REQUEST: (),
-    _MSG_COMMAND_REQUEST: (
-        (_U8, "version", 0),
-        (_VERSIONS, "offered_versions", 0),
-        (_BYTES, "nonce", NONCE_LEN),
-        (_BYTES, "key_id", crypto.KEY_ID_LEN),
-        (_U64, "counter", 0),
-        (_U8, "command", 0),
-        (_BYTES, "ephemeral_key", crypto.COMPRESSED_POINT_LEN),
-        (_BYTES, "signature", crypto.SIGNATURE_LEN),
+    _MSG_CHALLENGE_REQUEST: c.Struct(),
+    _MSG_COMMAND_REQUEST: c.Struct(
+        "version" / c.Int8ub,
+        "offered_versions" / _Versions,
+        "nonce" / c.Bytes(NONCE_LEN),
+        "key_id" / c.Bytes(crypto.KEY_ID_LEN),
+        "counter" / c.Int64ub,
+        "command" / c.Int8ub,
+        "ephemeral_key" / c.Bytes(crypto.COMPRESSED_POINT_LEN),
+        "signature" / c.Bytes(crypto.SIGNATURE_LEN),
     ),
-    _MSG_COMMAND_RESPONSE: (
-        (_U8, "result", 0),
-        (_U8, "command", 0),
-        (_U64, "counter", 0),
-        (_U8, "lock_state", 0),
-        (_BYTES, "mac", crypto.MAC_LEN),
+    _MSG_COMMAND_RESPONSE: c.Struct(
+        "result" / c.Int8ub,
+        "command" / c.Int8ub,
+        "counter" / c.Int64ub,
+        "lock_state" / c.Int8ub,
+        "mac" / c.Bytes(crypto.MAC_LEN),
     ),
-    _MSG_ERROR: ((_U8, "code", 0),),
-    _MSG_CREDENTIAL: ((_BLOB16, "credential", 0),),
-    _MSG_VEHICLE_STATUS: ((_U64, "revocation_version", 0), (_BYTES, "time_nonce", NONCE_LEN)),
-    _MSG_REVOCATION_UPDATE: ((_BLOB16, "delta", 0),),
-    _MSG_TIME_UPDATE: ((_BLOB16, "signed_time", 0),),
-    _MSG_ISSUER_UPDATE: ((_BLOB16, "rotation", 0),),
-    _MSG_MANAGE_REQUEST: (
-        (_U8, "version", 0),
-        (_VERSIONS, "offered_versions", 0),
-        (_BYTES, "nonce", NONCE_LEN),
-        (_BYTES, "key_id", crypto.KEY_ID_LEN),
-        (_U64, "counter", 0),
-        (_U8, "operation", 0),
-        (_BLOB8, "argument", 0),
-        (_BYTES, "ephemeral_key", crypto.COMPRESSED_POINT_LEN),
-        (_BYTES, "signature", crypto.SIGNATURE_LEN),
+    _MSG_ERROR: c.Struct("code" / c.Int8ub),
+    _MSG_CREDENTIAL: c.Struct("credential" / c.Prefixed(c.Int16ub, c.GreedyBytes)),
+    _MSG_VEHICLE_STATUS: c.Struct(
+        "revocation_version" / c.Int64ub, "time_nonce" / c.Bytes(NONCE_LEN)
     ),
-    _MSG_MANAGE_RESPONSE: (
-        (_U8, "result", 0),
-        (_U8, "operation", 0),
-        (_U64, "counter", 0),
-        (_BYTES, "mac", crypto.MAC_LEN),
+    _MSG_REVOCATION_UPDATE: c.Struct("delta" / c.Prefixed(c.Int16ub, c.GreedyBytes)),
+    _MSG_TIME_UPDATE: c.Struct("signed_time" / c.Prefixed(c.Int16ub, c.GreedyBytes)),
+    _MSG_ISSUER_UPDATE: c.Struct("rotation" / c.Prefixed(c.Int16ub, c.GreedyBytes)),
+    _MSG_MANAGE_REQUEST: c.Struct(
+        "version" / c.Int8ub,
+        "offered_versions" / _Versions,
+        "nonce" / c.Bytes(NONCE_LEN),
+        "key_id" / c.Bytes(crypto.KEY_ID_LEN),
+        "counter" / c.Int64ub,
+        "operation" / c.Int8ub,
+        "argument" / c.Prefixed(c.Int8ub, c.GreedyBytes),
+        "ephemeral_key" / c.Bytes(crypto.COMPRESSED_POINT_LEN),
+        "signature" / c.Bytes(crypto.SIGNATURE_LEN),
     ),
-    _MSG_FAST_COMMAND_REQUEST: (
-        (_U8, "version", 0),
-        (_BYTES, "nonce", NONCE_LEN),
-        (_BYTES, "key_id", crypto.KEY_ID_LEN),
-        (_U64, "counter", 0),
-        (_U8, "command", 0),
-        (_BYTES, "mac", crypto.MAC_LEN),
+    _MSG_MANAGE_RESPONSE: c.Struct(
+        "result" / c.Int8ub,
+        "operation" / c.Int8ub,
+        "counter" / c.Int64ub,
+        "mac" / c.Bytes(crypto.MAC_LEN),
     ),
-    _MSG_FAST_PATH_REFUSED: ((_U8, "reason", 0),),
+    _MSG_FAST_COMMAND_REQUEST: c.Struct(
+        "version" / c.Int8ub,
+        "nonce" / c.Bytes(NONCE_LEN),
+        "key_id" / c.Bytes(crypto.KEY_ID_LEN),
+        "counter" / c.Int64ub,
+        "command" / c.Int8ub,
+        "mac" / c.Bytes(crypto.MAC_LEN),
+    ),
+    _MSG_FAST_PATH_REFUSED: c.Struct("reason" / c.Int8ub),
 }
 
 _TYPE_OF: dict[type, int] = {
@@ -178,30 +174,15 @@ def _encode_fields(
     packed (so the bytes parse back field for field, by construction), and
     the decoder's own semantic checks (``_to_message``: defined enum values,
     versions, sizes, results allowed per message) run on the packed values,
-    without parsing the bytes again. ``check=False`` skips those semantic
+    without parsing the bytes again (construct packs fixed-size fields and
+    length prefixes exactly, or refuses). ``check=False`` skips those semantic
     checks, for bytes that are only hashed or MACed, never sent.
     """
-    parts = [bytes((WIRE_VERSION, msg_type))]
     try:
-        for kind, field, size in _LAYOUTS[msg_type]:
-            value = fields[field]
-            if kind == _U8:
-                parts.append(bytes((value,)))
-            elif kind == _U64:
-                parts.append(value.to_bytes(8, "big"))
-            elif kind == _BYTES:
-                if not isinstance(value, bytes | bytearray) or len(value) != size:
-                    raise ValueError(f"{field} must be {size} bytes")
-                parts.append(bytes(value))
-            elif kind == _VERSIONS:
-                parts.append(len(value).to_bytes(1, "big") + bytes(value))
-            else:
-                if not isinstance(value, bytes | bytearray):
-                    raise ValueError(f"{field} must be bytes")
-                parts.append(len(value).to_bytes(1 if kind == _BLOB8 else 2, "big") + value)
-    except (OverflowError, ValueError, TypeError) as exc:
+        body: bytes = _BODIES[msg_type].build(fields)
+    except c.ConstructError as exc:
         raise ValueError(f"cannot encode {name}: {exc}") from None
-    data = b"".join(parts)
+    data = bytes((WIRE_VERSION, msg_type)) + body
     if not check:
         return data
     try:
@@ -223,36 +204,20 @@ def decode(data: bytes) -> Message:
     version, msg_type = data[0], data[1]
     if version != WIRE_VERSION:
         raise UnsupportedWireVersion(f"wire version {version} (this side speaks 1)")
-    layout = _LAYOUTS.get(msg_type)
-    if layout is None:
+    body = _BODIES.get(msg_type)
+    if body is None:
         raise UnknownMessageType(f"unknown message type 0x{msg_type:02x}")
-    fields: dict[str, Any] = {}
-    offset = _HEADER_LEN
-    for kind, field, width in layout:
-        if kind == _U8:
-            width = 1
-        elif kind == _U64:
-            width = 8
-        elif kind != _BYTES:  # a length prefix, then that many bytes
-            prefix = 2 if kind == _BLOB16 else 1
-            if offset + prefix > size:
-                raise TruncatedMessage(f"message type 0x{msg_type:02x} is truncated")
-            width = int.from_bytes(data[offset : offset + prefix], "big")
-            offset += prefix
-        end = offset + width
-        if end > size:
-            raise TruncatedMessage(f"message type 0x{msg_type:02x} is truncated")
-        if kind == _U8:
-            fields[field] = data[offset]
-        elif kind == _U64:
-            fields[field] = int.from_bytes(data[offset:end], "big")
-        elif kind == _VERSIONS:
-            fields[field] = list(data[offset:end])
-        else:
-            fields[field] = bytes(data[offset:end])
-        offset = end
-    if offset != size:
-        raise TrailingBytes(f"{size - offset} unexpected trailing bytes after the message")
+    stream = io.BytesIO(data)
+    stream.seek(_HEADER_LEN)
+    try:
+        fields = body.parse_stream(stream)
+    except c.StreamError:
+        raise TruncatedMessage(f"message type 0x{msg_type:02x} is truncated") from None
+    except c.ConstructError as exc:  # pragma: no cover - no other failure in these structs
+        raise DecodeError(f"undecodable message: {exc}") from None
+    rest = size - stream.tell()
+    if rest:
+        raise TrailingBytes(f"{rest} unexpected trailing bytes after the message")
     return _to_message(msg_type, fields)
 
 
