@@ -24,7 +24,14 @@ from bumble.hci import Address
 from bumble.transport import open_transport
 from cli_rig import VIN, Background, Household, Radio, kill, phone, provision, radio, run
 
-from ble_stack.uuids import COMMAND_CHAR_UUID, EVENT_CHAR_UUID, PHONEKEY_SERVICE_UUID
+from ble_stack.uuids import (
+    ADV_COMPANY_ID,
+    COMMAND_CHAR_UUID,
+    EVENT_CHAR_UUID,
+    PHONEKEY_SERVICE_UUID,
+)
+from protocol import crypto, privacy
+from protocol.card import VehicleCard
 
 SUPERVISION = 1.0  # seconds; short so the tests stay quick
 VEHICLE, PHONE_A, PHONE_B, THIRD_PARTY = range(4)  # radio slots
@@ -193,3 +200,64 @@ async def _read_gatt_database(spec: str) -> dict[str, set[str]]:
             await connection.disconnect()
         await device.power_off()
         return database
+
+
+async def test_sightings_across_a_rotation_cannot_be_linked_without_the_vehicle_key(
+    shared_radio: Radio, household: Household
+) -> None:
+    """A bystander (plain bumble on the radio) records the vehicle's advertising
+    across an identifier rotation: address and tag both change, nothing in the
+    air names the car, and only the card's advertising secret links the two."""
+    vehicle = start_vehicle(household, shared_radio, "--adv-rotation", "1")
+    try:
+        sightings = await _sightings(shared_radio.specs[THIRD_PARTY], wanted=2)
+    finally:
+        assert vehicle.stop() == 0, vehicle.output
+    (first_address, first_data), (second_address, second_data) = sightings
+    assert first_address != second_address
+    assert first_data != second_data
+    card = VehicleCard.from_text(household.card)
+    assert card.adv_secret is not None
+    for data in (first_data, second_data):
+        for secret_part in (VIN.encode(), card.vehicle_id, crypto.public_bytes(card.public_key)):
+            assert not any(secret_part[i : i + 4] in data for i in range(len(secret_part) - 3))
+    tags = [privacy.parse_adv_payload(data) for data in (first_data, second_data)]
+    assert all(tag is not None for tag in tags)
+    # With the vehicle's secret both sightings resolve, tag and address alike ...
+    for tag, address in zip(tags, (first_address, second_address), strict=True):
+        assert tag is not None and privacy.resolves(card.adv_secret, tag.tag)
+        assert privacy.address_resolves(card.adv_secret, address)
+    # ... and with any other vehicle's secret neither does.
+    other = privacy.derive_adv_secret(crypto.generate_private_key())
+    assert not any(tag is not None and privacy.resolves(other, tag.tag) for tag in tags)
+
+
+async def _sightings(spec: str, wanted: int) -> list[tuple[bytes, bytes]]:
+    """(address, phonekey manufacturer data) of the first ``wanted`` distinct
+    advertisers of the phonekey service UUID, as a bystander's scanner sees them."""
+    seen: dict[bytes, bytes] = {}
+    async with await open_transport(spec) as transport:
+        device = Device.with_hci(
+            "bystander", Address("F0:F1:F2:F3:F4:F6"), transport.source, transport.sink
+        )
+        await device.power_on()
+        enough = asyncio.Event()
+
+        def on_advertisement(advertisement: Advertisement) -> None:
+            for company, data in advertisement.data.get_all(
+                AdvertisingData.Type.MANUFACTURER_SPECIFIC_DATA
+            ):
+                if company == ADV_COMPANY_ID:
+                    # bumble keeps addresses least significant byte first
+                    msb_first = bytes(reversed(bytes(advertisement.address)))
+                    seen.setdefault(msb_first, bytes(data))
+            if len(seen) >= wanted:
+                enough.set()
+
+        device.on(device.EVENT_ADVERTISEMENT, on_advertisement)
+        async with asyncio.timeout(20):
+            await device.start_scanning(filter_duplicates=False)
+            await enough.wait()
+            await device.stop_scanning()
+        await device.power_off()
+    return list(seen.items())[:wanted]
