@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from ble_stack.capture import CaptureError, HciCapture
 from ble_stack.errors import TransportOpenError
 from ble_stack.transport_errors import ResetTimeout, explain_open_error
 from ble_stack.virtual_link import VirtualRadio
@@ -130,8 +131,9 @@ async def open_device(
 
     `address` is the device's random static address (default: a random one).
     `radio` is the VirtualRadio for `virtual` specs (default: `default_radio()`).
-    `capture` names a btsnoop file that records all HCI traffic of the device;
-    for non-virtual specs the BUMBLE_SNOOPER variable works as in bumble.
+    `capture` names a btsnoop file that records all HCI traffic of the device
+    (ble_stack.capture; CaptureError if it cannot be written); for non-virtual
+    specs the BUMBLE_SNOOPER variable works as in bumble.
     A `serial:` controller must answer HCI Reset within `reset_timeout`
     seconds, so a wrong baud rate fails here with a message instead of
     hanging the first command. The device is returned not powered on.
@@ -173,24 +175,20 @@ async def open_device(
         device = Device(name=name, address=static_address, host=host)
 
     if capture is not None:
-        _attach_capture(device, capture, closers)
+        try:
+            recording = HciCapture(device, capture)
+        except CaptureError:
+            for closer in reversed(closers):
+                with contextlib.suppress(Exception):
+                    await closer()
+            raise
+
+        async def close_capture() -> None:
+            recording.close()
+
+        # Closers run last to first: this one after the transport is gone.
+        closers.insert(0, close_capture)
     return OpenedDevice(device, spec, closers, transport)
-
-
-def _attach_capture(
-    device: Device, path: str, closers: list[Callable[[], Awaitable[None]]]
-) -> None:
-    from bumble.snoop import BtSnooper
-
-    output = open(path, "wb")  # closed by close_capture below
-    device.host.snooper = BtSnooper(output)
-
-    async def close_capture() -> None:
-        device.host.snooper = None
-        output.close()
-
-    # Run first on close, so the file is never written after it is closed.
-    closers.insert(0, close_capture)
 
 
 def _check_spec_shape(spec: str) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from bumble import core, hci, ll
@@ -22,6 +23,8 @@ from bumble.device import Device
 from bumble.host import Host
 from bumble.link import LocalLink
 from bumble.transport.common import AsyncPipeSink, TransportSink, TransportSource
+
+from .capture import HciCapture
 
 logger = logging.getLogger(__name__)
 
@@ -347,6 +350,7 @@ class VirtualRadio:
             self.link = ConnectionEventLink(connection_interval_ms, loss=loss, seed=seed)
         self._used_addresses: set[bytes] = set()
         self._controllers: dict[int, VirtualController] = {}  # by id() of the Device
+        self._captures: dict[int, HciCapture] = {}  # by id() of the Device
 
     def allocate_address(self) -> hci.Address:
         """Return a random static address no other device on this radio has."""
@@ -383,18 +387,35 @@ class VirtualRadio:
             public_address=hci.Address(address.address_bytes, hci.Address.PUBLIC_DEVICE_ADDRESS),
         )
 
-    async def create_device(self, name: str, address: str | None = None) -> Device:
+    async def create_device(
+        self, name: str, address: str | None = None, *, capture: str | Path | None = None
+    ) -> Device:
         """Make a bumble Device with its own controller on this radio.
 
         `address` is the device's random static address ("C0:11:22:33:44:55");
         by default a unique one is allocated. The device is not powered on.
+        `capture` names a btsnoop file for the device's HCI traffic
+        (ble_stack.capture), closed by `remove_device` or `close_captures`.
         """
         static_address = hci.Address(address) if address else self.allocate_address()
         controller = self.add_controller(f"{name} controller", static_address)
         host = Host(controller_source=controller, controller_sink=AsyncPipeSink(controller))
         device = Device(name=name, address=static_address, host=host)
+        if capture is not None:
+            try:
+                self._captures[id(device)] = HciCapture(device, capture)
+            except OSError:
+                controller.unplug()
+                self.release_address(controller)
+                raise
         self._controllers[id(device)] = controller
         return device
+
+    def close_captures(self) -> None:
+        """Finish every capture file still open (devices stay on the radio)."""
+        for recording in self._captures.values():
+            recording.close()
+        self._captures.clear()
 
     def controller_of(self, device: Device) -> VirtualController:
         """The controller a device made by `create_device` is attached to."""
@@ -413,6 +434,9 @@ class VirtualRadio:
         that many seconds later; see `VirtualController.vanish`.
         """
         controller = self._controllers.pop(id(device), None)
+        recording = self._captures.pop(id(device), None)
+        if recording is not None:
+            recording.close()
         if controller is not None:
             if supervision_timeout is None:
                 controller.unplug()

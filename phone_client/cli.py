@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 import traceback
 from collections.abc import Callable
@@ -17,8 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from phonekey.cli_args import number_in_range
+from phonekey.cli_logging import add_logging_flags, logging_configured
 
 if TYPE_CHECKING:
+    from .cli_output import StatusLine
     from .outcome import CommandOutcome
 
 EXIT_OK: Final = 0
@@ -32,6 +33,7 @@ DEFAULT_SCAN_TIMEOUT: Final = 3.0
 DEFAULT_CLOUD_TIMEOUT: Final = 2.0
 BREAKER_FILE: Final = "cloud-breaker.json"
 PHONE_DEVICE_NAME: Final = "phonekey-phone"
+JSON_COMMANDS: Final = ("unlock", "lock", "status")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -67,11 +69,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _add_cloud_timeout(p)
 
-    p = _sub(commands, "refresh", "fetch a fresh credential from the cloud now", _refresh)
+    from .cli_credentials import list_credentials, refresh
+
+    p = _sub(commands, "refresh", "fetch a fresh credential from the cloud now", refresh)
     p.add_argument("--vin", required=True, type=_vin_arg, help="the vehicle's VIN")
     _add_cloud_timeout(p)
 
-    _sub(commands, "credentials", "list the cached cloud credentials and their validity", _list)
+    _sub(
+        commands,
+        "credentials",
+        "list the cached cloud credentials and their validity",
+        list_credentials,
+    )
 
     p = _sub(commands, "scan", "list nearby phonekey vehicles (exit 3 if none)", _scan)
     _add_radio(p, DEFAULT_SCAN_TIMEOUT, mtu=False)
@@ -80,6 +89,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         p = _sub(commands, name, f"{verb} a vehicle whose card this phone holds", _command)
         p.add_argument("--vin", required=True, type=_vin_arg, help="the vehicle's VIN")
         _add_radio(p, DEFAULT_COMMAND_TIMEOUT, mtu=True)
+        p.add_argument(
+            "--json",
+            action="store_true",
+            help="print one JSON object (result, lock_state, fast_path, credential, "
+            "latency_ms, error) instead of text",
+        )
         p.add_argument(
             "--no-cloud",
             action="store_true",
@@ -116,35 +131,14 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
         default=default,
         help="key store directory (default: the per-user data directory)",
     )
-    parser.add_argument(
-        "--debug",
-        action="store_true",
-        default=default if default is argparse.SUPPRESS else False,
-        help="show tracebacks and BLE debug logs",
-    )
+    add_logging_flags(parser, default if default is argparse.SUPPRESS else False)
 
 
 def _add_radio(parser: argparse.ArgumentParser, timeout: float, *, mtu: bool) -> None:
-    parser.add_argument(
-        "--transport",
-        metavar="SPEC",
-        help="bumble transport to use instead of the OS adapter "
-        "(e.g. tcp-client:127.0.0.1:9000, usb:0)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=_positive,
-        default=timeout,
-        metavar="S",
-        help=f"seconds per stage (default {timeout:g})",
-    )
-    if mtu:
-        parser.add_argument(
-            "--mtu",
-            type=_mtu_arg,
-            metavar="N",
-            help="ATT MTU to request and fragment for, 23..517 (default: negotiated)",
-        )
+    """--transport, --capture, --timeout (and --mtu): phone_client.cli_radio."""
+    from .cli_radio import add_radio
+
+    add_radio(parser, timeout, mtu=mtu, positive=_positive, mtu_arg=_mtu_arg)
 
 
 def _add_cloud_timeout(parser: argparse.ArgumentParser) -> None:
@@ -195,22 +189,38 @@ _mtu_arg = number_in_range(int, lambda v: 23 <= v <= 517, "ATT MTU must be withi
 # --- error handling --------------------------------------------------------------
 def _guarded(handler: Handler) -> Handler:
     def run(args: argparse.Namespace) -> int:
-        if args.debug:
-            logging.basicConfig(level=logging.DEBUG)
-        try:
-            return handler(args)
-        except Exception as exc:
-            code, line = _explain(exc)
-            if args.debug:
-                traceback.print_exc()
-            print(line, file=sys.stderr)
-            return code
+        from .cli_radio import check_capture
+
+        usage = check_capture(args)
+        if usage is not None:
+            print(f"error: {usage}", file=sys.stderr)
+            return EXIT_USAGE
+        with logging_configured(args):
+            try:
+                return handler(args)
+            except Exception as exc:
+                code, line = _explain(exc)
+                if args.debug:
+                    traceback.print_exc()
+                if _wants_json(args):
+                    from .cli_output import failure_json, print_json
+
+                    print_json(
+                        failure_json(args.phone_command, getattr(args, "vin", None), code, line)
+                    )
+                print(line, file=sys.stderr)
+                return code
 
     return run
 
 
+def _wants_json(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False)) and args.phone_command in JSON_COMMANDS
+
+
 def _explain(exc: Exception) -> tuple[int, str]:
     """Exit code and one-line reason for anything a handler raised."""
+    from ble_stack.capture import CaptureError
     from ble_stack.errors import TransportOpenError
     from protocol import ProtocolError, VehicleRejected
     from protocol.card import InvalidCard
@@ -238,6 +248,8 @@ def _explain(exc: Exception) -> tuple[int, str]:
         return EXIT_LOCAL, f"error: {exc}"
     if isinstance(exc, TransportOpenError):
         return EXIT_LOCAL, f"error: {first_line} ({exc.fix})"
+    if isinstance(exc, CaptureError):
+        return EXIT_LOCAL, f"error: {first_line}"
     if isinstance(exc, errors.PhoneError):
         return EXIT_FAILED, f"failed: {exc}"
     if isinstance(exc, InvalidCard):
@@ -318,106 +330,6 @@ def _breaker(store: Any, url: str) -> Any:
     return CircuitBreaker(path=store.home / BREAKER_FILE, key=url)
 
 
-def _refresh(args: argparse.Namespace) -> int:
-    import time
-
-    from .cloud_client import CloudClient
-    from .credential_cache import CredentialCache
-    from .errors import CloudUnavailable, KeyStoreError, NoTrustedIssuer
-
-    store = _keystore(args)
-    trust = store.vehicle_trust(args.vin)
-    _ = store.private_key
-    if trust.issuer is None:
-        raise NoTrustedIssuer(trust.vin)
-    if trust.cloud_url is None:
-        raise KeyStoreError(
-            f"no cloud is configured for vehicle {trust.vin}; add one with "
-            "`phonekey phone add-vehicle CARD --cloud URL`"
-        )
-    cache = CredentialCache(store)
-    breaker = _breaker(store, trust.cloud_url)
-    notes: list[str] = []
-
-    async def refresh() -> Any:
-        # Asked for explicitly: the breaker is not consulted, but it learns the result.
-        async with CloudClient(trust.cloud_url, call_timeout=args.cloud_timeout) as cloud:
-            try:
-                credential = await cloud.request_credential(store, trust.card)
-            except CloudUnavailable as exc:
-                if exc.status != "refused":
-                    breaker.record_failure(exc.reason)
-                raise
-            breaker.record_success()
-            stored = cache.store(trust.vin, credential, int(time.time()))
-            if not stored:
-                notes.append("the cached credential lasts longer; kept it")
-            try:
-                listed = await cloud.revocations(trust.issuers)
-                cache.store_revocation_list(listed, trust.issuers)
-                since = cache.vehicle_revocation_version(trust.vin) or 0
-                deltas = await cloud.revocation_deltas(since, trust.issuers)
-                if deltas:
-                    cache.store_deltas(deltas, trust.issuers)
-                notes.append(f"revocation list version {listed.version}")
-            except CloudUnavailable as exc:
-                notes.append(f"revocation news not fetched: {exc}")
-            return credential
-
-    credential = asyncio.run(refresh())
-    now = int(time.time())
-    status = cache.status(trust.vin, now)
-    print(f"{trust.vin}: fetched {_credential_text(credential, now)}")
-    if status.credential is not None and status.credential != credential:
-        print(f"{trust.vin}: cached {status.describe(now)}")
-    for note in notes:
-        print(f"{trust.vin}: {note}")
-    return EXIT_OK
-
-
-def _credential_text(credential: Any, now: int) -> str:
-    from .trust import duration_text, utc_text
-
-    return (
-        f"{credential.role.name.lower()} credential #{credential.serial}, valid until "
-        f"{utc_text(credential.not_after)} ({duration_text(credential.not_after - now)} left)"
-    )
-
-
-def _list(args: argparse.Namespace) -> int:
-    import time
-
-    from protocol import crypto
-
-    from .credential_cache import CredentialCache
-
-    store = _keystore(args)
-    cache = CredentialCache(store)
-    now = int(time.time())
-    vehicles = store.vehicles()
-    if not vehicles:
-        print("this phone holds no vehicle cards", file=sys.stderr)
-        return EXIT_OK
-    for card in vehicles:
-        trust = store.vehicle_trust(card.vin)
-        if trust.issuer is None:
-            print(f"{card.vin}: no issuer key pinned (whitelist only)")
-            continue
-        status = cache.status(card.vin, now) if store.has_key() else None
-        text = "no phone key yet" if status is None else status.describe(now)
-        print(f"{card.vin}: {text}")
-        where = f"issuer {crypto.key_id(trust.issuer)[:4].hex()}"
-        if trust.cloud_url is not None:
-            where += f", cloud {trust.cloud_url}"
-        version = cache.revocation_version(crypto.key_id(trust.issuer), trust.issuers)
-        if version:
-            where += f", revocation news to version {version}"
-        if store.whitelist_accepted(card.vin):
-            where += ", on the vehicle's whitelist (connects without waiting for the cloud)"
-        print(f"  {where}")
-    return EXIT_OK
-
-
 def _scan(args: argparse.Namespace) -> int:
     from .scanning import scan_vehicles
 
@@ -444,6 +356,7 @@ def _command(args: argparse.Namespace) -> int:
     from protocol import Command
 
     from .central import run_command
+    from .cli_output import StatusLine, outcome_json, print_json
     from .cli_output import print_result as show
 
     store = _keystore(args)
@@ -451,9 +364,14 @@ def _command(args: argparse.Namespace) -> int:
     _ = store.private_key
     command = Command[args.phone_command.upper()]
     printed: list[CommandOutcome] = []
+    quiet = args.json or args.verbose or args.debug  # logs and JSON own the terminal then
+    status = StatusLine(enabled=not quiet)
 
     def print_result(outcome: CommandOutcome) -> None:
         # As soon as the vehicle answered: the cloud work after it must not delay this.
+        status.clear()
+        if args.json:
+            return  # one object at the end, with the cloud's part in it
         printed.append(outcome)
         show(outcome)
 
@@ -484,7 +402,14 @@ def _command(args: argparse.Namespace) -> int:
             if cloud is not None:
                 await cloud.close()
 
-    outcome = asyncio.run(_with_radio(args, send))
+    status.show(f"looking for vehicle {args.vin}...")
+    try:
+        outcome = asyncio.run(_with_radio(args, send, status=status))
+    finally:
+        status.clear()
+    if args.json:
+        print_json(outcome_json(outcome))
+        return EXIT_OK if outcome.ok else EXIT_FAILED
     if not printed:
         show(outcome)
     if outcome.cloud != "none" or outcome.credential not in (None, "whitelist"):
@@ -492,25 +417,14 @@ def _command(args: argparse.Namespace) -> int:
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
-async def _with_radio(args: argparse.Namespace, body: Callable[[dict[str, Any]], Any]) -> Any:
+async def _with_radio(
+    args: argparse.Namespace,
+    body: Callable[[dict[str, Any]], Any],
+    *,
+    status: StatusLine | None = None,
+) -> Any:
     """Run ``body`` with bleak kwargs for the OS adapter, or for a bumble device
-    opened from --transport (closed afterwards whatever happens)."""
-    if args.transport is None:
-        return await body({})
-    from ble_stack.bleak_backend import DEFAULT_MTU, BumbleBleakClient, BumbleBleakScanner
-    from ble_stack.transports import open_device
+    opened from --transport (and captured to --capture); see cli_radio."""
+    from .cli_radio import with_radio
 
-    opened = await open_device(args.transport, name=PHONE_DEVICE_NAME)
-    try:
-        device = opened.device
-        radio = {
-            "client_kwargs": {
-                "backend": BumbleBleakClient,
-                "bumble_device": device,
-                "mtu": getattr(args, "mtu", None) or DEFAULT_MTU,
-            },
-            "scanner_kwargs": {"backend": BumbleBleakScanner, "bumble_device": device},
-        }
-        return await body(radio)
-    finally:
-        await opened.close()
+    return await with_radio(args, body, device_name=PHONE_DEVICE_NAME, status=status)

@@ -1,8 +1,11 @@
-"""How `phonekey phone unlock|lock|status` words the vehicle's answer."""
+"""How `phonekey phone unlock|lock|status` words the vehicle's answer: a line for
+people, one JSON object for machines (--json), and a live status on a TTY."""
 
 from __future__ import annotations
 
+import json
 import sys
+from typing import Any, TextIO
 
 from .outcome import CommandOutcome
 
@@ -51,3 +54,89 @@ def _latency_text(outcome: CommandOutcome) -> str:
 def _ms(seconds: float) -> str:
     ms = seconds * 1000
     return f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
+
+
+class StatusLine:
+    """A live status line on stderr, rewritten in place with a carriage return.
+
+    Only when stderr is a terminal (and the caller allows it): piped output,
+    scripts and --json get nothing extra.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, enabled: bool = True) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        isatty = getattr(self.stream, "isatty", None)
+        self.live = enabled and callable(isatty) and bool(isatty())
+        self._shown = False
+
+    def show(self, text: str) -> None:
+        if self.live:
+            self.stream.write(f"\r{text}\x1b[K")
+            self.stream.flush()
+            self._shown = True
+
+    def clear(self) -> None:
+        """Erase the status, so the next line starts clean."""
+        if self.live and self._shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._shown = False
+
+
+def outcome_json(outcome: CommandOutcome) -> dict[str, Any]:
+    """`phonekey phone unlock|lock|status --json`: the vehicle answered."""
+    latency = outcome.latency
+    return {
+        "ok": outcome.ok,
+        "result": outcome.result.name.lower(),  # "ok" or "forbidden"
+        "command": outcome.command.name.lower(),
+        "vin": outcome.vin,
+        "lock_state": outcome.lock_state.name.lower(),
+        "fast_path": outcome.fast_path,
+        "fast_path_refused": outcome.fast_path_refused,
+        "credential": outcome.credential,
+        "cloud": outcome.cloud,
+        "key_id": outcome.key_id.hex(),
+        "counter": outcome.counter,
+        "att_mtu": outcome.att_mtu,
+        "latency_ms": {
+            name: None if value is None else round(value * 1000, 3)
+            for name, value in (
+                ("total", latency.total),
+                ("scan", latency.scan),
+                ("connect", latency.connect),
+                ("challenge", latency.challenge),
+                ("command", latency.command),
+                ("cloud_wait", latency.cloud_wait),
+            )
+        },
+        "message": outcome.message,
+        "error": None
+        if outcome.ok
+        else {"code": 1, "reason": "this key's role does not permit it"},
+    }
+
+
+def failure_json(command: str, vin: str | None, code: int, reason: str) -> dict[str, Any]:
+    """The same shape when no authenticated answer came (denied, not found, ...)."""
+    return {
+        "ok": False,
+        "result": "denied" if reason.startswith("denied") else "error",
+        "command": command,
+        "vin": vin,
+        "lock_state": None,
+        "fast_path": False,
+        "fast_path_refused": None,
+        "credential": None,
+        "cloud": None,
+        "key_id": None,
+        "counter": None,
+        "att_mtu": None,
+        "latency_ms": None,
+        "message": "",
+        "error": {"code": code, "reason": reason},
+    }
+
+
+def print_json(data: dict[str, Any]) -> None:
+    print(json.dumps(data, sort_keys=True), flush=True)

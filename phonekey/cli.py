@@ -22,14 +22,49 @@ _SUBCOMMANDS: dict[str, str] = {
     "doctor": "phonekey.doctor",
 }
 
-EXIT_CODES_HELP = """exit codes:
-  0  success
-  1  the operation was denied or failed (a one-line reason is printed)
-  2  usage error
-  3  timed out or vehicle not found
-  4  local state or configuration error (e.g. a transport that cannot be opened)
-  5  `vehicle log`: the event log's MAC chain does not verify (tampered)
-"""
+_EXIT_CODE_TEXT: dict[int, str] = {
+    0: "success",
+    1: "the operation was denied or failed (a one-line reason is printed)",
+    2: "usage error",
+    3: "timed out, or the vehicle or the cloud was not found",
+    4: "local state or configuration error (e.g. a transport or a capture file "
+    "that cannot be opened)",
+    5: "`vehicle log`: the event log's MAC chain does not verify (tampered)",
+}
+# Which codes each command can return; subcommands inherit their command's list.
+_EXIT_CODES_OF: dict[str, tuple[int, ...]] = {
+    "phonekey": (0, 1, 2, 3, 4, 5),
+    "demo": (0, 1, 2, 4),
+    "vehicle": (0, 1, 2, 4, 5),
+    "vehicle *": (0, 1, 2, 4),
+    "vehicle log": (0, 1, 2, 4, 5),
+    "phone": (0, 1, 2, 3, 4),
+    "radio": (0, 1, 2),
+    "cloud": (0, 1, 2, 3, 4),
+    "bench": (0, 1, 2),
+}
+_CODE_TEXT_OF: dict[str, dict[int, str]] = {
+    "demo": {1: "a step did not have its expected outcome, or the demo failed"},
+    "phone": {3: "timed out, or the vehicle was not found"},
+    "cloud": {3: "the cloud did not answer (unreachable or timed out)"},
+}
+
+
+def exit_codes_help(path: str = "phonekey") -> str:
+    """The `exit codes:` epilog for the command `path` (e.g. "phone unlock")."""
+    words = path.split()
+    codes = (
+        _EXIT_CODES_OF.get(path)
+        or (_EXIT_CODES_OF.get(f"{words[0]} *") if len(words) > 1 else None)
+        or _EXIT_CODES_OF.get(words[0])
+        or _EXIT_CODES_OF["phonekey"]
+    )
+    texts = _CODE_TEXT_OF.get(words[0], {})
+    lines = [f"  {code}  {texts.get(code, _EXIT_CODE_TEXT[code])}" for code in codes]
+    return "exit codes:\n" + "\n".join(lines) + "\n"
+
+
+EXIT_CODES_HELP = exit_codes_help()
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -41,16 +76,17 @@ class _HelpFormatter(argparse.HelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
-def _document_exit_codes(parser: argparse.ArgumentParser) -> None:
-    """Give every subcommand without an epilog of its own the exit codes in its --help."""
+def _document_exit_codes(parser: argparse.ArgumentParser, path: str = "") -> None:
+    """Give every subcommand without an epilog of its own its exit codes in its --help."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
+            for name, child in action.choices.items():
+                child_path = f"{path} {name}".strip()
                 if child.epilog is None:
-                    child.epilog = EXIT_CODES_HELP
+                    child.epilog = exit_codes_help(child_path)
                     if child.formatter_class is argparse.HelpFormatter:
                         child.formatter_class = _HelpFormatter
-                _document_exit_codes(child)
+                _document_exit_codes(child, child_path)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ble_stack.bleak_backend import BumbleBleakClient, BumbleBleakScanner
+from ble_stack.capture import capture_path_for
 from ble_stack.virtual_link import VirtualRadio
 from cloud_sim.server import RunningCloud
 from phone_client.central import CommandOutcome, run_command
@@ -35,6 +36,7 @@ from vehicle_sim.keycard import create_card
 from vehicle_sim.runtime import VehicleRuntime
 from vehicle_sim.state_store import init_vehicle, open_store
 
+from .cli_logging import LOG_FORMAT, add_logging_flags, configure_logging, log_level
 from .demo_cloud import WEEK, cache_credential_from, enroll, register_vehicle, revoke, start_clouds
 from .demo_firmware import firmware_steps
 
@@ -74,9 +76,12 @@ class _Phone:
 
 
 class Demo:
-    def __init__(self, workdir: Path, say: Callable[[str], None]) -> None:
+    def __init__(
+        self, workdir: Path, say: Callable[[str], None], capture: str | None = None
+    ) -> None:
         self.workdir = workdir
         self.say = say
+        self.capture = capture  # the vehicle's btsnoop file; phones' beside it
         self.radio = VirtualRadio()
         self.steps: list[Step] = []
         self._clients: list[CloudClient] = []
@@ -94,7 +99,7 @@ class Demo:
             keystore.add_vehicle(card, issuer=cloud.issuer_public_key, cloud_url=cloud.url)
             client = CloudClient(cloud.url)
             self._clients.append(client)
-        device = await self.radio.create_device(f"phone-{label}")
+        device = await self.radio.create_device(f"phone-{label}", capture=self._capture_path(label))
         return _Phone(
             label,
             keystore,
@@ -104,11 +109,18 @@ class Demo:
             client,
         )
 
+    def _capture_path(self, label: str | None) -> Path | None:
+        """--capture FILE: FILE for the vehicle, FILE-STEM-LABEL.SUFFIX per phone."""
+        if self.capture is None:
+            return None
+        return Path(self.capture) if label is None else capture_path_for(self.capture, label)
+
     async def run(self) -> list[Step]:
         cloud, past_cloud = await start_clouds(self.workdir)
         try:
             return await self._run(cloud, past_cloud)
         finally:
+            self.radio.close_captures()
             for client in self._clients:
                 await client.close()
             await past_cloud.close()
@@ -146,7 +158,7 @@ class Demo:
         self.say("renter and lapsed phones enrolled as drivers through the cloud only")
 
         with open_store(state_dir) as store:
-            device = await self.radio.create_device("vehicle")
+            device = await self.radio.create_device("vehicle", capture=self._capture_path(None))
             async with VehicleRuntime(store, device) as runtime:
                 self.say("vehicle advertising on the virtual radio\n")
                 await self._whitelist_steps(owner, driver, stranger)
@@ -290,31 +302,43 @@ def _describe(step: Step, result: CommandOutcome | None) -> str:
     return line
 
 
-async def run_demo(say: Callable[[str], None]) -> list[Step]:
+async def run_demo(say: Callable[[str], None], capture: str | None = None) -> list[Step]:
     with tempfile.TemporaryDirectory(prefix="phonekey-demo-") as tmp:
-        return await Demo(Path(tmp), say).run()
+        return await Demo(Path(tmp), say, capture).run()
 
 
-def _configure_logging(verbose: bool) -> None:
+def _configure_logging(args: argparse.Namespace) -> None:
     # The demo's own account goes to stdout; library logs go to stderr and,
     # unless asked for, only when something is badly wrong. bumble's virtual
     # controller logs races it recovers from at ERROR, which would drown the account.
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    if not verbose:
-        logging.getLogger("bumble").setLevel(logging.CRITICAL)
+    if log_level(args) < logging.WARNING:
+        configure_logging(args)
+        return
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    logging.getLogger("bumble").setLevel(logging.CRITICAL)
 
 
 def _main(args: argparse.Namespace) -> int:
-    _configure_logging(args.verbose)
+    _configure_logging(args)
 
     def say(line: str) -> None:
         if not args.json:
             print(line, flush=True)
 
-    steps = asyncio.run(run_demo(say))
+    if args.capture is not None:
+        vehicle, owner = args.capture, capture_path_for(args.capture, "owner")
+        say(
+            f"capturing HCI traffic: the vehicle's to {vehicle}, "
+            f"each phone's beside it ({owner}, ...)"
+        )
+    try:
+        steps = asyncio.run(run_demo(say, args.capture))
+    except Exception as exc:
+        if args.debug:
+            raise
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"phonekey demo: error: {reason}", file=sys.stderr)
+        return 4 if isinstance(exc, OSError) else 1
     ok = all(step.ok for step in steps)
     if args.json:
         print(json.dumps({"ok": ok, "steps": [_step_json(step) for step in steps]}))
@@ -351,8 +375,13 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
-        "-v", "--verbose", action="store_true", help="show BLE stack logs on stderr"
+        "--capture",
+        metavar="FILE",
+        help="write btsnoop logs of the HCI traffic (Wireshark opens them): the vehicle's "
+        "to FILE (every phone's connection is in it), each phone's to FILE-STEM-PHONE.SUFFIX "
+        "beside it, e.g. demo.btsnoop, demo-owner.btsnoop, demo-driver.btsnoop",
     )
+    add_logging_flags(parser)
     parser.set_defaults(handler=_main)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
 
 from phonekey.cli_args import number_in_range
+from phonekey.cli_logging import LOG_FORMAT, add_logging_flags, log_level, logging_configured
 
 if TYPE_CHECKING:
     from protocol import crypto
@@ -161,6 +162,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="PPM",
         help="the vehicle's clock runs this many ppm fast (negative: slow); default 0",
     )
+    p.add_argument(
+        "--capture",
+        metavar="FILE",
+        help="write a btsnoop log of the vehicle's HCI traffic to FILE (opens in Wireshark; "
+        "`tshark -r FILE -Y btatt` lists the ATT frames)",
+    )
 
 
 def _sub(
@@ -177,7 +184,7 @@ def _sub(
         default=None,
         help="the vehicle's state directory (default: the per-user data directory)",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    add_logging_flags(parser)
     parser.set_defaults(handler=_guarded(handler, name))
     return parser
 
@@ -199,12 +206,11 @@ def _state_dir(args: argparse.Namespace) -> Path:
 # --- error handling ----------------------------------------------------------------
 def _guarded(handler: Handler, name: str) -> Handler:
     def run(args: argparse.Namespace) -> int:
-        logging.basicConfig(
-            level=logging.DEBUG if args.debug else logging.WARNING,
-            format="%(levelname)s %(name)s: %(message)s",
-        )
+        if log_level(args) >= logging.WARNING:
+            logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
         try:
-            return handler(args)
+            with logging_configured(args):  # -v / --debug, for this command only
+                return handler(args)
         except KeyboardInterrupt:
             return EXIT_OK  # Ctrl-C where no signal handler could be installed
         except BrokenPipeError:
@@ -224,6 +230,7 @@ def _guarded(handler: Handler, name: str) -> Handler:
 
 
 def _explain(exc: Exception) -> tuple[int, str]:
+    from ble_stack.capture import CaptureError
     from ble_stack.errors import TransportOpenError
 
     from .control import ControlSocketError
@@ -244,6 +251,8 @@ def _explain(exc: Exception) -> tuple[int, str]:
         return EXIT_LOCAL, str(exc)
     if isinstance(exc, TransportOpenError):
         return EXIT_LOCAL, f"{first_line} (fix: {exc.fix})"
+    if isinstance(exc, CaptureError):
+        return EXIT_LOCAL, first_line
     return EXIT_FAILED, f"{type(exc).__name__}: {first_line}"
 
 
@@ -383,6 +392,7 @@ def _run(args: argparse.Namespace) -> int:
             adv_interval_ms=args.adv_interval,
             options=options,
             clock_drift_ppm=args.clock_drift_ppm,
+            capture=args.capture,
         )
     )
 
@@ -404,11 +414,13 @@ async def run_vehicle(
     out: TextIO | None = None,
     options: FirmwareOptions | None = None,
     clock_drift_ppm: float = 0.0,
+    capture: str | None = None,
 ) -> int:
     """Run the vehicle until ``stop`` is set or SIGINT/SIGTERM arrives.
 
-    Raises ``VehicleStateError`` (busy, missing, corrupt) and
-    ``TransportOpenError``; the store's lock is released on every path.
+    Raises ``VehicleStateError`` (busy, missing, corrupt), ``TransportOpenError``
+    and ``CaptureError`` (``capture``: a btsnoop file for the HCI traffic); the
+    store's lock is released on every path.
     """
     from ble_stack.transports import open_device
 
@@ -432,7 +444,7 @@ async def run_vehicle(
     wall_clock = DriftingClock(clock_drift_ppm)
     with _stop_on_signals(stop), open_store(state_dir, wall_clock=wall_clock) as store:
         vin = store.identity.vin
-        opened = await open_device(spec, name=f"phonekey vehicle {vin}")
+        opened = await open_device(spec, name=f"phonekey vehicle {vin}", capture=capture)
         try:
             runtime = VehicleRuntime(
                 store, opened.device, adv_interval_ms=interval, on_event=on_event, options=options
@@ -455,6 +467,8 @@ async def run_vehicle(
             try:
                 await console.start()
                 say(f"vehicle {vin} advertising on {spec}")
+                if capture is not None:
+                    say(f"capturing HCI traffic to {capture} (btsnoop; Wireshark opens it)")
                 await stop.wait()
             finally:
                 await console.close()
