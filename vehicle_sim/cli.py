@@ -269,7 +269,6 @@ def _public_key_arg(text: str, option: str) -> crypto.PublicKey:
 def _init(args: argparse.Namespace) -> int:
     from protocol import crypto
 
-    from .advertising import private_card
     from .display import short_id
     from .state_store import init_vehicle, open_store
 
@@ -280,7 +279,7 @@ def _init(args: argparse.Namespace) -> int:
     except ValueError as exc:  # the VIN
         raise UsageError(str(exc)) from None
     with open_store(state_dir) as store:  # the card with the advertising secret
-        card = private_card(store.card, store.identity)
+        card = store.card
     print(f"created vehicle {card.vin} in {state_dir}")
     print(f"vehicle id {card.vehicle_id.hex()} ({short_id(card.vehicle_id)}), doors locked")
     for issuer in issuers:
@@ -351,7 +350,6 @@ def _provision(args: argparse.Namespace) -> int:
     (physical access): a running vehicle holds the lock and this is refused."""
     from protocol import crypto
 
-    from .advertising import private_card
     from .state_store import open_store
 
     issuer = _public_key_arg(args.issuer, "--issuer")
@@ -367,7 +365,7 @@ def _provision(args: argparse.Namespace) -> int:
                 f"({_plural(count, 'issuer key')})"
             )
         # Last line: the card for phones, now naming the issuer they should pin.
-        print(private_card(store.card, store.identity).to_text())
+        print(store.card.to_text())
     return EXIT_OK
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .advertising import private_card
 from .display import iso_utc, lock_word
 from .firmware_store import FirmwareStore, LogReadout
 
@@ -55,7 +54,7 @@ def show_report(store: FirmwareStore, runtime: VehicleRuntime | None = None) -> 
             "verified": readout.verified,
             "lost_to_wrap": readout.lost_to_wrap,
         },
-        "card": private_card(store.card, store.identity).to_text(),
+        "card": store.card.to_text(),
     }
     if runtime is not None:
         backoff = runtime.backoff

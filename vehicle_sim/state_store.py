@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.exceptions import UnsupportedAlgorithm
 
-from protocol import crypto
+from protocol import crypto, privacy
 from protocol.card import VehicleCard, validate_vin
 from protocol.store import CredentialTrust, VehicleStore
 
@@ -140,7 +140,12 @@ def init_vehicle(
             raise VehicleStateError(f"cannot write to {state_dir}: {os_reason(exc)}") from exc
     finally:
         lock.release()
-    return VehicleCard(vin, private_key.public_key(), next(iter(trusted.values()), None))
+    return VehicleCard(
+        vin,
+        private_key.public_key(),
+        next(iter(trusted.values()), None),
+        privacy.derive_adv_secret(private_key),
+    )
 
 
 def open_store(

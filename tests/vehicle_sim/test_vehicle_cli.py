@@ -29,8 +29,8 @@ def test_init_prints_the_card_last(
     card = VehicleCard.from_text(out.strip().splitlines()[-1])
     assert card.vin == VIN
     with open_store(state_dir, read_only=True) as store:
-        # The card for phones adds the advertising secret (protocol/privacy.py).
-        assert store.card == card.without_adv_secret()
+        # The card for phones carries the advertising secret (protocol/privacy.py).
+        assert store.card == card
         assert card.adv_secret == privacy.derive_adv_secret(store.identity.private_key)
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 
-from protocol import credentials, crypto
+from protocol import credentials, crypto, privacy
 from protocol.card import VehicleCard
 from protocol.codec import NONCE_LEN
 from protocol.store import StateChange, WhitelistEntry
@@ -179,9 +179,12 @@ class FlashVehicleStore:
 
     @property
     def card(self) -> VehicleCard:
-        """The card for phones; it names the primary issuer key, if any."""
+        """The card for phones: it names the primary issuer key, if any, and
+        carries the advertising secret that lets a phone resolve the vehicle's
+        rotating advertisements (derived from the identity: nothing stored)."""
         issuer = next(iter(self._state.issuers.values()), None)
-        return VehicleCard(self._identity.vin, self._identity.public_key, issuer)
+        secret = privacy.derive_adv_secret(self._identity.private_key)
+        return VehicleCard(self._identity.vin, self._identity.public_key, issuer, secret)
 
     @property
     def read_only(self) -> bool:
