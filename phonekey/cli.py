@@ -89,7 +89,10 @@ def _document_exit_codes(parser: argparse.ArgumentParser, path: str = "") -> Non
                 _document_exit_codes(child, child_path)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with ``only`` just that subcommand: importing
+    every package (bumble, aiohttp, the demo's and the bench's rigs) costs about
+    a second, which a `phonekey vehicle show` need not pay."""
     parser = argparse.ArgumentParser(
         prog="phonekey",
         description="Offline-first Bluetooth LE phone-as-key simulator.",
@@ -97,15 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in _SUBCOMMANDS.values():
-        module = importlib.import_module(module_name)
-        module.register(subparsers)
+    for name, module_name in _SUBCOMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(module_name).register(subparsers)
     _document_exit_codes(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    first = words[0] if words else None
+    parser = build_parser(only=first if first in _SUBCOMMANDS else None)
     args = parser.parse_args(argv)
     handler = args.handler
     result: int = handler(args)
