@@ -26,6 +26,7 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError
 
+from ble_stack.transport_errors import explain_os_adapter_error
 from ble_stack.uuids import ADV_COMPANY_ID, PHONEKEY_SERVICE_UUID
 from protocol import privacy
 from protocol.card import VehicleCard
@@ -73,11 +74,10 @@ def _scanner(callback: Any, scanner_kwargs: Mapping[str, Any] | None) -> BleakSc
 
 
 def _adapter_error(exc: BaseException) -> AdapterUnavailable:
-    detail = str(exc) or type(exc).__name__
-    return AdapterUnavailable(
-        f"cannot scan: no usable Bluetooth adapter ({detail}); "
-        "use --transport to pick a bumble controller"
-    )
+    """One line naming the cause and the fix (ble_stack.transport_errors knows
+    what BlueZ, CoreBluetooth and WinRT raise)."""
+    cause, fix = explain_os_adapter_error(exc)
+    return AdapterUnavailable(f"cannot scan: {cause} (fix: {fix})")
 
 
 async def find_vehicle(

@@ -130,3 +130,29 @@ def test_invalid_vin_and_mtu_are_usage_errors(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as bad_mtu:
         main(["phone", "--home", str(tmp_path), "unlock", "--vin", "V1", "--mtu", "22"])
     assert bad_mtu.value.code == 2
+
+
+def test_os_adapter_failure_names_cause_and_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --transport the phone uses the OS adapter through bleak; when the
+    OS stack is unusable (here: BlueZ's D-Bus missing, as bleak raises it on
+    Linux), the phone says why and what to do, in one line, exit 4."""
+    from bleak import BleakScanner
+
+    from ble_stack import transport_errors
+
+    async def no_dbus(self: BleakScanner) -> None:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(BleakScanner, "start", no_dbus)
+    linux = transport_errors.HostInfo(platform="linux", has_usb_bus=False)
+    monkeypatch.setattr(transport_errors, "current_host", lambda: linux)
+    home = ["--home", str(tmp_path)]
+    assert main(["phone", *home, "keygen"]) == 0
+    assert main(["phone", *home, "add-vehicle", card_text("PHNCAR1")]) == 0
+    capsys.readouterr()
+    assert main(["phone", *home, "unlock", "--vin", "PHNCAR1", "--timeout", "2"]) == 4
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "BlueZ is not reachable" in err and "--transport" in err
