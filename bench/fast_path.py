@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Any
 
 from phone_client.keystore import KeyStore
-from phone_client.outcome import CommandOutcome
 
 from .rig import VIN, UnlockRig, UnlockSample
 from .stats import unavailable
@@ -31,13 +30,6 @@ from .stats import unavailable
 
 class NotFastPath(RuntimeError):
     """A command meant for one path was answered on the other."""
-
-
-def status() -> dict[str, Any] | None:
-    """None when the phone client reports the fast path, else why not."""
-    if "fast_path" not in CommandOutcome.__dataclass_fields__:
-        return unavailable("the phone client does not report the fast path (CommandOutcome)")
-    return None
 
 
 async def probe(rig: UnlockRig, keystore: KeyStore) -> dict[str, Any] | None:

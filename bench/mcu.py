@@ -14,45 +14,30 @@ figures show the MCU time really was applied.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Final
 
-from vehicle_sim import runtime as runtime_module
 from vehicle_sim.mcu import PROFILES
+from vehicle_sim.runtime import FirmwareOptions
 
 from . import fast_path
-from .rig import UnlockRig, UnlockSample, describe, quiet_bumble, runtime_accepts
-from .stats import interleaved, machine_info, unavailable
+from .rig import UnlockRig, UnlockSample, describe, section_main
+from .stats import interleaved
 
 PROFILE: Final = "cortex-m4-168"
 
 
-def status() -> dict[str, Any] | None:
-    if not runtime_accepts("options") or not hasattr(runtime_module, "FirmwareOptions"):
-        return unavailable("waiting on issue 4: the vehicle runtime has no MCU profile (--mcu) yet")
-    return None
-
-
-def _options() -> Any:
-    return runtime_module.FirmwareOptions(mcu=PROFILES[PROFILE])
+def _options() -> FirmwareOptions:
+    return FirmwareOptions(mcu=PROFILES[PROFILE])
 
 
 async def measure(runs: int, workdir: Path) -> dict[str, Any]:
-    missing = status()
-    if missing is not None:
-        return missing
     rig = UnlockRig(workdir / "mcu", runtime_kwargs={"options": _options()})
     phone = rig.add_phone("phone")
-    warm = fast_path.status()
     await rig.start()
     try:
-        if warm is None:
-            warm = await fast_path.probe(rig, phone)
+        warm = await fast_path.probe(rig, phone)
         paths = ["full"] + (["fast"] if warm is None else [])
         samples: dict[str, list[UnlockSample]] = {path: [] for path in paths}
 
@@ -94,17 +79,7 @@ async def measure(runs: int, workdir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=10)
-    args = parser.parse_args(argv)
-    undo = quiet_bumble()
-    try:
-        with tempfile.TemporaryDirectory(prefix="phonekey-bench-") as tmp:
-            result = asyncio.run(measure(args.runs, Path(tmp)))
-    finally:
-        undo()
-    print(json.dumps({"machine": machine_info(), "mcu": result}, indent=2))
-    return 0
+    return section_main("mcu", measure, description=__doc__ or "", default_runs=10, argv=argv)
 
 
 if __name__ == "__main__":

@@ -18,18 +18,14 @@ handshake is one connection interval per round trip.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import tempfile
 from pathlib import Path
 from typing import Any, Final
 
 from ble_stack.link_timing import DEFAULT_PDUS_PER_EVENT, LL_PAYLOAD_DLE
 
 from . import fast_path
-from .rig import UnlockRig, UnlockSample, describe, quiet_bumble
-from .stats import interleaved, machine_info
+from .rig import UnlockRig, UnlockSample, describe, section_main
+from .stats import interleaved
 
 INTERVALS_MS: Final = (7.5, 15.0, 30.0)
 LOSSY: Final = ("15ms_loss_5pct", 15.0, 0.05)
@@ -50,7 +46,6 @@ def _in_intervals(described: dict[str, Any], interval_ms: float) -> dict[str, An
 async def measure(runs: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
     configs: list[tuple[str, float, float]] = [(_label(i), i, 0.0) for i in INTERVALS_MS]
     configs.append(LOSSY)
-    warm = fast_path.status()
     rigs: dict[str, UnlockRig] = {}
     phones = {}
     for label, interval, loss in configs:
@@ -62,9 +57,8 @@ async def measure(runs: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
     try:
         for rig in rigs.values():
             await rig.start()
-        if warm is None:
-            first = configs[0][0]
-            warm = await fast_path.probe(rigs[first], phones[first])
+        first = configs[0][0]
+        warm = await fast_path.probe(rigs[first], phones[first])
         paths = ["full"] + (["fast"] if warm is None else [])
         samples: dict[tuple[str, str], list[UnlockSample]] = {
             (label, path): [] for label, _, _ in configs for path in paths
@@ -105,17 +99,7 @@ async def measure(runs: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20)
-    args = parser.parse_args(argv)
-    undo = quiet_bumble()
-    try:
-        with tempfile.TemporaryDirectory(prefix="phonekey-bench-") as tmp:
-            result = asyncio.run(measure(args.runs, Path(tmp)))
-    finally:
-        undo()
-    print(json.dumps({"machine": machine_info(), "radio": result}, indent=2))
-    return 0
+    return section_main("radio", measure, description=__doc__ or "", default_runs=20, argv=argv)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,12 @@ on the critical path and the bytes each way. Definitions:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
-import inspect
-from collections.abc import Callable, Mapping
+import json
+import tempfile
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -241,11 +243,6 @@ def sample_of(outcome: CommandOutcome, figures: TraceFigures) -> UnlockSample:
     )
 
 
-def runtime_accepts(name: str) -> bool:
-    """Whether ``VehicleRuntime`` takes keyword ``name`` (features of issue 4 land there)."""
-    return name in inspect.signature(VehicleRuntime.__init__).parameters
-
-
 def quiet_bumble() -> Callable[[], None]:
     """Silence bumble's logging for a run; returns the undo."""
     import logging
@@ -277,3 +274,28 @@ def describe(samples: list[UnlockSample]) -> dict[str, Any]:
         "credential": sorted({str(s.credential) for s in samples}),
         "fast_path_runs": sum(1 for s in samples if s.fast_path),
     }
+
+
+def section_main(
+    section: str,
+    measure: Callable[[int, Path], Coroutine[Any, Any, dict[str, Any]]],
+    *,
+    description: str,
+    default_runs: int,
+    argv: list[str] | None = None,
+) -> int:
+    """The command line of one section module (`python -m bench.SECTION --runs N`):
+    measure in a scratch directory with bumble's logs quiet, print one JSON object."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=default_runs)
+    args = parser.parse_args(argv)
+    from .stats import machine_info
+
+    undo = quiet_bumble()
+    try:
+        with tempfile.TemporaryDirectory(prefix="phonekey-bench-") as tmp:
+            result = asyncio.run(measure(args.runs, Path(tmp)))
+    finally:
+        undo()
+    print(json.dumps({"machine": machine_info(), section: result}, indent=2))
+    return 0

@@ -22,11 +22,8 @@ rest take the fast path.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Final
 
@@ -34,8 +31,8 @@ from protocol import Role, crypto
 from protocol.credentials import REVOCATION_ID_LEN
 
 from . import fast_path, vehicle_rss
-from .rig import VIN, UnlockRig, UnlockSample, describe, quiet_bumble
-from .stats import interleaved, machine_info, median, ratio
+from .rig import VIN, UnlockRig, UnlockSample, describe, section_main
+from .stats import interleaved, median, ratio
 
 REVOCATIONS: Final = 10_000
 TARGET_RATIO_MAX: Final = 1.1
@@ -76,7 +73,7 @@ async def measure(runs: int, workdir: Path, *, rss_unlocks: int = 2) -> dict[str
                 "flash_used_bytes": stats.used_bytes,
                 "flash_image_bytes": stats.image_bytes,
             }
-        warm = fast_path.status()
+        warm = None
         for label, rig in rigs.items():
             warm = warm or await fast_path.probe(rig, phones[label])
         paths = ["full"] + (["fast"] if warm is None else [])
@@ -139,17 +136,7 @@ async def measure(runs: int, workdir: Path, *, rss_unlocks: int = 2) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20)
-    args = parser.parse_args(argv)
-    undo = quiet_bumble()
-    try:
-        with tempfile.TemporaryDirectory(prefix="phonekey-bench-") as tmp:
-            result = asyncio.run(measure(args.runs, Path(tmp)))
-    finally:
-        undo()
-    print(json.dumps({"machine": machine_info(), "scale": result}, indent=2))
-    return 0
+    return section_main("scale", measure, description=__doc__ or "", default_runs=20, argv=argv)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,6 @@ see ``bench.rig``.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,8 +31,8 @@ from cloud_sim.server import start_cloud
 from phonekey.demo_cloud import cache_credential_from, enroll, register_vehicle
 
 from . import fast_path
-from .rig import UnlockRig, UnlockSample, describe, quiet_bumble
-from .stats import interleaved, machine_info
+from .rig import UnlockRig, UnlockSample, describe, section_main
+from .stats import interleaved
 
 
 async def measure(runs: int, workdir: Path) -> dict[str, Any]:
@@ -51,12 +47,10 @@ async def measure(runs: int, workdir: Path) -> dict[str, Any]:
         await cache_credential_from(cloud, renter, rig.card, clock=time.time())
     finally:
         await cloud.close()  # the unlocks below never need it
-    warm = fast_path.status()
     regular = rig.add_phone("regular")
     await rig.start()
     try:
-        if warm is None:
-            warm = await fast_path.probe(rig, regular)  # also holds the fast key now
+        warm = await fast_path.probe(rig, regular)  # also holds the fast key now
         kinds = ["cold", "cached_credential"] + (["warm"] if warm is None else [])
         samples: dict[str, list[UnlockSample]] = {kind: [] for kind in kinds}
 
@@ -85,17 +79,7 @@ async def measure(runs: int, workdir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=30)
-    args = parser.parse_args(argv)
-    undo = quiet_bumble()
-    try:
-        with tempfile.TemporaryDirectory(prefix="phonekey-bench-") as tmp:
-            result = asyncio.run(measure(args.runs, Path(tmp)))
-    finally:
-        undo()
-    print(json.dumps({"machine": machine_info(), "unlock": result}, indent=2))
-    return 0
+    return section_main("unlock", measure, description=__doc__ or "", default_runs=30, argv=argv)
 
 
 if __name__ == "__main__":
