@@ -174,7 +174,9 @@ async def _post_vehicle(request: web.Request) -> web.Response:
     except InvalidCard as exc:
         raise inputs.bad_request(f"the vehicle card is invalid: {exc}") from None
     vehicle_id = card.vehicle_id.hex()
-    token = secrets.token_urlsafe(32)
+    # Hex, not URL-safe base64: a token that starts with "-" reads as an option
+    # to `phonekey cloud enroll --token TOKEN` (1 in 64 base64 tokens did).
+    token = secrets.token_hex(32)
     vehicle = Vehicle(vehicle_id, card.vin, card.to_text())
     if not state.db.add_vehicle(vehicle, hash_token(token), state.now()):
         raise ApiError(409, "this vehicle is already registered")
