@@ -23,10 +23,12 @@ import argparse
 import asyncio
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 from ble_stack.errors import BleStackError
+from phonekey.cli_logging import add_logging_flags, logging_configured
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -63,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             f"socket closed) lose their links, 0.1-32 (default {DEFAULT_SUPERVISION_TIMEOUT:g})"
         ),
     )
+    add_logging_flags(parser)
     parser.set_defaults(handler=run)
 
 
@@ -77,11 +80,14 @@ def _timeout_arg(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        asyncio.run(serve(args.listen, supervision_timeout=args.supervision_timeout))
-    except BleStackError as error:
-        print(f"phonekey radio: {error}", file=sys.stderr)
-        return EXIT_FAILED
+    with logging_configured(args):
+        try:
+            asyncio.run(serve(args.listen, supervision_timeout=args.supervision_timeout))
+        except BleStackError as error:
+            if args.debug:
+                traceback.print_exc()
+            print(f"phonekey radio: {error}", file=sys.stderr)
+            return EXIT_FAILED
     return EXIT_OK
 
 

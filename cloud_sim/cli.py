@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any, Final
 
 from phonekey.cli_args import number_in_range
+from phonekey.cli_logging import add_logging_flags, logging_configured
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -102,6 +104,7 @@ def _sub(
     handler: Handler,
 ) -> argparse.ArgumentParser:
     parser = commands.add_parser(name, help=help_text, description=help_text)
+    add_logging_flags(parser)
     parser.set_defaults(handler=_guarded(handler))
     return parser
 
@@ -181,21 +184,30 @@ def _hex16_arg(text: str) -> str:
 # --- errors -------------------------------------------------------------------------
 def _guarded(handler: Handler) -> Handler:
     def run(args: argparse.Namespace) -> int:
-        from .db import DatabaseError
-
-        try:
-            return handler(args)
-        except CloudCallError as exc:
-            print(str(exc), file=sys.stderr)
-            return exc.code
-        except (DatabaseError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_LOCAL
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+        with logging_configured(args):
+            return _explained(handler, args)
 
     return run
+
+
+def _explained(handler: Handler, args: argparse.Namespace) -> int:
+    """Run ``handler``; a failure is one line on stderr (under --debug the
+    traceback first) and its exit code."""
+    from .db import DatabaseError
+
+    try:
+        return handler(args)
+    except (CloudCallError, DatabaseError, OSError, ValueError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        if isinstance(exc, CloudCallError):
+            code, line = exc.code, str(exc)
+        elif isinstance(exc, ValueError):
+            code, line = EXIT_USAGE, f"error: {exc}"
+        else:
+            code, line = EXIT_LOCAL, f"error: {exc}"
+        print(line, file=sys.stderr)
+        return code
 
 
 def _call(

@@ -122,3 +122,12 @@ def test_unusable_database_exits_4(tmp_path: Path) -> None:
     bad.write_bytes(b"this is not sqlite" * 100)
     result = _run("issuer", "--db", str(bad))
     assert result.returncode == 4 and result.stderr.startswith("error:")
+
+
+def test_debug_adds_the_traceback_to_the_one_line_error() -> None:
+    plain = _run("fail", "none", "--url", "http://127.0.0.1:9", "--timeout", "2")
+    debug = _run("fail", "--debug", "none", "--url", "http://127.0.0.1:9", "--timeout", "2")
+    assert plain.returncode == debug.returncode == 3
+    assert "Traceback" not in plain.stderr and len(plain.stderr.strip().splitlines()) == 1
+    assert "Traceback" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1] == plain.stderr.strip()
