@@ -123,11 +123,16 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
             await state.stopping.wait()
             return _abort(request)
         case FaultKind.SLOW:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.stopping.wait(), mode.delay)
+            await _hold(state, mode.delay)
             if state.stopping.is_set():
                 return _abort(request)
     return await handler(request)
+
+
+async def _hold(state: FaultState, seconds: float) -> None:
+    """Wait ``seconds``, or until shutdown starts (tests replace it to see the delay)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(state.stopping.wait(), seconds)
 
 
 def _abort(request: web.Request) -> web.StreamResponse:

@@ -7,13 +7,14 @@ __init__.py, so helper module names must be unique across them.)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from cloud_sim.server import RunningCloud
@@ -105,3 +106,18 @@ async def fake_cloud(routes: dict[tuple[str, str], Handler]) -> AsyncIterator[st
         yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
+
+
+@contextmanager
+def requests_sent() -> Iterator[list[str]]:
+    """``METHOD URL`` of every HTTP request any aiohttp session starts meanwhile."""
+    sent: list[str] = []
+    real = aiohttp.ClientSession._request
+
+    def spy(self: aiohttp.ClientSession, method: str, url: object, *a: Any, **kw: Any) -> Any:
+        sent.append(f"{method} {url}")
+        return real(self, method, url, *a, **kw)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(aiohttp.ClientSession, "_request", spy)
+        yield sent

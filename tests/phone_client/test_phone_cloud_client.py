@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from phone_cloud_testkit import Registered, fake_cloud, make_phone, register
+from phone_cloud_testkit import Registered, fake_cloud, make_phone, register, requests_sent
 
 from cloud_sim.server import RunningCloud
 from phone_client import (
@@ -120,14 +120,14 @@ async def test_each_fault_mode_is_a_typed_error_within_the_deadline(
 ) -> None:
     cloud.set_fault(mode)
     async with client(cloud.url) as cc:
-        start = time.perf_counter()
         with pytest.raises(kind) as info:
             await cc.request_credential(phone, owned.card)
-        elapsed = time.perf_counter() - start
         assert type(info.value) is kind  # a lie is not reported as an outage, nor the reverse
+        # The deadline is hard, whatever the cloud does: a held or slow (3 s)
+        # cloud ends in the deadline's own error, naming this call's deadline;
+        # the others end before it (else they would name it too). No clock.
         assert (info.value.reason, info.value.status) == (reason, status)
         assert cc.status == status and cc.last_error is info.value
-    assert elapsed < DEADLINE + 0.5  # the deadline is hard, whatever the cloud does
 
 
 async def test_a_slow_cloud_within_the_deadline_is_fine(
@@ -188,10 +188,10 @@ async def test_a_phone_without_a_pinned_issuer_asks_nothing(
     keystore = make_phone(tmp_path / "p", owned.card)
     cloud.set_fault("blackhole")  # would take the whole deadline if asked
     async with client(cloud.url) as cc:
-        start = time.perf_counter()
-        with pytest.raises(NoTrustedIssuer):
-            await cc.request_credential(keystore, owned.card)
-    assert time.perf_counter() - start < DEADLINE / 2
+        with requests_sent() as sent:
+            with pytest.raises(NoTrustedIssuer):
+                await cc.request_credential(keystore, owned.card)
+        assert sent == [] and cc.status == "none"  # not asked at all
 
 
 async def test_a_cloud_that_swapped_its_issuer_key_is_caught(
@@ -219,10 +219,10 @@ async def test_the_breaker_stops_calls_and_lets_a_trial_through(
             with pytest.raises(CloudUnavailable, match="HTTP 500"):
                 await cc.request_credential(phone, owned.card)
         cloud.set_fault("blackhole")  # would cost a whole deadline if it were called
-        start = time.perf_counter()
-        with pytest.raises(CircuitOpen) as info:
-            await cc.request_credential(phone, owned.card)
-        assert time.perf_counter() - start < DEADLINE / 2
+        with requests_sent() as sent:
+            with pytest.raises(CircuitOpen) as info:
+                await cc.request_credential(phone, owned.card)
+        assert sent == []  # refused locally: no request went out
         assert info.value.status == "circuit-open" and "next try in 5 s" in info.value.reason
         cloud.set_fault("none")
         clock[0] += 5  # backoff over: one trial goes out, succeeds, closes the breaker
