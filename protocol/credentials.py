@@ -25,87 +25,84 @@ stolen cloud account or a compromised issuer key cannot mint an owner.
 from __future__ import annotations
 
 import hashlib
-import io
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Final
 
 import construct as c
 
 from . import crypto
+from .signed_objects import (
+    FORMAT_VERSION,
+    OBJECT_TYPE_CREDENTIAL,
+    OBJECT_TYPE_ISSUER_ROTATION,
+    OBJECT_TYPE_REVOCATION_DELTA,
+    OBJECT_TYPE_REVOCATIONS,
+    OBJECT_TYPE_SHARE,
+    OBJECT_TYPE_SIGNED_TIME,
+    CredentialError,
+    CredentialExpired,
+    CredentialMalformed,
+    CredentialNotYetValid,
+    CredentialRevoked,
+    CredentialRoleNotAllowed,
+    CredentialSignatureInvalid,
+    CredentialWrongHolder,
+    CredentialWrongVehicle,
+    IssuerKeys,
+    IssuerRotationRejected,
+    SignedTimeRejected,
+    StaleRevocationList,
+    UnknownIssuer,
+    decode_object,
+    encode_object,
+    object_type,
+    sign_object,
+    signed_message,
+    verify_object_signature,
+)
 from .types import Role
 
-FORMAT_VERSION: Final = 1
+__all__ = [
+    "FORMAT_VERSION",
+    "OBJECT_TYPE_CREDENTIAL",
+    "OBJECT_TYPE_SHARE",
+    "CredentialError",
+    "CredentialExpired",
+    "CredentialMalformed",
+    "CredentialNotYetValid",
+    "CredentialRevoked",
+    "CredentialRoleNotAllowed",
+    "CredentialSignatureInvalid",
+    "CredentialWrongHolder",
+    "CredentialWrongVehicle",
+    "IssuerKeys",
+    "IssuerRotationRejected",
+    "SignedTimeRejected",
+    "StaleRevocationList",
+    "UnknownIssuer",
+    "decode_object",
+    "encode_object",
+    "object_type",
+    "sign_object",
+    "signed_message",
+]
+
+_OBJ_CREDENTIAL: Final = OBJECT_TYPE_CREDENTIAL
+_OBJ_REVOCATIONS: Final = OBJECT_TYPE_REVOCATIONS
+_OBJ_SIGNED_TIME: Final = OBJECT_TYPE_SIGNED_TIME
+_OBJ_REVOCATION_DELTA: Final = OBJECT_TYPE_REVOCATION_DELTA
+_OBJ_ISSUER_ROTATION: Final = OBJECT_TYPE_ISSUER_ROTATION
+
 DEFAULT_VALIDITY: Final = 7 * 24 * 3600  # seconds
 MAX_LEEWAY: Final = 300  # the most clock skew a vehicle may forgive, seconds
 MAX_REVOKED: Final = 100_000
 SIGNED_TIME_NONCE_LEN: Final = 16
 HIGHEST_CLOUD_ROLE: Final = Role.DRIVER
 
-_OBJ_CREDENTIAL: Final = 0x41
-_OBJ_REVOCATIONS: Final = 0x42
-_OBJ_SIGNED_TIME: Final = 0x43
-_OBJ_REVOCATION_DELTA: Final = 0x44
-_OBJ_ISSUER_ROTATION: Final = 0x45
-_OBJ_SHARE: Final = 0x46  # an owner-signed offline share (protocol/shares.py)
-OBJECT_TYPE_CREDENTIAL: Final = _OBJ_CREDENTIAL
-OBJECT_TYPE_SHARE: Final = _OBJ_SHARE
 MAX_DELTA_ENTRIES: Final = 16  # keeps a delta inside one protocol message
-_HEADER_LEN: Final = 2
 REVOCATION_ID_LEN: Final = 16
 _REVOCATION_ID_LABEL: Final = b"phonekey/v1 revocation"
-
-
-class CredentialError(Exception):
-    """Base of every refusal of an issuer-signed object."""
-
-
-class CredentialMalformed(CredentialError):
-    pass
-
-
-class UnknownIssuer(CredentialError):
-    pass
-
-
-class CredentialSignatureInvalid(CredentialError):
-    pass
-
-
-class CredentialWrongVehicle(CredentialError):
-    pass
-
-
-class CredentialWrongHolder(CredentialError):
-    pass
-
-
-class CredentialNotYetValid(CredentialError):
-    pass
-
-
-class CredentialExpired(CredentialError):
-    pass
-
-
-class CredentialRevoked(CredentialError):
-    pass
-
-
-class CredentialRoleNotAllowed(CredentialError):
-    """The issuer may not grant this role (e.g. a cloud credential naming an owner)."""
-
-
-class StaleRevocationList(CredentialError):
-    """A revocation list whose version is not newer than the one held."""
-
-
-class SignedTimeRejected(CredentialError):
-    """Signed time not bound to the nonce we chose, or otherwise unusable."""
-
-
-class IssuerRotationRejected(CredentialError):
-    """An issuer rotation that names a key it was not signed by, or rotates to itself."""
 
 
 _Credential = c.Struct(
@@ -140,21 +137,6 @@ _IssuerRotation = c.Struct(
     "issued_at" / c.Int64ub,
 )
 
-_LABELS = {
-    _OBJ_CREDENTIAL: b"phonekey/v1 credential",
-    _OBJ_REVOCATIONS: b"phonekey/v1 revocation list",
-    _OBJ_SIGNED_TIME: b"phonekey/v1 signed time",
-    _OBJ_REVOCATION_DELTA: b"phonekey/v1 revocation delta",
-    _OBJ_ISSUER_ROTATION: b"phonekey/v1 issuer rotation",
-    _OBJ_SHARE: b"phonekey/v1 share",
-}
-
-
-def object_type(data: bytes) -> int | None:
-    """The object type byte of an encoded signed object (None if too short):
-    what a vehicle dispatches a presentation on."""
-    return data[1] if len(data) >= _HEADER_LEN else None
-
 
 def revocation_id(vehicle_id: bytes, key_id: bytes) -> bytes:
     """The entry that revokes phone key ``key_id`` on vehicle ``vehicle_id`` only.
@@ -185,7 +167,7 @@ class Credential:
         return crypto.key_id(crypto.public_key_from_bytes(self.holder_key))
 
     def to_bytes(self) -> bytes:
-        return _encode(_OBJ_CREDENTIAL, _Credential, self, self.signature)
+        return encode_object(_OBJ_CREDENTIAL, _Credential, self, self.signature)
 
     def digest(self) -> bytes:
         """SHA-256 of the encoded credential: what a command transcript binds."""
@@ -193,7 +175,7 @@ class Credential:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Credential:
-        fields, signature = _decode(_OBJ_CREDENTIAL, _Credential, data)
+        fields, signature = decode_object(_OBJ_CREDENTIAL, _Credential, data)
         try:
             role = Role(fields["role"])
             crypto.public_key_from_bytes(fields["holder_key"])
@@ -215,11 +197,11 @@ class RevocationList:
     signature: bytes = b""
 
     def to_bytes(self) -> bytes:
-        return _encode(_OBJ_REVOCATIONS, _Revocations, self, self.signature)
+        return encode_object(_OBJ_REVOCATIONS, _Revocations, self, self.signature)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RevocationList:
-        fields, signature = _decode(_OBJ_REVOCATIONS, _Revocations, data)
+        fields, signature = decode_object(_OBJ_REVOCATIONS, _Revocations, data)
         revoked = tuple(bytes(k) for k in fields["revoked"])
         if len(revoked) > MAX_REVOKED or list(revoked) != sorted(set(revoked)):
             raise CredentialMalformed("revocation ids must be sorted, distinct and bounded")
@@ -245,11 +227,11 @@ class RevocationDelta:
     signature: bytes = b""
 
     def to_bytes(self) -> bytes:
-        return _encode(_OBJ_REVOCATION_DELTA, _RevocationDelta, self, self.signature)
+        return encode_object(_OBJ_REVOCATION_DELTA, _RevocationDelta, self, self.signature)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RevocationDelta:
-        fields, signature = _decode(_OBJ_REVOCATION_DELTA, _RevocationDelta, data)
+        fields, signature = decode_object(_OBJ_REVOCATION_DELTA, _RevocationDelta, data)
         added = tuple(bytes(k) for k in fields["added"])
         if len(added) > MAX_DELTA_ENTRIES or fields["to_version"] <= fields["from_version"]:
             raise CredentialMalformed("a delta moves the version forward by at most 16 keys")
@@ -267,11 +249,11 @@ class SignedTime:
     signature: bytes = b""
 
     def to_bytes(self) -> bytes:
-        return _encode(_OBJ_SIGNED_TIME, _SignedTime, self, self.signature)
+        return encode_object(_OBJ_SIGNED_TIME, _SignedTime, self, self.signature)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SignedTime:
-        fields, signature = _decode(_OBJ_SIGNED_TIME, _SignedTime, data)
+        fields, signature = decode_object(_OBJ_SIGNED_TIME, _SignedTime, data)
         return cls(**fields, signature=signature)
 
 
@@ -295,11 +277,11 @@ class IssuerRotation:
         return crypto.public_key_from_bytes(self.new_issuer_key)
 
     def to_bytes(self) -> bytes:
-        return _encode(_OBJ_ISSUER_ROTATION, _IssuerRotation, self, self.signature)
+        return encode_object(_OBJ_ISSUER_ROTATION, _IssuerRotation, self, self.signature)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> IssuerRotation:
-        fields, signature = _decode(_OBJ_ISSUER_ROTATION, _IssuerRotation, data)
+        fields, signature = decode_object(_OBJ_ISSUER_ROTATION, _IssuerRotation, data)
         try:
             crypto.public_key_from_bytes(fields["new_issuer_key"])
         except (ValueError, crypto.InvalidKeyEncoding) as exc:
@@ -329,7 +311,7 @@ def issue_credential(
         serial=serial,
         issuer_key_id=crypto.key_id(issuer.public_key()),
     )
-    return replace(unsigned, signature=_sign(issuer, _OBJ_CREDENTIAL, _Credential, unsigned))
+    return replace(unsigned, signature=sign_object(issuer, _OBJ_CREDENTIAL, _Credential, unsigned))
 
 
 def issue_revocation_list(
@@ -341,7 +323,9 @@ def issue_revocation_list(
         issued_at=issued_at,
         revoked=tuple(sorted(set(revoked))),
     )
-    return replace(unsigned, signature=_sign(issuer, _OBJ_REVOCATIONS, _Revocations, unsigned))
+    return replace(
+        unsigned, signature=sign_object(issuer, _OBJ_REVOCATIONS, _Revocations, unsigned)
+    )
 
 
 def issue_revocation_delta(
@@ -356,7 +340,7 @@ def issue_revocation_delta(
         added=tuple(added),
     )
     return replace(
-        unsigned, signature=_sign(issuer, _OBJ_REVOCATION_DELTA, _RevocationDelta, unsigned)
+        unsigned, signature=sign_object(issuer, _OBJ_REVOCATION_DELTA, _RevocationDelta, unsigned)
     )
 
 
@@ -364,7 +348,7 @@ def issue_signed_time(issuer: crypto.PrivateKey, *, nonce: bytes, time: int) -> 
     if len(nonce) != SIGNED_TIME_NONCE_LEN:
         raise ValueError(f"nonce must be {SIGNED_TIME_NONCE_LEN} bytes")
     unsigned = SignedTime(crypto.key_id(issuer.public_key()), nonce, time)
-    return replace(unsigned, signature=_sign(issuer, _OBJ_SIGNED_TIME, _SignedTime, unsigned))
+    return replace(unsigned, signature=sign_object(issuer, _OBJ_SIGNED_TIME, _SignedTime, unsigned))
 
 
 def issue_issuer_rotation(
@@ -380,13 +364,11 @@ def issue_issuer_rotation(
         issued_at=issued_at,
     )
     return replace(
-        unsigned, signature=_sign(old_issuer, _OBJ_ISSUER_ROTATION, _IssuerRotation, unsigned)
+        unsigned, signature=sign_object(old_issuer, _OBJ_ISSUER_ROTATION, _IssuerRotation, unsigned)
     )
 
 
 # --- verifying ----------------------------------------------------------------
-IssuerKeys = Mapping[bytes, crypto.PublicKey]
-"""Trusted issuer public keys by key id (a vehicle holds one, or two during rotation)."""
 
 
 def verify_credential_at_time(
@@ -451,7 +433,7 @@ def check_credential_claims_at_time(
 
 
 def verify_credential_signature(credential: Credential, *, issuers: IssuerKeys) -> None:
-    _verify_signature(
+    verify_object_signature(
         issuers,
         credential.issuer_key_id,
         _OBJ_CREDENTIAL,
@@ -464,7 +446,7 @@ def verify_credential_signature(credential: Credential, *, issuers: IssuerKeys) 
 def verify_revocation_list(
     revocations: RevocationList, *, issuers: IssuerKeys, newer_than: int | None = None
 ) -> None:
-    _verify_signature(
+    verify_object_signature(
         issuers,
         revocations.issuer_key_id,
         _OBJ_REVOCATIONS,
@@ -479,7 +461,7 @@ def verify_revocation_list(
 
 
 def verify_revocation_delta(delta: RevocationDelta, *, issuers: IssuerKeys) -> None:
-    _verify_signature(
+    verify_object_signature(
         issuers,
         delta.issuer_key_id,
         _OBJ_REVOCATION_DELTA,
@@ -491,7 +473,7 @@ def verify_revocation_delta(delta: RevocationDelta, *, issuers: IssuerKeys) -> N
 
 def verify_signed_time(signed: SignedTime, *, issuers: IssuerKeys, expected_nonce: bytes) -> int:
     """Return the signed time if it answers our nonce; raise otherwise."""
-    _verify_signature(
+    verify_object_signature(
         issuers, signed.issuer_key_id, _OBJ_SIGNED_TIME, _SignedTime, signed, signed.signature
     )
     if not crypto.constant_time_equal(signed.nonce, expected_nonce):
@@ -503,7 +485,7 @@ def verify_issuer_rotation(rotation: IssuerRotation, *, issuers: IssuerKeys) -> 
     """Raise a ``CredentialError`` unless ``rotation`` is signed by a trusted
     issuer key (``UnknownIssuer`` / ``CredentialSignatureInvalid``) and names
     a new key other than its signer (``IssuerRotationRejected``)."""
-    _verify_signature(
+    verify_object_signature(
         issuers,
         rotation.old_issuer_key_id,
         _OBJ_ISSUER_ROTATION,
@@ -515,87 +497,8 @@ def verify_issuer_rotation(rotation: IssuerRotation, *, issuers: IssuerKeys) -> 
         raise IssuerRotationRejected("an issuer rotation names its own signer as the new key")
 
 
-# --- encoding helpers ---------------------------------------------------------
-def _body_fields(obj: Any) -> dict[str, Any]:
-    fields = {k: v for k, v in obj.__dict__.items() if k != "signature"}
-    for name in ("revoked", "added"):
-        if name in fields:
-            fields[name] = list(fields[name])
-    if "role" in fields:
-        fields["role"] = int(fields["role"])
-    return fields
-
-
-def _body(obj_type: int, struct: c.Construct, obj: Any) -> bytes:
-    try:
-        body: bytes = struct.build(_body_fields(obj))
-    except c.ConstructError as exc:
-        raise ValueError(f"cannot encode {type(obj).__name__}: {exc}") from None
-    return bytes([FORMAT_VERSION, obj_type]) + body
-
-
-def _encode(obj_type: int, struct: c.Construct, obj: Any, signature: bytes) -> bytes:
-    if len(signature) != crypto.SIGNATURE_LEN:
-        raise ValueError(f"{type(obj).__name__} is not signed")
-    return _body(obj_type, struct, obj) + signature
-
-
-def _sign(issuer: crypto.PrivateKey, obj_type: int, struct: c.Construct, obj: Any) -> bytes:
-    return crypto.sign(issuer, _LABELS[obj_type] + _body(obj_type, struct, obj))
-
-
-def _verify_signature(
-    issuers: IssuerKeys,
-    issuer_key_id: bytes,
-    obj_type: int,
-    struct: c.Construct,
-    obj: Any,
-    signature: bytes,
-) -> None:
-    issuer = issuers.get(issuer_key_id)
-    if issuer is None:
-        raise UnknownIssuer("signed by an issuer key this side does not trust")
-    try:
-        crypto.verify(issuer, signature, _LABELS[obj_type] + _body(obj_type, struct, obj))
-    except (crypto.InvalidSignature, ValueError):
-        raise CredentialSignatureInvalid("issuer signature does not verify") from None
-
-
-def _decode(obj_type: int, struct: c.Construct, data: bytes) -> tuple[dict[str, Any], bytes]:
-    if len(data) < _HEADER_LEN + crypto.SIGNATURE_LEN:
-        raise CredentialMalformed("too short")
-    if data[0] != FORMAT_VERSION:
-        raise CredentialMalformed(f"format version {data[0]} (this side reads {FORMAT_VERSION})")
-    if data[1] != obj_type:
-        raise CredentialMalformed(f"object type 0x{data[1]:02x}, expected 0x{obj_type:02x}")
-    body, signature = data[_HEADER_LEN : -crypto.SIGNATURE_LEN], data[-crypto.SIGNATURE_LEN :]
-    stream = io.BytesIO(body)
-    try:
-        parsed = struct.parse_stream(stream)
-    except c.ConstructError:
-        raise CredentialMalformed("truncated") from None
-    if stream.tell() != len(body):
-        raise CredentialMalformed("trailing bytes")
-    fields = {k: v for k, v in parsed.items() if not k.startswith("_")}
-    for key, value in fields.items():
-        if isinstance(value, bytes | bytearray):
-            fields[key] = bytes(value)
-    return fields, bytes(signature)
-
-
 def _sorted_contains(items: tuple[bytes, ...], key: bytes) -> bool:
     import bisect
 
     index = bisect.bisect_left(items, key)
     return index < len(items) and items[index] == key
-
-
-# Shared with protocol/shares.py, which encodes and signs its objects the same way.
-encode_object = _encode
-decode_object = _decode
-sign_object = _sign
-
-
-def signed_message(obj_type: int, struct: c.Construct, obj: Any) -> bytes:
-    """``label || format_version || object_type || body``: what a signature covers."""
-    return _LABELS[obj_type] + _body(obj_type, struct, obj)

@@ -37,17 +37,17 @@ from typing import Final
 import construct as c
 
 from . import crypto
-from .credentials import (
+from .credentials import revocation_id
+from .manage import SHARE_ID_LEN
+from .signed_objects import (
     OBJECT_TYPE_SHARE,
     CredentialError,
     CredentialMalformed,
     decode_object,
     encode_object,
-    revocation_id,
     sign_object,
     signed_message,
 )
-from .manage import SHARE_ID_LEN
 from .store import WhitelistEntry
 from .types import Role
 
