@@ -69,6 +69,30 @@ def test_repeated_denials_are_aggregated_in_ram() -> None:
     assert [e.count for e in store.read_log().entries][-2:] == [1, 1]
 
 
+def test_an_interleaved_flood_is_aggregated_too() -> None:
+    """A stranger who alternates refusal reasons, and is evicted between
+    attempts, must not cost a flash write per attempt either."""
+    store = _store()
+    flood = [
+        LogEvent(LogKind.DENIED, KEY_B, reason=22),
+        LogEvent(LogKind.EVICTED, NO_KEY),
+        LogEvent(LogKind.DENIED, KEY_B, reason=24),
+    ]
+    writes = store.stats().writes
+    for _ in range(500):
+        for event in flood:
+            store.log_event(event)
+    assert store.stats().writes - writes == len(flood)  # the first of each kind only
+    store.flush_log()
+    counts = {(e.kind, e.reason): e.count for e in store.read_log().entries if e.count > 1}
+    assert counts == {
+        (LogKind.DENIED, 22): 499,
+        (LogKind.EVICTED, 0): 499,
+        (LogKind.DENIED, 24): 499,
+    }
+    assert store.read_log().verified
+
+
 def test_other_denials_are_not_merged() -> None:
     store = _store()
     store.log_event(LogEvent(LogKind.DENIED, KEY_B, reason=24))

@@ -18,12 +18,16 @@ oldest page, and the sequence numbers show how many entries went
 (``lost_to_wrap``). A slot a power cut left torn is skipped (flash cannot be
 programmed twice), so a torn entry never breaks the chain.
 
-A denial is written at once; identical denials (same key, same reason) that
-follow it within 60 s are counted in RAM and written as one entry with the
-count when a different event arrives, when one comes 60 s or more after the
-entry before, at ``MAX_AGGREGATE``, or on ``flush`` (the store flushes on
-close): a flood of bad requests costs about one write a minute, not one per
-request, and only the repeats of the last minute can be lost to a power cut.
+Floods are aggregated: a denial or an eviction is written at once, and
+identical ones (same kind, key and reason) within 60 s of it are counted in
+RAM, up to ``MAX_WINDOWS`` different ones at a time, so a stranger who
+alternates reasons, or is evicted between denials, is aggregated too. The
+counts are written as one entry each when any other kind of event arrives,
+when an identical one comes 60 s or more after its entry, at
+``MAX_AGGREGATE``, when the table is full, or on ``flush`` (the store
+flushes on close): a flood costs about one write per kind of refusal a
+minute, not one per request, and only the repeats of the last minute can be
+lost to a power cut.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ ENTRIES_PER_PAGE = PAGE_SIZE // ENTRY_SIZE
 MAC_LEN = 16
 AGGREGATE_SECONDS = 60
 MAX_AGGREGATE = 10_000
+MAX_WINDOWS = 16  # different floods aggregated at once (RAM stays bounded)
+AGGREGATED_KINDS = frozenset({LogKind.DENIED, LogKind.EVICTED})
 _MAC_LABEL = b"phonekey log v1"
 
 
@@ -75,9 +81,8 @@ class EventLog:
         self.geometry = geometry
         self._key = key
         self.slots = geometry.log_pages * ENTRIES_PER_PAGE
-        self._pending: _Pending | None = None
-        self._last_event: LogEvent | None = None  # the event of the entry written last
-        self._window_start = 0  # the time of that entry
+        self._pending: dict[LogEvent, _Pending] = {}  # repeats counted, not yet written
+        self._windows: dict[LogEvent, int] = {}  # aggregatable event -> time of its entry
         self.head_seq = 0
         self.head_mac = genesis_mac(key)
         self._next_slot = 0
@@ -89,32 +94,39 @@ class EventLog:
 
     # --- writing ---------------------------------------------------------------------------
     def log(self, event: LogEvent, now: int) -> None:
-        """Append ``event``; a denial repeating the entry just written (within
-        ``AGGREGATE_SECONDS`` of it) is counted in RAM instead."""
-        repeat = (
-            event.kind is LogKind.DENIED
-            and event == self._last_event
-            and 0 <= now - self._window_start < AGGREGATE_SECONDS
-        )
-        if repeat:
-            if self._pending is None:
-                self._pending = _Pending(event, now, 1)
-            else:
-                self._pending.count += 1
-            if self._pending.count >= MAX_AGGREGATE:
-                self.flush()
+        """Append ``event``; a denial or eviction repeating one written within
+        ``AGGREGATE_SECONDS`` is counted in RAM instead."""
+        if event.kind not in AGGREGATED_KINDS:
+            self.flush()
+            self._append(event, now, 1)
             return
-        self.flush()
+        start = self._windows.get(event)
+        if start is not None and 0 <= now - start < AGGREGATE_SECONDS:
+            pending = self._pending.setdefault(event, _Pending(event, now, 0))
+            pending.count += 1
+            if pending.count >= MAX_AGGREGATE:
+                self._write_pending(event)
+            return
+        self._write_pending(event)  # the repeats of its previous window come first
+        if event not in self._windows and len(self._windows) >= MAX_WINDOWS:
+            self.flush()
         self._append(event, now, 1)
+        self._windows[event] = now
 
     def flush(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            self._append(pending.event, pending.time, pending.count)
+        """Write every count held in RAM; the next denial is written at once."""
+        for event in list(self._pending):
+            self._write_pending(event)
+        self._windows.clear()
 
     @property
     def pending(self) -> bool:
-        return self._pending is not None
+        return bool(self._pending)
+
+    def _write_pending(self, event: LogEvent) -> None:
+        pending = self._pending.pop(event, None)
+        if pending is not None:
+            self._append(pending.event, pending.time, pending.count)
 
     def _append(self, event: LogEvent, time: int, count: int) -> None:
         seq = self.head_seq + 1
@@ -125,7 +137,6 @@ class EventLog:
         self.device.sync()
         self.head_seq, self.head_mac = seq, mac
         self._next_slot = (slot + 1) % self.slots
-        self._last_event, self._window_start = event, time
 
     def _free_slot(self) -> int:
         slot = self._next_slot
