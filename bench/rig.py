@@ -3,7 +3,7 @@
 ``UnlockRig`` puts a phonekey vehicle (its real state store, GATT server and
 advertising) and a phone device on one ``VirtualRadio`` (optionally the
 connection-event model), and runs commands through the phone's real client
-(``phone_client.central.run_command``: scan, connect, subscribe, handshake).
+(``phone_client.command_policy.run_command``: scan, connect, subscribe, handshake).
 
 ``AttTap`` watches the link for what the figures need: the GATT round trips
 on the critical path and the bytes each way. Definitions:
@@ -43,8 +43,9 @@ from bumble.link import LocalLink
 
 from ble_stack.bleak_backend import BumbleBleakClient, BumbleBleakScanner
 from ble_stack.virtual_link import VirtualRadio
-from phone_client.central import CommandOutcome, run_command
+from phone_client.command_policy import run_command
 from phone_client.keystore import KeyStore
+from phone_client.outcome import CommandOutcome
 from protocol import Command, Role, crypto
 from protocol.card import VehicleCard
 from vehicle_sim.runtime import VehicleRuntime

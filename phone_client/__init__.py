@@ -12,8 +12,9 @@ client lives in ``phone_client.cloud_client`` (it imports aiohttp, so it is
 not imported here).
 """
 
-from .central import PhoneKey, run_command
+from .central import PhoneKey
 from .circuit_breaker import CircuitBreaker
+from .command_policy import run_command
 from .credential_cache import CachedCredential, CacheState, CredentialCache
 from .errors import (
     AdapterUnavailable,

@@ -355,9 +355,9 @@ def _scan(args: argparse.Namespace) -> int:
 def _command(args: argparse.Namespace) -> int:
     from protocol import Command
 
-    from .central import run_command
     from .cli_output import StatusLine, outcome_json, print_json
     from .cli_output import print_result as show
+    from .command_policy import run_command
 
     store = _keystore(args)
     trust = store.vehicle_trust(args.vin)  # refuse an unknown vehicle before any radio work

@@ -16,7 +16,7 @@ sign credentials for the vehicle, and the cloud it asks for them.
 rotation signed by it; it stays trusted (``pin_rotated_issuer``).
 ``whitelisted`` (optional, default false) records that the vehicle last
 accepted this phone's key on the whitelist path: such a phone need not wait
-for the cloud before connecting (see ``central.run_command``).
+for the cloud before connecting (see ``command_policy.run_command``).
 
 ``shares`` (optional, format 2) holds the offline shares this phone imported
 (to present to the vehicle) and issued (so its owner can list and revoke

@@ -27,9 +27,10 @@ from ble_stack.bleak_backend import BumbleBleakClient, BumbleBleakScanner
 from ble_stack.capture import capture_path_for
 from ble_stack.virtual_link import VirtualRadio
 from cloud_sim.server import RunningCloud
-from phone_client.central import CommandOutcome, run_command
 from phone_client.cloud_client import CloudClient
+from phone_client.command_policy import run_command
 from phone_client.keystore import KeyStore
+from phone_client.outcome import CommandOutcome
 from protocol import Command, LockState, Role
 from protocol.card import VehicleCard
 from vehicle_sim.keycard import create_card

@@ -19,8 +19,8 @@ import pytest
 from ble_stack.bleak_backend import BumbleBleakClient, BumbleBleakScanner
 from ble_stack.virtual_link import VirtualRadio
 from cloud_sim.server import RunningCloud, start_cloud
-from phone_client.central import run_command
 from phone_client.cloud_client import CloudClient
+from phone_client.command_policy import run_command
 from phone_client.keystore import KeyStore
 from phonekey.demo_cloud import cache_credential_from, enroll, register_vehicle, revoke
 from protocol import Command, LockState

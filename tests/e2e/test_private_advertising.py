@@ -12,7 +12,7 @@ import pytest
 from ble_stack.bleak_backend import BumbleBleakClient, BumbleBleakScanner
 from ble_stack.virtual_link import VirtualRadio
 from phone_client import KeyStore, PhoneKey, scan_vehicles
-from phone_client.central import run_command
+from phone_client.command_policy import run_command
 from protocol import Command, LockState, Role, privacy
 from protocol.card import VehicleCard
 from vehicle_sim.advertising import private_card
