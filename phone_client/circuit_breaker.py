@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
-from .atomic import write_atomic
+from phonekey.durable import write_atomic
 
 logger = logging.getLogger(__name__)
 

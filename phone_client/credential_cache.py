@@ -38,10 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from phonekey.durable import write_atomic
 from protocol import credentials, crypto
 from protocol.card import validate_vin
 
-from .atomic import write_atomic
 from .errors import KeyStoreError, NoTrustedIssuer
 from .keystore import KeyStore
 from .trust import VehicleTrust, check_credential, duration_text, utc_text

@@ -33,9 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+from phonekey.durable import write_atomic
 from protocol import crypto
 
-from .atomic import write_atomic
 from .errors import KeyStoreError
 
 FAST_KEYS_FILE: Final = "fast-keys.json"

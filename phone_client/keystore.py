@@ -51,10 +51,10 @@ from typing import Any, Final
 
 from platformdirs import user_data_dir
 
+from phonekey.durable import fsync_directory, write_atomic
 from protocol import crypto
 from protocol.card import InvalidCard, VehicleCard, validate_vin
 
-from .atomic import fsync_directory, write_atomic
 from .errors import KeyStoreError, UnknownVehicle
 from .fast_keys import FastKeys
 from .trust import VehicleTrust

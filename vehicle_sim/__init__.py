@@ -1,17 +1,22 @@
-"""The simulated vehicle key module: persistent state, GATT server, runtime and CLI.
+"""The simulated vehicle key module's firmware (docs/firmware.md).
 
 Modules:
 
-- `state_store`: `FileVehicleStore`, the vehicle's state on disk behind
-  protocol's `VehicleStore` and `CredentialTrust` interfaces (whitelist and
-  counters; issuer keys, revocation list and the floored clock for offline
-  credentials) (`init_vehicle`, `open_store`).
-- `state_schema`: the JSON form of the changing state, validated on load, with
-  the migration from older formats.
-- `atomic_file`, `state_lock`: durable file replacement and the single-writer lock.
-- `advertising`: the vehicle's legacy advertising payload and its parser.
-- `gatt_server`: the phonekey GATT service, one protocol session per connection.
-- `runtime`: `VehicleRuntime`, which powers a bumble Device and keeps it advertising.
-- `display`: short, key-safe text for ids and events (logs and CLI lines).
-- `cli`: `phonekey vehicle init|add-key|provision|show|run`.
+- `flash/`: the state on emulated NOR flash (`FlashVehicleStore`): journal with
+  power-cut-safe commits, MAC'd records, wrapped fast-path keys, the
+  tamper-evident event log ring, migration.
+- `state_store`: `init_vehicle` / `open_store` for a state directory (identity,
+  device key, flash image, writer lock); `state_schema` reads the old JSON
+  state for migration; `state_lock`: the single-writer lock.
+- `firmware_store`: the `FirmwareStore` interface the runtime needs, log kinds.
+- `gatt_server`: the phonekey GATT service, one protocol session per connection,
+  with `slots` (connection slots, eviction, timeouts), `backoff` (failed
+  authentications) and `mcu` (the crypto latency of a real key module).
+- `runtime`: `VehicleRuntime`: powers a bumble Device, rotates its private
+  advertising (`advertising`), logs events (`event_log`), owns the pairing
+  window and the keycard reader (`keycard`, `card_reader`).
+- `control` / `control_client`: the console's unix socket to a running vehicle.
+- `report`, `display`: `show`/`log` output and key-safe event lines.
+- `drift_clock`: a wall clock that drifts by a configurable ppm.
+- `cli`, `cli_console`: `phonekey vehicle ...`.
 """

@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING
 
 from cryptography.exceptions import UnsupportedAlgorithm
 
+from phonekey.durable import fsync_directory, write_atomic
 from protocol import crypto, privacy
 from protocol.card import VehicleCard, validate_vin
 from protocol.store import CredentialTrust, VehicleStore
 
-from .atomic_file import fsync_directory, write_atomic
 from .firmware_store import FirmwareStore
 from .flash.device import FlashDevice, FlashMisuse
 from .flash.errors import (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from phonekey.durable import write_atomic
 from protocol import crypto
-from vehicle_sim.atomic_file import write_atomic
 from vehicle_sim.firmware_store import LogEntry
 from vehicle_sim.flash.auth import FIRST_PREV, JournalAuth
 from vehicle_sim.flash.device import FaultInjector, FlashDevice

@@ -30,7 +30,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic_file import write_atomic
+from phonekey.durable import write_atomic
+
 from .errors import VehicleStateError
 
 _COUNTER = struct.Struct("<4sHHQ")

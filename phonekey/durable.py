@@ -1,10 +1,11 @@
-"""Durable, atomic replacement of small files.
+"""Durable, atomic replacement of small files, for the phone and the vehicle.
 
-A reader (or the vehicle after a power cut) sees either the old contents or
-the new ones, never a mix: the data goes to a temporary file in the same
-directory, is fsynced, renamed over the target with ``os.replace`` (atomic on
-POSIX and Windows), and then the directory is fsynced so the rename itself
-survives a crash.
+A reader (or the program after a crash or power cut) sees either the old
+contents or the new ones, never a mix: the data goes to a temporary file in
+the same directory, is fsynced, renamed over the target with ``os.replace``
+(atomic on POSIX and Windows), and then the directory is fsynced so the
+rename itself survives a crash. Files are created readable by their owner
+only unless asked otherwise, in a directory created 0700 if missing.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data``; durable once this returns."""
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data``; durable once this returns. Raises ``OSError``."""
     directory = path.parent
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
