@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TextIO
+from typing import TYPE_CHECKING, Final
 
 from phonekey.cli_args import number_in_range
 from phonekey.cli_logging import LOG_FORMAT, add_logging_flags, log_level, logging_configured
@@ -26,8 +24,6 @@ from phonekey.cli_logging import LOG_FORMAT, add_logging_flags, log_level, loggi
 if TYPE_CHECKING:
     from protocol import crypto
 
-    from .display import ReportedEvent
-    from .runtime import FirmwareOptions
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -37,9 +33,6 @@ EXIT_LOG_TAMPERED: Final = 5
 """`vehicle log`: the event log's MAC chain does not verify (printed anyway)."""
 
 DEFAULT_TRANSPORT: Final = "usb:0"
-# Specs served by software controllers (see ble_stack.transports), where the
-# fastest advertising costs nothing; everything else is treated as a radio.
-_SOFTWARE_SPECS: Final = ("virtual", "tcp-client:", "unix:", "unix-client:")
 ROLES: Final = ("owner", "driver", "guest")
 
 Handler = Callable[[argparse.Namespace], int]
@@ -47,13 +40,6 @@ Handler = Callable[[argparse.Namespace], int]
 
 class UsageError(Exception):
     """A bad argument found after parsing (exit 2)."""
-
-
-CONTROLLER_START_TIMEOUT = 10.0
-
-
-class ControllerStartError(Exception):
-    """The transport opened but its controller would not power on or advertise (exit 4)."""
 
 
 class Refused(Exception):
@@ -168,6 +154,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="write a btsnoop log of the vehicle's HCI traffic to FILE (opens in Wireshark; "
         "`tshark -r FILE -Y btatt` lists the ATT frames)",
     )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object per line for each event"
+    )
 
 
 def _sub(
@@ -247,6 +236,8 @@ def _explain(exc: Exception) -> tuple[int, str]:
         return (EXIT_USAGE if exc.kind == "usage" else EXIT_FAILED), str(exc)
     if isinstance(exc, VehicleNotRunning | ControlSocketError):
         return EXIT_LOCAL, str(exc)
+    from .cli_run import ControllerStartError
+
     if isinstance(exc, VehicleStateError | ControllerStartError):
         return EXIT_LOCAL, str(exc)
     if isinstance(exc, TransportOpenError):
@@ -370,6 +361,7 @@ def _provision(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .cli_run import run_vehicle
     from .mcu import PROFILES
     from .runtime import FirmwareOptions
     from .slots import SlotPolicy
@@ -391,109 +383,9 @@ def _run(args: argparse.Namespace) -> int:
             options=options,
             clock_drift_ppm=args.clock_drift_ppm,
             capture=args.capture,
+            json_lines=args.json,
         )
     )
-
-
-def default_adv_interval(spec: str) -> float:
-    from .runtime import HARDWARE_ADV_INTERVAL_MS, VIRTUAL_ADV_INTERVAL_MS
-
-    if spec == "virtual" or spec.startswith(_SOFTWARE_SPECS):
-        return VIRTUAL_ADV_INTERVAL_MS
-    return HARDWARE_ADV_INTERVAL_MS
-
-
-async def run_vehicle(
-    state_dir: Path,
-    spec: str,
-    *,
-    adv_interval_ms: float | None = None,
-    stop: asyncio.Event | None = None,
-    out: TextIO | None = None,
-    options: FirmwareOptions | None = None,
-    clock_drift_ppm: float = 0.0,
-    capture: str | None = None,
-) -> int:
-    """Run the vehicle until ``stop`` is set or SIGINT/SIGTERM arrives.
-
-    Raises ``VehicleStateError`` (busy, missing, corrupt), ``TransportOpenError``
-    and ``CaptureError`` (``capture``: a btsnoop file for the HCI traffic); the
-    store's lock is released on every path.
-    """
-    from ble_stack.transports import open_device
-
-    from .control import ControlServer
-    from .display import describe_event
-    from .drift_clock import DriftingClock
-    from .runtime import VehicleRuntime
-    from .state_store import open_store
-
-    stream = out if out is not None else sys.stdout
-
-    def say(line: str) -> None:
-        print(line, file=stream, flush=True)  # flushed: tests and demos read a pipe
-
-    def on_event(peer: str, event: ReportedEvent) -> None:
-        say(describe_event(event, peer))
-
-    interval = adv_interval_ms if adv_interval_ms is not None else default_adv_interval(spec)
-    stop = stop if stop is not None else asyncio.Event()
-    # Handlers go in first, so a signal during start-up still stops cleanly.
-    wall_clock = DriftingClock(clock_drift_ppm)
-    with _stop_on_signals(stop), open_store(state_dir, wall_clock=wall_clock) as store:
-        vin = store.identity.vin
-        opened = await open_device(spec, name=f"phonekey vehicle {vin}", capture=capture)
-        try:
-            runtime = VehicleRuntime(
-                store, opened.device, adv_interval_ms=interval, on_event=on_event, options=options
-            )
-            try:
-                # A USB or hci-socket controller that never answers would hang here
-                # forever; a real one powers on in well under a second.
-                async with asyncio.timeout(CONTROLLER_START_TIMEOUT):
-                    await runtime.start()  # cleans up after itself if it fails
-            except TimeoutError:
-                raise ControllerStartError(
-                    f"cannot start the vehicle on {spec}: the controller did not power on "
-                    f"within {CONTROLLER_START_TIMEOUT:g} s (replug the dongle; "
-                    "--debug for details)"
-                ) from None
-            except Exception as exc:
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise ControllerStartError(f"cannot start the vehicle on {spec}: {reason}") from exc
-            console = ControlServer(runtime, state_dir)
-            try:
-                await console.start()
-                say(f"vehicle {vin} advertising on {spec}")
-                if capture is not None:
-                    say(f"capturing HCI traffic to {capture} (btsnoop; Wireshark opens it)")
-                await stop.wait()
-            finally:
-                await console.close()
-                await runtime.stop()
-        finally:
-            await opened.close()
-    say(f"vehicle {vin} stopped")
-    return EXIT_OK
-
-
-@contextlib.contextmanager
-def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into ``stop.set()`` while inside."""
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # Windows, or not the main thread: Ctrl-C raises KeyboardInterrupt instead
-    try:
-        yield
-    finally:
-        for sig in installed:
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
 
 
 def _plural(count: int, word: str) -> str:

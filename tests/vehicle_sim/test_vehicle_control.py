@@ -19,7 +19,7 @@ from vehicle_testkit import STEP_TIMEOUT, VIN
 from protocol import crypto
 from protocol.card import VehicleCard
 from protocol.types import Role
-from vehicle_sim.cli import run_vehicle
+from vehicle_sim.cli_run import run_vehicle
 from vehicle_sim.control import SOCKET_NAME
 from vehicle_sim.control_client import ControlClient, ControlError, running
 

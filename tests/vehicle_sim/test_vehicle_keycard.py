@@ -22,7 +22,7 @@ from ble_stack.virtual_link import VirtualRadio
 from protocol import ChallengeReceived, crypto
 from protocol.card import VehicleCard
 from protocol.types import ManageOp, ResultCode
-from vehicle_sim.cli import run_vehicle
+from vehicle_sim.cli_run import run_vehicle
 from vehicle_sim.keycard import (
     KeycardError,
     PairingWindow,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from ble_stack.transports import default_radio
 from ble_stack.virtual_link import VirtualRadio
 from protocol import ChallengeReceived, Command, CommandCompleted, LockState
 from protocol.card import VehicleCard
-from vehicle_sim.cli import default_adv_interval, run_vehicle
+from vehicle_sim.cli_run import default_adv_interval, run_vehicle
 from vehicle_sim.state_store import FileVehicleStore, open_store
 
 
@@ -119,3 +120,37 @@ def test_run_process_stops_cleanly_on_a_signal(
     assert out.strip() == f"vehicle {VIN} stopped" and "Traceback" not in err
     with open_store(state_dir):  # the lock was released
         pass
+
+
+async def test_run_json_prints_one_object_per_line(
+    card: VehicleCard, state_dir: Path, store: FileVehicleStore, make_phone: PhoneFactory
+) -> None:
+    owner = await make_phone("owner")
+    store.close()
+    out, stop = io.StringIO(), asyncio.Event()
+    run = asyncio.create_task(
+        run_vehicle(state_dir, "virtual", stop=stop, out=out, json_lines=True)
+    )
+    try:
+        await _wait_for_line(out, '"event": "advertising"')
+        address = await owner.scan_for(VIN)
+        await owner.connect(address)
+        assert isinstance(await owner.next_event(), ChallengeReceived)
+        await owner.send(Command.UNLOCK)
+        assert isinstance(await owner.next_event(), CommandCompleted)
+        await _wait_for_line(out, '"event": "command_executed"')
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(run, STEP_TIMEOUT) == 0
+
+    events = [json.loads(line) for line in out.getvalue().splitlines()]  # every line is JSON
+    assert events[0]["event"] == "advertising" and events[0]["vin"] == VIN
+    assert VehicleCard.from_text(events[0]["card"]).vehicle_id == card.vehicle_id
+    executed = next(e for e in events if e["event"] == "command_executed")
+    assert executed["key_id"] == owner.key_id.hex()
+    assert (executed["command"], executed["result"], executed["lock_state"]) == (
+        "unlock",
+        "ok",
+        "unlocked",
+    )
+    assert events[-1] == {"event": "stopped", "vin": VIN}
