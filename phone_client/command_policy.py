@@ -34,7 +34,11 @@ from .central import DEFAULT_TIMEOUT, PhoneKey
 from .cloud_sync import DEFAULT_CLOUD_DEADLINE, ClockNotCorrected, CloudSync, is_clock_refusal
 from .credential_cache import CacheState, CredentialCache
 from .errors import (
+    BluetoothError,
+    CommandTimeout,
+    ConnectionLost,
     KeyUnavailable,
+    VehicleNotFound,
 )
 from .keystore import KeyStore
 from .outcome import CommandOutcome, Latency
@@ -240,8 +244,17 @@ async def run_command(
             message = sync.failure_message(refusal)
             raise KeyUnavailable(message, denial, sync.cloud_error) from denial
         # Refused by the vehicle's clock or list, or an issuer it does not trust:
-        # the key may still be whitelisted. One more connection.
-        return await whitelist(device, None, None)
+        # the key may still be whitelisted. One more connection, on the off
+        # chance: if the link itself fails there, the vehicle's refusal of the
+        # credential is still the answer worth telling, not the lost link.
+        try:
+            return await whitelist(device, None, None)
+        except (BluetoothError, ConnectionLost, CommandTimeout, VehicleNotFound) as lost:
+            assert refusal is not None  # set above: the credential was refused
+            logger.info("whitelist fallback to %s failed: %s", card.vin, lost)
+            raise KeyUnavailable(
+                sync.failure_message(refusal), refusal, sync.cloud_error
+            ) from refusal
 
     sync.start()
     try:

@@ -13,14 +13,17 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ble_stack.bleak_backend import BumbleBleakClient, BumbleBleakScanner
 from ble_stack.virtual_link import VirtualRadio
 from cloud_sim.server import RunningCloud, start_cloud
+from phone_client.central import PhoneKey
 from phone_client.cloud_client import CloudClient
 from phone_client.command_policy import run_command
+from phone_client.errors import ConnectionLost, KeyUnavailable
 from phone_client.keystore import KeyStore
 from phonekey.demo_cloud import cache_credential_from, enroll, register_vehicle, revoke
 from protocol import Command, LockState
@@ -153,3 +156,36 @@ async def test_unlock_decision(rig: Rig, cloud: str, credential: str) -> None:
             assert "expired" in words, words
     elif cloud in CLOUD_WORDS:
         assert CLOUD_WORDS[cloud] in words and "cached credential" in words, words
+
+
+async def test_a_lost_link_on_the_whitelist_fallback_does_not_hide_the_revocation(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the vehicle refuses a revoked credential, the phone tries its key on
+    the whitelist over one more connection. If that link is lost, the answer is
+    still the revocation, not "dropped the connection"."""
+    await _prepare(rig, "revoked")
+    connect = PhoneKey.connect
+    calls = 0
+
+    def connect_then_lose_the_link(self: PhoneKey, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the whitelist fallback
+            raise ConnectionLost(f"vehicle {VIN} dropped the connection")
+        return connect(self, *args, **kwargs)
+
+    monkeypatch.setattr(PhoneKey, "connect", connect_then_lose_the_link)
+    async with CloudClient(rig.cloud.url, call_timeout=CLOUD_DEADLINE) as client:
+        with pytest.raises(KeyUnavailable, match="revoked"):
+            await run_command(
+                rig.keystore,
+                VIN,
+                Command.UNLOCK,
+                cloud=client,
+                cloud_deadline=CLOUD_DEADLINE,
+                timeout=10.0,
+                **rig.kwargs,  # type: ignore[arg-type]
+            )
+    assert calls == 2
+    assert rig.store.lock_state() is LockState.LOCKED
