@@ -40,6 +40,9 @@ from generate_vectors import (
     SCALAR_DOC,
     VEHICLE_KEY_SEED,
     CounterRng,
+    drain_events,
+    key_entry,
+    messages_of,
     render,
     write_or_check,  # the rng and key conventions of handshake_v1.json
 )
@@ -77,7 +80,6 @@ from protocol.credentials import (
     revocation_id,
 )
 from protocol.events import ClockCorrected, RevocationsUpdated, VehicleStatusReceived
-from protocol.framing import Reassembler
 from protocol.messages import CredentialPresentation, VehicleStatus
 from protocol.store import MemoryTrust
 from protocol.transcript import request_transcript_hash, response_key
@@ -123,34 +125,6 @@ def _key(seed: bytes) -> crypto.PrivateKey:
 
 def _scalar(key: crypto.PrivateKey) -> str:
     return key.private_numbers().private_value.to_bytes(32, "big").hex()
-
-
-def _key_entry(seed: bytes, key: crypto.PrivateKey) -> dict[str, str]:
-    public = key.public_key()
-    return {
-        "seed": seed.decode(),
-        "private_scalar_hex": _scalar(key),
-        "public_key_compressed_hex": crypto.public_bytes(public).hex(),
-        "public_key_uncompressed_hex": crypto.public_bytes(public, compressed=False).hex(),
-        "key_id_hex": crypto.key_id(public).hex(),
-    }
-
-
-def _messages(frames: list[bytes]) -> list[bytes]:
-    reassembler = Reassembler(lambda: CLOCK)
-    out = []
-    for frame in frames:
-        data = reassembler.feed(frame)
-        if data is not None:
-            out.append(data)
-    return out
-
-
-def _events(next_event: Any) -> list[Any]:
-    out = []
-    while (event := next_event()) is not None:
-        out.append(event)
-    return out
 
 
 def _signed_entry(name: str, obj: Any) -> dict[str, str]:
@@ -215,12 +189,12 @@ def run_exchange() -> dict[str, Any]:
     def to_vehicle(frames: list[bytes]) -> tuple[list[Any], list[bytes]]:
         for frame in frames:
             vehicle.receive_data(frame)
-        return _events(vehicle.next_event), vehicle.data_to_send()
+        return drain_events(vehicle.next_event), vehicle.data_to_send()
 
     def to_phone(frames: list[bytes]) -> list[Any]:
         for frame in frames:
             phone.receive_data(frame)
-        return _events(phone.next_event)
+        return drain_events(phone.next_event)
 
     vehicle.start()
     connect_frames = vehicle.data_to_send()
@@ -288,7 +262,7 @@ def run_exchange() -> dict[str, Any]:
         "delta": delta,
         "signed_time": signed_time,
         "frames": messages,
-        "messages": {name: _messages(frames)[0] for name, frames in messages.items()},
+        "messages": {name: messages_of(frames)[0] for name, frames in messages.items()},
     }
 
 
@@ -374,10 +348,10 @@ def build() -> dict[str, Any]:
         },
         "keys": {
             "derivation": f"rng seeded with the key's seed; {SCALAR_DOC}",
-            "vehicle": _key_entry(VEHICLE_KEY_SEED, keys["vehicle"]),
-            "phone": {**_key_entry(PHONE_KEY_SEED, keys["phone"]), "whitelisted": False},
-            "issuer": _key_entry(ISSUER_KEY_SEED, keys["issuer"]),
-            "lost_phones": [_key_entry(seed, _key(seed)) for seed in LOST_KEY_SEEDS],
+            "vehicle": key_entry(VEHICLE_KEY_SEED, keys["vehicle"]),
+            "phone": {**key_entry(PHONE_KEY_SEED, keys["phone"]), "whitelisted": False},
+            "issuer": key_entry(ISSUER_KEY_SEED, keys["issuer"]),
+            "lost_phones": [key_entry(seed, _key(seed)) for seed in LOST_KEY_SEEDS],
         },
         "vin": VIN,
         "clock": CLOCK,

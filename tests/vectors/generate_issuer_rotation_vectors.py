@@ -31,6 +31,8 @@ from generate_vectors import (
     SCALAR_DOC,
     VEHICLE_KEY_SEED,
     CounterRng,
+    key_entry,
+    messages_of,
     render,
     write_or_check,
 )
@@ -38,7 +40,6 @@ from generate_vectors import (
 from protocol import MemoryStore, VehicleConnection, VehicleIdentity, crypto, encode
 from protocol.credentials import issue_issuer_rotation
 from protocol.events import IssuerRotated
-from protocol.framing import Reassembler
 from protocol.messages import IssuerUpdate
 from protocol.store import MemoryTrust
 
@@ -56,27 +57,6 @@ MTU = 247
 
 def _key(seed: bytes) -> crypto.PrivateKey:
     return crypto.private_key_from_random(CounterRng(seed))
-
-
-def _key_entry(seed: bytes, key: crypto.PrivateKey) -> dict[str, str]:
-    public = key.public_key()
-    return {
-        "seed": seed.decode(),
-        "private_scalar_hex": key.private_numbers().private_value.to_bytes(32, "big").hex(),
-        "public_key_compressed_hex": crypto.public_bytes(public).hex(),
-        "public_key_uncompressed_hex": crypto.public_bytes(public, compressed=False).hex(),
-        "key_id_hex": crypto.key_id(public).hex(),
-    }
-
-
-def _messages(frames: list[bytes]) -> list[bytes]:
-    reassembler = Reassembler(lambda: 0.0)
-    out = []
-    for frame in frames:
-        data = reassembler.feed(frame)
-        if data is not None:
-            out.append(data)
-    return out
 
 
 def build() -> dict[str, Any]:
@@ -98,7 +78,7 @@ def build() -> dict[str, Any]:
         trust=trust,
     )
     vehicle.start()
-    connect = _messages(vehicle.data_to_send())
+    connect = messages_of(vehicle.data_to_send())
     from protocol.framing import fragment
 
     for frame in fragment(message, MTU):
@@ -109,7 +89,7 @@ def build() -> dict[str, Any]:
     rotated = [e for e in events if isinstance(e, IssuerRotated)]
     assert rotated == [IssuerRotated(crypto.key_id(old.public_key()), rotation.new_issuer_key_id)]
     assert set(trust.issuers) == {crypto.key_id(old.public_key()), rotation.new_issuer_key_id}
-    (status,) = _messages(vehicle.data_to_send())
+    (status,) = messages_of(vehicle.data_to_send())
     return {
         "description": (
             "A phonekey v1 IssuerRotation (0x45) signed by the old issuer key, the "
@@ -121,9 +101,9 @@ def build() -> dict[str, Any]:
         "keys": {
             "key_derivation": SCALAR_DOC,
             "rng": RNG_DOC,
-            "old_issuer": _key_entry(ISSUER_KEY_SEED, old),
-            "new_issuer": _key_entry(NEW_ISSUER_KEY_SEED, new),
-            "vehicle": _key_entry(VEHICLE_KEY_SEED, vehicle_key),
+            "old_issuer": key_entry(ISSUER_KEY_SEED, old),
+            "new_issuer": key_entry(NEW_ISSUER_KEY_SEED, new),
+            "vehicle": key_entry(VEHICLE_KEY_SEED, vehicle_key),
         },
         "rotation": {
             "fields": {

@@ -44,6 +44,9 @@ from generate_vectors import (
     SCALAR_DOC,
     VEHICLE_KEY_SEED,
     CounterRng,
+    drain_events,
+    key_entry,
+    messages_of,
     render,
     write_or_check,  # the rng and key conventions of handshake_v1.json
 )
@@ -72,7 +75,6 @@ from protocol.codec import (
     manage_signed_part,
     response_maced_part,
 )
-from protocol.framing import Reassembler
 from protocol.manage import (
     add_key_argument,
     enroll_argument,
@@ -118,34 +120,6 @@ def _key(seed: bytes) -> crypto.PrivateKey:
     return crypto.private_key_from_random(CounterRng(seed))
 
 
-def _key_entry(seed: bytes, key: crypto.PrivateKey) -> dict[str, str]:
-    public = key.public_key()
-    return {
-        "seed": seed.decode(),
-        "private_scalar_hex": key.private_numbers().private_value.to_bytes(32, "big").hex(),
-        "public_key_compressed_hex": crypto.public_bytes(public).hex(),
-        "public_key_uncompressed_hex": crypto.public_bytes(public, compressed=False).hex(),
-        "key_id_hex": crypto.key_id(public).hex(),
-    }
-
-
-def _messages(frames: list[bytes]) -> list[bytes]:
-    reassembler = Reassembler(lambda: CLOCK)
-    out = []
-    for frame in frames:
-        data = reassembler.feed(frame)
-        if data is not None:
-            out.append(data)
-    return out
-
-
-def _drain(next_event: Any) -> list[Any]:
-    out = []
-    while (event := next_event()) is not None:
-        out.append(event)
-    return out
-
-
 class _Pair:
     """A phone and a vehicle with deterministic rngs, driven by hand."""
 
@@ -170,12 +144,12 @@ class _Pair:
     def to_vehicle(self, frames: list[bytes]) -> tuple[list[Any], list[bytes]]:
         for frame in frames:
             self.vehicle.receive_data(frame)
-        return _drain(self.vehicle.next_event), self.vehicle.data_to_send()
+        return drain_events(self.vehicle.next_event), self.vehicle.data_to_send()
 
     def to_phone(self, frames: list[bytes]) -> list[Any]:
         for frame in frames:
             self.phone.receive_data(frame)
-        return _drain(self.phone.next_event)
+        return drain_events(self.phone.next_event)
 
     def start(self) -> list[bytes]:
         self.vehicle.start()
@@ -204,9 +178,9 @@ def build_manage() -> dict[str, Any]:
     assert pair.to_phone(answer)[0] == ManageCompleted(ManageOp.ADD_KEY, ResultCode.OK, COUNTER)
     assert store.whitelist[new_id].role is Role.DRIVER
     assert len(answer) == 2
-    challenge = _messages(challenge_frames)[0]
-    request_bytes = _messages(request_frames)[0]
-    response_bytes = _messages(answer[:1])[0]
+    challenge = messages_of(challenge_frames)[0]
+    request_bytes = messages_of(request_frames)[0]
+    response_bytes = messages_of(answer[:1])[0]
     request = decode(request_bytes)
     response = decode(response_bytes)
     assert isinstance(request, ManageRequest) and isinstance(response, ManageResponse)
@@ -231,9 +205,9 @@ def build_manage() -> dict[str, Any]:
             "key_derivation": SCALAR_DOC,
         },
         "keys": {
-            "vehicle": _key_entry(VEHICLE_KEY_SEED, vehicle_key),
-            "owner": _key_entry(PHONE_KEY_SEED, owner),
-            "new": _key_entry(NEW_KEY_SEED, new),
+            "vehicle": key_entry(VEHICLE_KEY_SEED, vehicle_key),
+            "owner": key_entry(PHONE_KEY_SEED, owner),
+            "new": key_entry(NEW_KEY_SEED, new),
         },
         "arguments": {
             "ENROLL": {"operation": 1, "argument_hex": enroll_argument(owner.public_key()).hex()},
@@ -266,7 +240,7 @@ def build_manage() -> dict[str, Any]:
             "response_mac_label": "phonekey/v1 manage response",
             "response_unmaced_hex": response_maced_part(response).hex(),
             "response_hex": response_bytes.hex(),
-            "next_challenge_hex": _messages(answer[1:])[0].hex(),
+            "next_challenge_hex": messages_of(answer[1:])[0].hex(),
             "frames": {
                 "challenge": [f.hex() for f in challenge_frames],
                 "request": [f.hex() for f in request_frames],
@@ -357,9 +331,9 @@ def build_shares() -> dict[str, Any]:
         "keys": {
             "key_derivation": SCALAR_DOC,
             "rng": RNG_DOC,
-            "vehicle": _key_entry(VEHICLE_KEY_SEED, _key(VEHICLE_KEY_SEED)),
-            "owner": _key_entry(PHONE_KEY_SEED, owner),
-            "friend": _key_entry(FRIEND_KEY_SEED, friend),
+            "vehicle": key_entry(VEHICLE_KEY_SEED, _key(VEHICLE_KEY_SEED)),
+            "owner": key_entry(PHONE_KEY_SEED, owner),
+            "friend": key_entry(FRIEND_KEY_SEED, friend),
         },
         "share": {
             "fields": {
@@ -426,18 +400,18 @@ def build_fast_path() -> dict[str, Any]:
     assert events3 == [FastPathRefusedReceived(ResultCode.BAD_MAC), ChallengeReceived(1)]
 
     vehicle_key = pair.vehicle_key
-    challenge1 = _messages(challenge_frames)[0]
-    full_request = decode(_messages(full_frames)[0])
+    challenge1 = messages_of(challenge_frames)[0]
+    full_request = decode(messages_of(full_frames)[0])
     th = request_transcript_hash(challenge1, vehicle_key.public_key(), full_request)  # type: ignore[arg-type]
     ephemeral = crypto.private_key_from_random(CounterRng(PHONE_RNG_SEED))
     shared = crypto.ecdh(vehicle_key, ephemeral.public_key())
     assert fast_path_key(shared, 1, th) == fast_key
-    challenge2 = _messages(answer1[1:2])[0]
-    fast_request_bytes = _messages(fast_frames)[0]
+    challenge2 = messages_of(answer1[1:2])[0]
+    fast_request_bytes = messages_of(fast_frames)[0]
     fast_request = decode(fast_request_bytes)
     assert isinstance(fast_request, FastCommandRequest)
     fth = fast_transcript_hash(challenge2, vehicle_key.public_key(), fast_request)
-    response_bytes = _messages(answer2[:1])[0]
+    response_bytes = messages_of(answer2[:1])[0]
     response = decode(response_bytes)
     assert isinstance(response, CommandResponse)
     return {
@@ -455,19 +429,19 @@ def build_fast_path() -> dict[str, Any]:
             "key_derivation": SCALAR_DOC,
         },
         "keys": {
-            "vehicle": _key_entry(VEHICLE_KEY_SEED, vehicle_key),
-            "phone": _key_entry(PHONE_KEY_SEED, phone_key),
+            "vehicle": key_entry(VEHICLE_KEY_SEED, vehicle_key),
+            "phone": key_entry(PHONE_KEY_SEED, phone_key),
         },
         "establish": {
             "counter": COUNTER,
             "challenge_hex": challenge1.hex(),
-            "request_hex": _messages(full_frames)[0].hex(),
+            "request_hex": messages_of(full_frames)[0].hex(),
             "transcript_hash_hex": th.hex(),
             "ecdh_shared_secret_hex": shared.hex(),
             "fast_key_info": "phonekey/v1 fast-path key",
             "fast_key_salt": "TH",
             "fast_key_hex": fast_key.hex(),
-            "response_hex": _messages(answer1[:1])[0].hex(),
+            "response_hex": messages_of(answer1[:1])[0].hex(),
         },
         "fast": {
             "counter": COUNTER + 1,
@@ -491,10 +465,10 @@ def build_fast_path() -> dict[str, Any]:
         "refused": {
             "counter": COUNTER + 2,
             "wrong_fast_key_hex": wrong.hex(),
-            "request_hex": _messages(refused_request)[0].hex(),
-            "refusal_hex": _messages(answer3[:1])[0].hex(),
+            "request_hex": messages_of(refused_request)[0].hex(),
+            "refusal_hex": messages_of(answer3[:1])[0].hex(),
             "reason": int(ResultCode.BAD_MAC),
-            "next_challenge_hex": _messages(answer3[1:])[0].hex(),
+            "next_challenge_hex": messages_of(answer3[1:])[0].hex(),
         },
     }
 

@@ -95,7 +95,7 @@ def _scalar(key: crypto.PrivateKey) -> str:
     return key.private_numbers().private_value.to_bytes(32, "big").hex()
 
 
-def _key_entry(seed: bytes, key: crypto.PrivateKey) -> dict[str, str]:
+def key_entry(seed: bytes, key: crypto.PrivateKey) -> dict[str, str]:
     public = key.public_key()
     return {
         "seed": seed.decode(),
@@ -106,7 +106,15 @@ def _key_entry(seed: bytes, key: crypto.PrivateKey) -> dict[str, str]:
     }
 
 
-def _messages(frames: list[bytes]) -> list[bytes]:
+def drain_events(next_event: Any) -> list[Any]:
+    """Every event a connection object has ready (``next_event`` until None)."""
+    out = []
+    while (event := next_event()) is not None:
+        out.append(event)
+    return out
+
+
+def messages_of(frames: list[bytes]) -> list[bytes]:
     reassembler = Reassembler(lambda: CLOCK)
     out = []
     for frame in frames:
@@ -160,14 +168,14 @@ def run_exchange(mtu: int) -> dict[str, Any]:
     assert len(executed) == 1 and len(completed) == 1, (vehicle_events, phone_events)
     assert completed[0].lock_state is LockState.UNLOCKED
 
-    answer = _messages(answer_frames)
+    answer = messages_of(answer_frames)
     assert [type(decode(m)) for m in answer] == [CommandResponse, Challenge]
     response_len = len(fragment(answer[0], mtu))
     return {
         "vehicle_key": vehicle_key,
         "phone_key": phone_key,
-        "challenge": _messages(challenge_frames)[0],
-        "request": _messages(request_frames)[0],
+        "challenge": messages_of(challenge_frames)[0],
+        "request": messages_of(request_frames)[0],
         "response": answer[0],
         "next_challenge": answer[1],
         "frames": {
@@ -218,8 +226,8 @@ def build_handshake() -> dict[str, Any]:
         },
         "keys": {
             "derivation": f"rng seeded with the key's seed; {SCALAR_DOC}",
-            "vehicle": _key_entry(VEHICLE_KEY_SEED, vehicle_key),
-            "phone": {**_key_entry(PHONE_KEY_SEED, phone_key), "role": "owner"},
+            "vehicle": key_entry(VEHICLE_KEY_SEED, vehicle_key),
+            "phone": {**key_entry(PHONE_KEY_SEED, phone_key), "role": "owner"},
         },
         "vin": VIN,
         "card": card,
