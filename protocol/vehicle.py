@@ -24,8 +24,6 @@ needs a store that persists fast keys).
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from .codec import decode
 from .events import CommandExecuted
 from .messages import (
@@ -50,7 +48,6 @@ from .vehicle_base import (
     StorageFailure,
     VehicleIdentity,
     check_versions,
-    lock_state_after,
 )
 from .vehicle_fastpath import MAX_FAST_REFUSALS, FastPathHandler
 from .vehicle_manage import ManageHandler
@@ -101,13 +98,7 @@ class VehicleConnection(UpdateHandlers, ManageHandler, FastPathHandler):
         auth = self._authenticate(request, outstanding, request_transcript_hash)
 
         # Authenticated from here on.
-        before = self._read_store(self._store.lock_state)
-        if auth.entry.role.permits(request.command):
-            result = ResultCode.OK
-            after = lock_state_after(request.command, before)
-        else:
-            result = ResultCode.FORBIDDEN
-            after = before
+        before, result, after = self._command_outcome(auth.entry.role, request.command)
         shared = self._ecdh(auth.ephemeral)
         fast_keys: tuple[tuple[bytes, bytes], ...] = ()
         if (
@@ -135,8 +126,9 @@ class VehicleConnection(UpdateHandlers, ManageHandler, FastPathHandler):
         unsigned = CommandResponse(result, request.command, request.counter, after, b"")
         key = response_key(shared, request.nonce, request.version, auth.transcript_hash)
         mac = response_mac(key, request.version, auth.transcript_hash, unsigned)
-        self._send(replace(unsigned, mac=mac))
-        self._events.append(
+        self._answer(
+            unsigned,
+            mac,
             CommandExecuted(
                 key_id=request.key_id,
                 role=auth.entry.role,
@@ -147,7 +139,5 @@ class VehicleConnection(UpdateHandlers, ManageHandler, FastPathHandler):
                 counter=request.counter,
                 credential_serial=auth.credential_serial,
                 share_id=auth.share_id,
-            )
+            ),
         )
-        self._issue_challenge()
-        self._send_status()

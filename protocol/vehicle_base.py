@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from . import credentials, crypto, shares
@@ -38,11 +38,12 @@ from .errors import (
     UnsupportedVersion,
     VersionMismatch,
 )
-from .events import ChallengeIssued, RequestRejected, VehicleEvent
+from .events import ChallengeIssued, CommandExecuted, RequestRejected, VehicleEvent
 from .framing import Clock, Reassembler, fragment
 from .messages import (
     Challenge,
     CommandRequest,
+    CommandResponse,
     ErrorMessage,
     ManageRequest,
     Message,
@@ -392,6 +393,22 @@ class VehicleBase:
             return read()
         except Exception as exc:
             raise StorageFailure(f"could not read the vehicle state: {exc}") from exc
+
+    def _command_outcome(
+        self, role: Role, command: Command
+    ) -> tuple[LockState, ResultCode, LockState]:
+        """(lock state before, result, lock state after) of an authenticated command."""
+        before = self._read_store(self._store.lock_state)
+        if role.permits(command):
+            return before, ResultCode.OK, lock_state_after(command, before)
+        return before, ResultCode.FORBIDDEN, before
+
+    def _answer(self, unsigned: CommandResponse, mac: bytes, executed: CommandExecuted) -> None:
+        """Send the MAC'd response, report it, and push the next challenge and status."""
+        self._send(replace(unsigned, mac=mac))
+        self._events.append(executed)
+        self._issue_challenge()
+        self._send_status()
 
     def _commit(self, change: StateChange, what: str) -> None:
         """Persist before acknowledging; a failure answers INTERNAL, executes nothing."""

@@ -12,7 +12,7 @@ one session the next failure ends it like any other protocol error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import Final
 
@@ -35,7 +35,7 @@ from .transcript import (
     fast_transcript_hash,
 )
 from .types import ResultCode
-from .vehicle_base import Outstanding, StorageFailure, VehicleBase, lock_state_after
+from .vehicle_base import Outstanding, StorageFailure, VehicleBase
 
 MAX_FAST_REFUSALS: Final = 3
 """Fast-path refusals one session may collect before the next one is fatal."""
@@ -59,13 +59,7 @@ class FastPathHandler(VehicleBase):
         except HandshakeError as exc:
             self._refuse_fast(request.key_id, exc)
             return
-        before = self._read_store(self._store.lock_state)
-        if auth.entry.role.permits(request.command):
-            result = ResultCode.OK
-            after = lock_state_after(request.command, before)
-        else:
-            result = ResultCode.FORBIDDEN
-            after = before
+        before, result, after = self._command_outcome(auth.entry.role, request.command)
         self._commit(
             StateChange(
                 key_id=request.key_id,
@@ -78,8 +72,9 @@ class FastPathHandler(VehicleBase):
         unsigned = CommandResponse(result, request.command, request.counter, after, b"")
         key = fast_response_key(auth.fast_key, request.nonce, request.version, auth.transcript_hash)
         mac = fast_response_mac(key, request.version, auth.transcript_hash, unsigned)
-        self._send(replace(unsigned, mac=mac))
-        self._events.append(
+        self._answer(
+            unsigned,
+            mac,
             CommandExecuted(
                 key_id=request.key_id,
                 role=auth.entry.role,
@@ -89,10 +84,8 @@ class FastPathHandler(VehicleBase):
                 lock_state=after,
                 counter=request.counter,
                 fast_path=True,
-            )
+            ),
         )
-        self._issue_challenge()
-        self._send_status()
 
     def _check_fast(self, request: FastCommandRequest) -> _FastAuth:
         key_id = request.key_id
