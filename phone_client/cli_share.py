@@ -241,7 +241,7 @@ def _share(args: argparse.Namespace) -> int:
         utc_offset_minutes=offset,
     )
     ShareBook(store).record_issued(card.vin, share)  # before anyone can hold it
-    print(share_text(card, share), flush=True)
+    print(share_text(card, share, owner.public_key()), flush=True)
     print(
         f"shared {card.vin} with key {crypto.key_id(holder)[:4].hex()} as "
         f"{share.role.name.lower()}, {window_text(share)} (share id {share.share_id.hex()})",

@@ -4,7 +4,13 @@ An owner's phone signs a share for a friend's key (``protocol.shares``) and
 prints it as one line of text with the vehicle card in front, so the friend
 needs nothing else to find and talk to the vehicle::
 
-    phonekey-share:1:<vehicle card>:<base64url of the 171-byte share>
+    phonekey-share:1:<vehicle card>:<base64url of the 171-byte share + the
+                                      owner's 33-byte compressed public key>
+
+The owner's key lets the friend's phone check the share's signature at
+import, so a share damaged on the way is refused at once rather than at the
+car (the vehicle still checks that key is one of its owners). Texts without
+the key (171 bytes only) are still accepted; the vehicle checks those.
 
 The card has colons of its own; the share part (base64url) has none, so the
 text splits at its last colon.
@@ -28,7 +34,14 @@ from typing import Any, Final
 
 from protocol import Role, crypto
 from protocol.card import InvalidCard, VehicleCard
-from protocol.shares import ALL_WEEKDAYS, WEEKDAY_NAMES, Share, ShareError
+from protocol.shares import (
+    ALL_WEEKDAYS,
+    SHARE_SIZE,
+    WEEKDAY_NAMES,
+    Share,
+    ShareError,
+    verify_share_signature,
+)
 
 from .errors import KeyStoreError, ShareTextError, UnknownShare, UnknownVehicle
 from .keystore import KeyStore
@@ -38,8 +51,11 @@ PRUNE_AFTER: Final = 30 * 86400
 MIN_SHARE_ID_PREFIX: Final = 4  # hex digits of a share id accepted as a unique prefix
 
 
-def share_text(card: VehicleCard, share: Share) -> str:
-    encoded = base64.urlsafe_b64encode(share.to_bytes()).rstrip(b"=").decode("ascii")
+def share_text(card: VehicleCard, share: Share, owner_key: crypto.PublicKey | None = None) -> str:
+    payload = share.to_bytes()
+    if owner_key is not None:
+        payload += crypto.public_bytes(owner_key)
+    encoded = base64.urlsafe_b64encode(payload).rstrip(b"=").decode("ascii")
     return f"{SHARE_TEXT_PREFIX}{card.to_text()}:{encoded}"
 
 
@@ -66,10 +82,19 @@ def _decode_share(encoded: str) -> Share:
         raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
     except (binascii.Error, ValueError):
         raise ShareTextError("the share part is not base64url") from None
+    owner_bytes = b""
+    if len(raw) == SHARE_SIZE + crypto.COMPRESSED_POINT_LEN:
+        raw, owner_bytes = raw[:SHARE_SIZE], raw[SHARE_SIZE:]
     try:
-        return Share.from_bytes(raw)
+        share = Share.from_bytes(raw)
     except ShareError as exc:
         raise ShareTextError(f"the share is malformed: {exc}") from None
+    if owner_bytes:
+        try:
+            verify_share_signature(share, crypto.public_key_from_bytes(owner_bytes))
+        except (crypto.InvalidKeyEncoding, ShareError) as exc:
+            raise ShareTextError(f"the share does not verify: {exc}") from None
+    return share
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,8 @@ async def firmware_steps(
         not_after=int((datetime.now(UTC) + timedelta(days=SHARE_DAYS)).timestamp()),
     )
     ShareBook(owner.keystore).record_issued(card.vin, share)
-    ShareBook(friend.keystore).import_text(share_text(card, share))
+    owner_key = owner.keystore.public_key()
+    ShareBook(friend.keystore).import_text(share_text(card, share, owner_key))
     demo.say(f"owner signed share {share.share_id.hex()[:8]} (guest, {SHARE_DAYS} days)")
     await demo._step(friend, Command.UNLOCK, "friend unlocks with the share", "unlocked")
     await demo._step(friend, Command.LOCK, "friend locks with the share", "locked")

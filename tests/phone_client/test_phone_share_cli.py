@@ -7,6 +7,7 @@ import argparse
 import io
 import json
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -212,6 +213,27 @@ def test_share_text_refusals(card: VehicleCard, text: str) -> None:
         parse_share_text(
             text.format(card=card.to_text(), other=other.to_text(), share=good.rsplit(":", 1)[1])
         )
+
+
+def test_a_share_text_with_the_owner_key_is_verified_at_import(card: VehicleCard) -> None:
+    """The owner's key rides in the text, so a damaged signature or a key that
+    did not sign the share is refused when imported, not first at the car."""
+    owner = crypto.generate_private_key()
+    share = issue_share(
+        owner,
+        vehicle_id=card.vehicle_id,
+        holder_key=owner.public_key(),
+        role=Role.GUEST,
+        not_before=0,
+        not_after=2**33,
+    )
+    assert parse_share_text(share_text(card, share, owner.public_key())) == (card, share)
+    damaged = replace(share, signature=bytes([share.signature[0] ^ 1]) + share.signature[1:])
+    with pytest.raises(ShareTextError, match="does not verify"):
+        parse_share_text(share_text(card, damaged, owner.public_key()))
+    stranger = crypto.generate_private_key().public_key()
+    with pytest.raises(ShareTextError, match="does not verify"):
+        parse_share_text(share_text(card, share, stranger))
 
 
 def test_argument_parsers() -> None:
