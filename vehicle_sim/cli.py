@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Final
 from phonekey.cli_args import number_in_range
 from phonekey.cli_logging import LOG_FORMAT, add_logging_flags, log_level, logging_configured
 
+from .cli_json import RESULT_KEYS, Output, failure_json, json_help, print_json, wants_json
+
 if TYPE_CHECKING:
     from protocol import crypto
 
@@ -173,6 +175,8 @@ def _sub(
         default=None,
         help="the vehicle's state directory (default: the per-user data directory)",
     )
+    if name in RESULT_KEYS:  # show, log and run have their own --json
+        parser.add_argument("--json", action="store_true", help=json_help(name))
     add_logging_flags(parser)
     parser.set_defaults(handler=_guarded(handler, name))
     return parser
@@ -212,6 +216,8 @@ def _guarded(handler: Handler, name: str) -> Handler:
             if args.debug:
                 traceback.print_exc()
             code, reason = _explain(exc)
+            if wants_json(args, name):  # stdout: the object; stderr: the line, as always
+                print_json(failure_json(name, _state_dir(args), code, reason))
             print(f"phonekey vehicle {name}: error: {reason}", file=sys.stderr)
             return code
 
@@ -271,17 +277,21 @@ def _init(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     with open_store(state_dir) as store:  # the card with the advertising secret
         card = store.card
-    print(f"created vehicle {card.vin} in {state_dir}")
-    print(f"vehicle id {card.vehicle_id.hex()} ({short_id(card.vehicle_id)}), doors locked")
+        issuer_ids = [key_id.hex() for key_id in store.issuer_keys()]
+    out = Output(args, "init", state_dir)
+    out.say(f"created vehicle {card.vin} in {state_dir}")
+    out.say(f"vehicle id {card.vehicle_id.hex()} ({short_id(card.vehicle_id)}), doors locked")
     for issuer in issuers:
-        print(f"trusting cloud credentials from issuer {crypto.key_id(issuer).hex()}")
-    print(
+        out.say(f"trusting cloud credentials from issuer {crypto.key_id(issuer).hex()}")
+    out.say(
         "whitelist a phone with: phonekey vehicle add-key "
         f"--state {state_dir} --key p256:<hex> --role owner"
     )
-    print("give phones this vehicle card (phonekey phone add-vehicle <card>):")
-    print(card.to_text())  # last line: machine-readable
-    return EXIT_OK
+    out.say("give phones this vehicle card (phonekey phone add-vehicle <card>):")
+    out.say(card.to_text())  # last line: machine-readable
+    return out.done(
+        vin=card.vin, vehicle_id=card.vehicle_id.hex(), card=card.to_text(), issuers=issuer_ids
+    )
 
 
 def _add_key(args: argparse.Namespace) -> int:
@@ -295,7 +305,9 @@ def _add_key(args: argparse.Namespace) -> int:
     role = Role.from_name(args.role)
     from .cli_console import console
 
-    client = console(_state_dir(args))
+    state_dir = _state_dir(args)
+    out = Output(args, "add-key", state_dir)
+    client = console(state_dir)
     if client is not None:
         with client:
             result = client.request(
@@ -303,13 +315,20 @@ def _add_key(args: argparse.Namespace) -> int:
             )
         key_text = result["key_id"][:8]
         if not result["changed"]:
-            print(f"key {key_text} is already whitelisted as {args.role}")
+            out.say(f"key {key_text} is already whitelisted as {args.role}")
         elif result["previous_role"] is not None:
-            print(f"changed key {key_text} from {result['previous_role']} to {args.role}")
+            out.say(f"changed key {key_text} from {result['previous_role']} to {args.role}")
         else:
-            print(f"added key {key_text} as {args.role} ({_plural(result['keys'], 'key')})")
-        return EXIT_OK
-    with open_store(_state_dir(args)) as store:
+            out.say(f"added key {key_text} as {args.role} ({_plural(result['keys'], 'key')})")
+        return out.done(
+            key_id=result["key_id"],
+            role=args.role,
+            previous_role=result["previous_role"],
+            changed=result["changed"],
+            key_count=result["keys"],
+            live=True,
+        )
+    with open_store(state_dir) as store:
         key_id = crypto.key_id(public_key)
         if store.is_key_revoked(key_id):
             # Revocation also covers whitelisted keys, and revocation lists only grow.
@@ -319,21 +338,30 @@ def _add_key(args: argparse.Namespace) -> int:
                 "the vehicle would refuse it, so it is not added"
             )
         previous = store.whitelist_entry(key_id)
-        if previous is not None and previous.role is role:
-            print(f"key {short_id(key_id)} is already whitelisted as {args.role}")
-            return EXIT_OK
-        store.add_key(public_key, role)
-        if previous is not None:
-            print(
+        changed = previous is None or previous.role is not role
+        if not changed:
+            out.say(f"key {short_id(key_id)} is already whitelisted as {args.role}")
+        else:
+            store.add_key(public_key, role)
+        if changed and previous is not None:
+            out.say(
                 f"changed key {short_id(key_id)} from {previous.role.name.lower()} "
                 f"to {args.role} on vehicle {store.identity.vin}"
             )
-        else:
-            print(
+        elif changed:
+            out.say(
                 f"added key {short_id(key_id)} as {args.role} to vehicle "
                 f"{store.identity.vin} ({_plural(len(store.keys()), 'key')})"
             )
-    return EXIT_OK
+        key_count = len(store.keys())
+    return out.done(
+        key_id=key_id.hex(),
+        role=args.role,
+        previous_role=None if previous is None else previous.role.name.lower(),
+        changed=changed,
+        key_count=key_count,
+        live=False,
+    )
 
 
 def _provision(args: argparse.Namespace) -> int:
@@ -345,19 +373,24 @@ def _provision(args: argparse.Namespace) -> int:
 
     issuer = _public_key_arg(args.issuer, "--issuer")
     issuer_id = crypto.key_id(issuer).hex()
-    with open_store(_state_dir(args)) as store:
+    state_dir = _state_dir(args)
+    out = Output(args, "provision", state_dir)
+    with open_store(state_dir) as store:
         vin = store.identity.vin
-        if not store.add_issuer(issuer):
-            print(f"issuer {issuer_id} is already trusted by vehicle {vin}")
+        added = store.add_issuer(issuer)
+        if not added:
+            out.say(f"issuer {issuer_id} is already trusted by vehicle {vin}")
         else:
             count = len(store.issuer_keys())
-            print(
+            out.say(
                 f"vehicle {vin} now trusts cloud credentials from issuer {issuer_id} "
                 f"({_plural(count, 'issuer key')})"
             )
         # Last line: the card for phones, now naming the issuer they should pin.
-        print(store.card.to_text())
-    return EXIT_OK
+        card = store.card.to_text()
+        out.say(card)
+        issuers = [key_id.hex() for key_id in store.issuer_keys()]
+    return out.done(vin=vin, issuer_id=issuer_id, added=added, issuers=issuers, card=card)
 
 
 def _run(args: argparse.Namespace) -> int:

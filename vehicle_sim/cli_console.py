@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from phonekey.cli_args import number_in_range
 
 from .cli import EXIT_LOG_TAMPERED, EXIT_OK, Refused, UsageError, _state_dir
+from .cli_json import Output
 
 if TYPE_CHECKING:
     from protocol import crypto
@@ -169,12 +170,14 @@ def _add_card(args: argparse.Namespace) -> int:
     from .state_store import open_store
 
     state_dir = _state_dir(args)
+    out = Output(args, "add-card", state_dir)
     voucher = load_card(args.with_card) if args.with_card is not None else None
     path: Path = args.card
     created = not path.exists()
     card = create_card(path) if created else load_card(path)
     public = card.public_key()
     client = console(state_dir)
+    live = client is not None
     if client is not None:
         with client:
             if voucher is not None:
@@ -192,10 +195,16 @@ def _add_card(args: argparse.Namespace) -> int:
             added = store.add_keycard(public)
     verb = "created and registered" if created else "registered"
     if not added:
-        print(f"keycard {card_id(card).hex()} is already registered")
+        out.say(f"keycard {card_id(card).hex()} is already registered")
     else:
-        print(f"{verb} keycard {card_id(card).hex()} ({path})")
-    return EXIT_OK
+        out.say(f"{verb} keycard {card_id(card).hex()} ({path})")
+    return out.done(
+        card_id=card_id(card).hex(),
+        card_file=str(path.absolute()),
+        created=created,
+        added=added,
+        live=live,
+    )
 
 
 def _tap_card(args: argparse.Namespace) -> int:
@@ -207,17 +216,25 @@ def _tap_card(args: argparse.Namespace) -> int:
     if args.window is not None and action is not TapAction.PAIR:
         raise UsageError("--window only goes with --pair")
     extra = {"window": args.window} if args.window is not None else {}
-    with ControlClient(_state_dir(args)) as client:  # a tap needs a powered vehicle
+    state_dir = _state_dir(args)
+    out = Output(args, "tap-card", state_dir)
+    with ControlClient(state_dir) as client:  # a tap needs a powered vehicle
         result = client.tap(card, action, **extra)
     short = card_id(card)[:4].hex()
     if action is TapAction.PAIR:
-        print(
+        out.say(
             f"keycard {short}: pairing window open for {result['pairing_window_s']:g} s; "
             "enroll an owner phone over BLE now"
         )
     else:
-        print(f"keycard {short}: doors {result['lock_state']} (were {result['was']})")
-    return EXIT_OK
+        out.say(f"keycard {short}: doors {result['lock_state']} (were {result['was']})")
+    return out.done(
+        card_id=card_id(card).hex(),
+        action=action.label,
+        lock_state=result.get("lock_state"),
+        was=result.get("was"),
+        pairing_window_s=result.get("pairing_window_s"),
+    )
 
 
 def _remove_key(args: argparse.Namespace) -> int:
@@ -232,6 +249,7 @@ def _remove_key(args: argparse.Namespace) -> int:
         raise UsageError("--key-id must be 32 hex digits (a 16-byte key id)")
     card = load_card(args.card)
     state_dir = _state_dir(args)
+    out = Output(args, "remove-key", state_dir)
     client = console(state_dir)
     if client is not None:
         with client:
@@ -249,8 +267,8 @@ def _remove_key(args: argparse.Namespace) -> int:
             store.log_event(LogEvent(LogKind.REMOVED, key_id))
             store.flush_log()
             role = removed.role.name.lower()
-    print(f"removed key {key_id.hex()} ({role})")
-    return EXIT_OK
+    out.say(f"removed key {key_id.hex()} ({role})")
+    return out.done(key_id=key_id.hex(), role=role, live=client is not None)
 
 
 def _factory_reset(args: argparse.Namespace) -> int:
@@ -259,10 +277,11 @@ def _factory_reset(args: argparse.Namespace) -> int:
 
     card = load_card(args.card)
     state_dir = _state_dir(args)
+    out = Output(args, "factory-reset", state_dir)
     client = console(state_dir)
     if client is not None:
         with client:
-            client.tap(card, TapAction.FACTORY_RESET)
+            key_count = int(client.tap(card, TapAction.FACTORY_RESET)["keys"])
     else:
         from .firmware_store import LogEvent, LogKind
 
@@ -272,8 +291,9 @@ def _factory_reset(args: argparse.Namespace) -> int:
             store.factory_reset()
             store.log_event(LogEvent(LogKind.FACTORY_RESET, card_id(card)))
             store.flush_log()
-    print("factory reset: every phone key, share and fast-path secret is gone")
-    return EXIT_OK
+            key_count = len(store.keys())
+    out.say("factory reset: every phone key, share and fast-path secret is gone")
+    return out.done(card_id=card_id(card).hex(), key_count=key_count, live=client is not None)
 
 
 def _check_card_locally(store: FirmwareStore, card: crypto.PrivateKey) -> None:
