@@ -33,7 +33,7 @@ DEFAULT_SCAN_TIMEOUT: Final = 3.0
 DEFAULT_CLOUD_TIMEOUT: Final = 2.0
 BREAKER_FILE: Final = "cloud-breaker.json"
 PHONE_DEVICE_NAME: Final = "phonekey-phone"
-JSON_COMMANDS: Final = ("unlock", "lock", "status")
+JSON_COMMANDS: Final = ("unlock", "lock", "status", "scan")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -84,6 +84,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = _sub(commands, "scan", "list nearby phonekey vehicles (exit 3 if none)", _scan)
     _add_radio(p, DEFAULT_SCAN_TIMEOUT, mtu=False)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object instead of text: ok, command, vehicles (address, rssi, "
+        "tag, vin: null unless this phone holds the card), error",
+    )
 
     for name, verb in (("unlock", "unlock"), ("lock", "lock"), ("status", "report the lock of")):
         p = _sub(commands, name, f"{verb} a vehicle whose card this phone holds", _command)
@@ -203,11 +209,13 @@ def _guarded(handler: Handler) -> Handler:
                 if args.debug:
                     traceback.print_exc()
                 if _wants_json(args):
-                    from .cli_output import failure_json, print_json
+                    from .cli_output import failure_json, print_json, scan_json
 
-                    print_json(
-                        failure_json(args.phone_command, getattr(args, "vin", None), code, line)
-                    )
+                    if args.phone_command == "scan":
+                        print_json(scan_json(None, (code, line)))
+                    else:
+                        vin = getattr(args, "vin", None)
+                        print_json(failure_json(args.phone_command, vin, code, line))
                 print(line, file=sys.stderr)
                 return code
 
@@ -330,32 +338,58 @@ def _breaker(store: Any, url: str) -> Any:
     return CircuitBreaker(path=store.home / BREAKER_FILE, key=url)
 
 
+def _status_line(args: argparse.Namespace) -> StatusLine:
+    """The live status on stderr; --json and the log flags own the terminal instead."""
+    from .cli_output import StatusLine
+
+    return StatusLine(enabled=not (args.json or args.verbose or args.debug))
+
+
 def _scan(args: argparse.Namespace) -> int:
-    from .scanning import scan_vehicles
+    from .cli_output import print_json, scan_json
+    from .scanning import SeenVehicle, scan_vehicles
 
     store = _keystore(args)
     known = store.vehicles()
+    status = _status_line(args)
+    heard: list[SeenVehicle] = []
 
-    async def scan(radio: dict[str, Any]) -> int:
-        seen = await scan_vehicles(
-            args.timeout, known=known, scanner_kwargs=radio.get("scanner_kwargs")
+    def on_heard(vehicle: SeenVehicle) -> None:
+        heard.append(vehicle)
+        named = sum(1 for v in heard if v.vin is not None)
+        what = "vehicle" if len(heard) == 1 else "vehicles"
+        status.show(f"scanning... heard {len(heard)} {what} ({named} whose card this phone holds)")
+
+    async def scan(radio: dict[str, Any]) -> list[SeenVehicle]:
+        return await scan_vehicles(
+            args.timeout,
+            known=known,
+            scanner_kwargs=radio.get("scanner_kwargs"),
+            on_heard=on_heard,
         )
+
+    status.show(f"listening for phonekey vehicles for {args.timeout:g} s...")
+    try:
+        seen: list[SeenVehicle] = asyncio.run(_with_radio(args, scan, status=status))
+    finally:
+        status.clear()
+    none_heard = f"no phonekey vehicle heard within {args.timeout:g} s"
+    if args.json:
+        print_json(scan_json(seen, None if seen else (EXIT_TIMEOUT, none_heard)))
+    else:
         for vehicle in seen:
             held = f"{vehicle.vin} (card held)" if vehicle.vin else "-"
             print(f"{vehicle.address}  rssi {vehicle.rssi:4d}  tag {vehicle.tag.hex()}  {held}")
-        if not seen:
-            print(f"no phonekey vehicle heard within {args.timeout:g} s", file=sys.stderr)
-            return EXIT_TIMEOUT
-        return EXIT_OK
-
-    code: int = asyncio.run(_with_radio(args, scan))
-    return code
+    if not seen:
+        print(none_heard, file=sys.stderr)
+        return EXIT_TIMEOUT
+    return EXIT_OK
 
 
 def _command(args: argparse.Namespace) -> int:
     from protocol import Command
 
-    from .cli_output import StatusLine, outcome_json, print_json
+    from .cli_output import outcome_json, print_json
     from .cli_output import print_result as show
     from .command_policy import run_command
 
@@ -364,8 +398,7 @@ def _command(args: argparse.Namespace) -> int:
     _ = store.private_key
     command = Command[args.phone_command.upper()]
     printed: list[CommandOutcome] = []
-    quiet = args.json or args.verbose or args.debug  # logs and JSON own the terminal then
-    status = StatusLine(enabled=not quiet)
+    status = _status_line(args)
 
     def print_result(outcome: CommandOutcome) -> None:
         # As soon as the vehicle answered: the cloud work after it must not delay this.

@@ -1,13 +1,17 @@
-"""How `phonekey phone unlock|lock|status` words the vehicle's answer: a line for
+"""How `phonekey phone unlock|lock|status|scan` word their result: a line for
 people, one JSON object for machines (--json), and a live status on a TTY."""
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any, TextIO
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .outcome import CommandOutcome
+
+if TYPE_CHECKING:
+    from .scanning import SeenVehicle
 
 
 def print_result(outcome: CommandOutcome) -> None:
@@ -135,6 +139,23 @@ def failure_json(command: str, vin: str | None, code: int, reason: str) -> dict[
         "latency_ms": None,
         "message": "",
         "error": {"code": code, "reason": reason},
+    }
+
+
+def scan_json(
+    seen: Sequence[SeenVehicle] | None, error: tuple[int, str] | None = None
+) -> dict[str, Any]:
+    """`phonekey phone scan --json`: the vehicles heard (null when the scan could
+    not run); ``error`` is the exit code and reason of a failure, none heard included."""
+    return {
+        "ok": error is None,
+        "command": "scan",
+        "vehicles": None
+        if seen is None
+        else [
+            {"address": v.address, "rssi": v.rssi, "tag": v.tag.hex(), "vin": v.vin} for v in seen
+        ],
+        "error": None if error is None else {"code": error[0], "reason": error[1]},
     }
 
 

@@ -17,7 +17,7 @@ that.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,10 +139,12 @@ async def scan_vehicles(
     *,
     known: Iterable[VehicleCard] = (),
     scanner_kwargs: Mapping[str, Any] | None = None,
+    on_heard: Callable[[SeenVehicle], None] | None = None,
 ) -> list[SeenVehicle]:
     """Listen for ``timeout`` seconds; return every phonekey vehicle heard, by address.
 
     A vehicle is named when one of the ``known`` cards resolves its tag.
+    ``on_heard`` is called once per address, when it is first heard.
     """
     cards = list(known)
     seen: dict[str, SeenVehicle] = {}
@@ -151,7 +153,10 @@ async def scan_vehicles(
         tag = adv_tag_of(advertisement)
         if tag is not None:
             vin = next((card.vin for card in cards if card_matches(card, tag)), None)
+            first = device.address not in seen
             seen[device.address] = SeenVehicle(device, advertisement.rssi, tag.tag, vin)
+            if first and on_heard is not None:
+                on_heard(seen[device.address])
 
     scanner = _scanner(on_advertisement, scanner_kwargs)
     try:
