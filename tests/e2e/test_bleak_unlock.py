@@ -9,28 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
-from bumble.device import Device
 
-from ble_stack.bleak_backend import BumbleBleakClient, BumbleBleakScanner
 from ble_stack.uuids import COMMAND_CHAR_UUID, EVENT_CHAR_UUID
-from ble_stack.virtual_link import VirtualRadio
-from phone_client import (
-    CommandOutcome,
-    ConnectionLost,
-    KeyStore,
-    PhoneKey,
-    VehicleNotFound,
-    run_command,
-    scan_vehicles,
-)
+from phone_client import ConnectionLost, VehicleNotFound, scan_vehicles
 from protocol import (
     Command,
     LockState,
@@ -41,99 +27,7 @@ from protocol import (
 )
 from protocol.card import VehicleCard
 from protocol.errors import RejectedUnknownKey
-from vehicle_sim.advertising import private_card
-from vehicle_sim.runtime import VehicleRuntime
-from vehicle_sim.state_store import FileVehicleStore, init_vehicle, open_store
-
-VIN = "1HGCM82633A004352"
-TIMEOUT = 5.0
-
-
-@dataclass
-class Vehicle:
-    card: VehicleCard
-    store: FileVehicleStore
-    runtime: VehicleRuntime
-    device: Device
-
-
-@dataclass
-class Phone:
-    keystore: KeyStore
-    device: Device
-    client_kwargs: dict[str, Any]
-    scanner_kwargs: dict[str, Any]
-
-    def central(self, **kwargs: Any) -> PhoneKey:
-        return PhoneKey(
-            self.keystore,
-            client_kwargs=self.client_kwargs,
-            scanner_kwargs=self.scanner_kwargs,
-            **kwargs,
-        )
-
-    async def run(self, command: Command, *, timeout: float = TIMEOUT) -> CommandOutcome:
-        return await run_command(
-            self.keystore,
-            VIN,
-            command,
-            client_kwargs=self.client_kwargs,
-            scanner_kwargs=self.scanner_kwargs,
-            timeout=timeout,
-        )
-
-
-PhoneFactory = Callable[..., Awaitable[Phone]]
-
-
-@pytest.fixture
-async def radio() -> AsyncIterator[VirtualRadio]:
-    yield VirtualRadio()
-
-
-@pytest.fixture
-async def vehicle(radio: VirtualRadio, tmp_path: Path) -> AsyncIterator[Vehicle]:
-    init_vehicle(tmp_path / "vehicle", VIN)
-    store = open_store(tmp_path / "vehicle")
-    card = private_card(store.card, store.identity)  # with the advertising secret
-    device = await radio.create_device("vehicle")
-    runtime = VehicleRuntime(store, device)
-    await runtime.start()
-    try:
-        yield Vehicle(card, store, runtime, device)
-    finally:
-        await runtime.stop()
-        radio.remove_device(device)
-        await device.power_off()
-        store.close()
-
-
-@pytest.fixture
-async def make_phone(
-    radio: VirtualRadio, vehicle: Vehicle, tmp_path: Path
-) -> AsyncIterator[PhoneFactory]:
-    devices: list[Device] = []
-
-    async def make(name: str = "phone", *, role: Role | None = Role.OWNER, mtu: int = 247) -> Phone:
-        keystore = KeyStore(tmp_path / name)
-        keystore.keygen()
-        keystore.add_vehicle(vehicle.card)
-        if role is not None:
-            vehicle.store.add_key(keystore.public_key(), role)
-        device = await radio.create_device(name)
-        devices.append(device)
-        return Phone(
-            keystore,
-            device,
-            {"backend": BumbleBleakClient, "bumble_device": device, "mtu": mtu},
-            {"backend": BumbleBleakScanner, "bumble_device": device},
-        )
-
-    yield make
-    for device in devices:
-        radio.remove_device(device)
-        if device.powered_on:
-            await device.power_off()
+from tests.phone_client.phone_issue4_rig import TIMEOUT, VIN, PhoneFactory, Vehicle
 
 
 async def test_unlock_status_lock(make_phone: PhoneFactory, vehicle: Vehicle) -> None:

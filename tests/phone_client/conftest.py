@@ -1,4 +1,6 @@
-"""Fixtures of the phone tests: a real credential cloud on an ephemeral loopback port."""
+"""Fixtures of the phone tests: a real credential cloud on an ephemeral loopback
+port, and (from ``phone_issue4_rig``) a vehicle on a virtual radio with phones
+made on demand."""
 
 from __future__ import annotations
 
@@ -6,6 +8,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from phone_issue4_rig import (  # noqa: F401  (fixtures are found by name)
+    make_phone,
+    radio,
+    sessions,
+    vehicle,
+)
 
 from cloud_sim.server import RunningCloud, start_cloud
 

@@ -1,11 +1,20 @@
 """A vehicle (the real runtime, GATT server and flash store) and phones on one
-bumble VirtualRadio, for the fast-path, share and management tests.
+bumble VirtualRadio, driven through bleak's public API: for the fast-path,
+share and management tests here and the bleak unlock tests in tests/e2e.
 
 (Named apart from the other test helpers: test directories have no
-__init__.py, so helper module names must be unique across them.)
+__init__.py, so helper module names must be unique across them. tests/e2e
+imports it as ``tests.phone_client.phone_issue4_rig``, because this directory
+is only on sys.path once pytest has collected a test from it; a whole run then
+holds two copies of the module, which is harmless as it keeps no state.)
 
 ``VehicleConnection`` instances the GATT server makes are recorded (a
 subclass that only observes) so tests can read each session's ``crypto_ops``.
+
+The fixtures at the end (``sessions``, ``radio``, ``vehicle``, ``make_phone``)
+are the usual set-up; the conftest.py of each directory that uses them
+registers them, and a test module that needs another vehicle defines its own
+fixture of the same name.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import pytest
 from bumble.device import Device
 
 import vehicle_sim.gatt_server as gatt_server
-from ble_stack.bleak_backend import BumbleBleakClient, BumbleBleakScanner
+from ble_stack.bleak_backend import DEFAULT_MTU, BumbleBleakClient, BumbleBleakScanner
 from ble_stack.virtual_link import VirtualRadio
 from phone_client import CommandOutcome, KeyStore, PhoneKey, run_command
 from phone_client.manage import Manager
@@ -98,17 +107,48 @@ async def running_vehicle(
 
 @dataclass
 class Phone:
+    """A phone's key store and its own bumble device, seen by bleak through
+    ble_stack's backends (as the phone app would see the OS adapter)."""
+
     keystore: KeyStore
-    radio: dict[str, Any]
+    device: Device
+    mtu: int = DEFAULT_MTU
 
-    async def run(self, command: Command = Command.UNLOCK) -> CommandOutcome:
-        return await run_command(self.keystore, VIN, command, timeout=TIMEOUT, **self.radio)
+    @property
+    def client_kwargs(self) -> dict[str, Any]:
+        return {"backend": BumbleBleakClient, "bumble_device": self.device, "mtu": self.mtu}
 
-    def central(self) -> PhoneKey:
-        return PhoneKey(self.keystore, **self.radio)
+    @property
+    def scanner_kwargs(self) -> dict[str, Any]:
+        return {"backend": BumbleBleakScanner, "bumble_device": self.device}
+
+    async def run(
+        self, command: Command = Command.UNLOCK, *, timeout: float = TIMEOUT
+    ) -> CommandOutcome:
+        return await run_command(
+            self.keystore,
+            VIN,
+            command,
+            timeout=timeout,
+            client_kwargs=self.client_kwargs,
+            scanner_kwargs=self.scanner_kwargs,
+        )
+
+    def central(self, **kwargs: Any) -> PhoneKey:
+        return PhoneKey(
+            self.keystore,
+            client_kwargs=self.client_kwargs,
+            scanner_kwargs=self.scanner_kwargs,
+            **kwargs,
+        )
 
     def manager(self) -> Manager:
-        return Manager(self.keystore, timeout=TIMEOUT, **self.radio)
+        return Manager(
+            self.keystore,
+            timeout=TIMEOUT,
+            client_kwargs=self.client_kwargs,
+            scanner_kwargs=self.scanner_kwargs,
+        )
 
     def shares(self) -> ShareBook:
         return ShareBook(self.keystore)
@@ -128,8 +168,14 @@ async def phone_factory(
     devices: list[Device] = []
 
     async def make(
-        name: str = "phone", *, role: Role | None = Role.OWNER, card: bool = True
+        name: str = "phone",
+        *,
+        role: Role | None = Role.OWNER,
+        card: bool = True,
+        mtu: int = DEFAULT_MTU,
     ) -> Phone:
+        """A phone with a fresh key, holding the vehicle's card (``card``) and
+        on its whitelist as ``role`` (``None``: not on it)."""
         keystore = KeyStore(home / name)
         keystore.keygen()
         if card:
@@ -138,13 +184,7 @@ async def phone_factory(
             vehicle.store.add_key(keystore.public_key(), role)
         device = await radio.create_device(name)
         devices.append(device)
-        return Phone(
-            keystore,
-            {
-                "client_kwargs": {"backend": BumbleBleakClient, "bumble_device": device},
-                "scanner_kwargs": {"backend": BumbleBleakScanner, "bumble_device": device},
-            },
-        )
+        return Phone(keystore, device, mtu)
 
     try:
         yield make
@@ -153,3 +193,30 @@ async def phone_factory(
             radio.remove_device(device)
             if device.powered_on:
                 await device.power_off()
+
+
+# --- fixtures: one vehicle on a fresh radio, phones made on demand -------------------
+@pytest.fixture
+def sessions(monkeypatch: pytest.MonkeyPatch) -> RecordedConnections:
+    return record_connections(monkeypatch)
+
+
+@pytest.fixture
+async def radio() -> AsyncIterator[VirtualRadio]:
+    yield VirtualRadio()
+
+
+@pytest.fixture
+async def vehicle(
+    radio: VirtualRadio, tmp_path: Path, sessions: RecordedConnections
+) -> AsyncIterator[Vehicle]:
+    async with running_vehicle(radio, tmp_path / "vehicle", sessions) as running:
+        yield running
+
+
+@pytest.fixture
+async def make_phone(
+    radio: VirtualRadio, vehicle: Vehicle, tmp_path: Path
+) -> AsyncIterator[PhoneFactory]:
+    async with phone_factory(radio, vehicle, tmp_path) as make:
+        yield make

@@ -4,7 +4,6 @@ the vehicle's protocol sessions are only observed (their ``crypto_ops``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from phone_issue4_rig import (
     RecordedConnections,
     Vehicle,
     phone_factory,
-    record_connections,
     running_vehicle,
 )
 
@@ -22,32 +20,6 @@ from ble_stack.virtual_link import VirtualRadio
 from protocol import Command, LockState, ResultCode, Role
 from protocol.events import FastPathRefusedEvent
 from vehicle_sim.runtime import FirmwareOptions
-
-
-@pytest.fixture
-def sessions(monkeypatch: pytest.MonkeyPatch) -> RecordedConnections:
-    return record_connections(monkeypatch)
-
-
-@pytest.fixture
-async def radio() -> AsyncIterator[VirtualRadio]:
-    yield VirtualRadio()
-
-
-@pytest.fixture
-async def vehicle(
-    radio: VirtualRadio, tmp_path: Path, sessions: RecordedConnections
-) -> AsyncIterator[Vehicle]:
-    async with running_vehicle(radio, tmp_path / "vehicle", sessions) as running:
-        yield running
-
-
-@pytest.fixture
-async def make_phone(
-    radio: VirtualRadio, vehicle: Vehicle, tmp_path: Path
-) -> AsyncIterator[PhoneFactory]:
-    async with phone_factory(radio, vehicle, tmp_path) as make:
-        yield make
 
 
 async def test_second_unlock_takes_the_fast_path_without_public_key_work(

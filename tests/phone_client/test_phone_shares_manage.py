@@ -6,22 +6,15 @@ enroll, owners add and remove keys, and ownership moves to a new phone."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from phone_issue4_rig import (
     VIN,
     Phone,
     PhoneFactory,
-    RecordedConnections,
     Vehicle,
-    phone_factory,
-    record_connections,
-    running_vehicle,
 )
 
-from ble_stack.virtual_link import VirtualRadio
 from phone_client import KeyUnavailable
 from phone_client.errors import KeyNotOnVehicle, LastOwner, NotOwner
 from phone_client.share_book import share_text
@@ -37,32 +30,6 @@ from protocol.events import KeyEnrolled, OwnershipTransferred
 from protocol.shares import Share, issue_share
 
 DAY = 86400
-
-
-@pytest.fixture
-def sessions(monkeypatch: pytest.MonkeyPatch) -> RecordedConnections:
-    return record_connections(monkeypatch)
-
-
-@pytest.fixture
-async def radio() -> AsyncIterator[VirtualRadio]:
-    yield VirtualRadio()
-
-
-@pytest.fixture
-async def vehicle(
-    radio: VirtualRadio, tmp_path: Path, sessions: RecordedConnections
-) -> AsyncIterator[Vehicle]:
-    async with running_vehicle(radio, tmp_path / "vehicle", sessions) as running:
-        yield running
-
-
-@pytest.fixture
-async def make_phone(
-    radio: VirtualRadio, vehicle: Vehicle, tmp_path: Path
-) -> AsyncIterator[PhoneFactory]:
-    async with phone_factory(radio, vehicle, tmp_path) as make:
-        yield make
 
 
 def share_for(
