@@ -3,7 +3,8 @@
 Heavy imports (bumble, cryptography, the BLE layer) happen inside the
 handlers so `phonekey --help` stays fast. Every failure prints one line on
 stderr and maps to the exit codes listed in `phonekey --help`; --debug adds
-tracebacks and debug logs.
+tracebacks and debug logs. With --json a command prints one object on stdout
+instead of its text, success or failure (``cli_json``).
 """
 
 from __future__ import annotations
