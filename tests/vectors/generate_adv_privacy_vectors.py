@@ -25,9 +25,9 @@ for _path in (str(ROOT), str(HERE)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from generate_vectors import RNG_DOC, CounterRng, render, write_or_check
+from generate_vectors import RNG_DOC, key_from_seed, private_scalar_hex, render, write_or_check
 
-from protocol import crypto, privacy
+from protocol import privacy
 
 OUT = HERE / "adv_privacy_v1.json"
 VEHICLE_KEY_SEED = b"phonekey test vector adv vehicle"
@@ -51,13 +51,13 @@ def _epoch_entry(secret: bytes, epoch: int) -> dict[str, Any]:
 
 
 def build() -> dict[str, Any]:
-    vehicle = crypto.private_key_from_random(CounterRng(VEHICLE_KEY_SEED))
+    vehicle = key_from_seed(VEHICLE_KEY_SEED)
     secret = privacy.derive_adv_secret(vehicle)
     return {
         "description": "private advertising: secret, per-epoch tag and address (docs/protocol.md)",
         "rng": RNG_DOC,
         "vehicle_key_seed": VEHICLE_KEY_SEED.decode(),
-        "vehicle_private_scalar": vehicle.private_numbers().private_value.to_bytes(32, "big").hex(),
+        "vehicle_private_scalar": private_scalar_hex(vehicle),
         "adv_secret": secret.hex(),
         "irk": privacy.address_irk(secret).hex(),
         "rotation": ROTATION,

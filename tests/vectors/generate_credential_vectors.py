@@ -42,7 +42,9 @@ from generate_vectors import (
     CounterRng,
     drain_events,
     key_entry,
+    key_from_seed,
     messages_of,
+    private_scalar_hex,
     render,
     write_or_check,  # the rng and key conventions of handshake_v1.json
 )
@@ -119,14 +121,6 @@ LABELS = {
 REVOCATION_ID_LABEL = b"phonekey/v1 revocation"
 
 
-def _key(seed: bytes) -> crypto.PrivateKey:
-    return crypto.private_key_from_random(CounterRng(seed))
-
-
-def _scalar(key: crypto.PrivateKey) -> str:
-    return key.private_numbers().private_value.to_bytes(32, "big").hex()
-
-
 def _signed_entry(name: str, obj: Any) -> dict[str, str]:
     """The label, the signed bytes, the signature and the encoding of one object."""
     encoded = obj.to_bytes()
@@ -145,13 +139,14 @@ def _signed_entry(name: str, obj: Any) -> dict[str, str]:
 def run_exchange() -> dict[str, Any]:
     """One credential UNLOCK, then a revocation update and a time update, through
     both connection objects; returns the objects and what crossed the air."""
-    vehicle_key = _key(VEHICLE_KEY_SEED)
-    phone_key = _key(PHONE_KEY_SEED)
-    issuer = _key(ISSUER_KEY_SEED)
+    vehicle_key = key_from_seed(VEHICLE_KEY_SEED)
+    phone_key = key_from_seed(PHONE_KEY_SEED)
+    issuer = key_from_seed(ISSUER_KEY_SEED)
     vehicle_id = crypto.key_id(vehicle_key.public_key())
     # Revoked on this vehicle: the entries are per-vehicle revocation ids.
     lost_ids = [
-        revocation_id(vehicle_id, crypto.key_id(_key(seed).public_key())) for seed in LOST_KEY_SEEDS
+        revocation_id(vehicle_id, crypto.key_id(key_from_seed(seed).public_key()))
+        for seed in LOST_KEY_SEEDS
     ]
     store = MemoryStore()  # the phone is NOT on the whitelist
     trust = MemoryTrust(clock=lambda: WALL)
@@ -308,7 +303,7 @@ def build() -> dict[str, Any]:
 
     vehicle_id = crypto.key_id(keys["vehicle"].public_key())
     revocation_ids = [
-        _revocation_id_entry(vehicle_id, crypto.key_id(_key(seed).public_key()))
+        _revocation_id_entry(vehicle_id, crypto.key_id(key_from_seed(seed).public_key()))
         for seed in LOST_KEY_SEEDS
     ]
     assert [entry["revocation_id_hex"] for entry in revocation_ids] == [
@@ -317,7 +312,7 @@ def build() -> dict[str, Any]:
 
     digest = credential.digest()
     th = request_transcript_hash(msgs["challenge"], keys["vehicle"].public_key(), request, digest)
-    ephemeral = crypto.private_key_from_random(CounterRng(PHONE_RNG_SEED))
+    ephemeral = key_from_seed(PHONE_RNG_SEED)
     assert crypto.public_bytes(ephemeral.public_key()) == request.ephemeral_key
     shared = crypto.ecdh(keys["vehicle"], ephemeral.public_key())
     key = response_key(shared, request.nonce, request.version, th)
@@ -351,7 +346,7 @@ def build() -> dict[str, Any]:
             "vehicle": key_entry(VEHICLE_KEY_SEED, keys["vehicle"]),
             "phone": {**key_entry(PHONE_KEY_SEED, keys["phone"]), "whitelisted": False},
             "issuer": key_entry(ISSUER_KEY_SEED, keys["issuer"]),
-            "lost_phones": [key_entry(seed, _key(seed)) for seed in LOST_KEY_SEEDS],
+            "lost_phones": [key_entry(seed, key_from_seed(seed)) for seed in LOST_KEY_SEEDS],
         },
         "vin": VIN,
         "clock": CLOCK,
@@ -429,7 +424,7 @@ def build() -> dict[str, Any]:
             "time_nonces_hex": [s.time_nonce.hex() for s in statuses],  # type: ignore[union-attr]
             "revocation_versions": [s.revocation_version for s in statuses],  # type: ignore[union-attr]
             "clock_after_time_update": ISSUER_TIME,
-            "ephemeral_private_scalar_hex": _scalar(ephemeral),
+            "ephemeral_private_scalar_hex": private_scalar_hex(ephemeral),
             "ephemeral_public_key_hex": request.ephemeral_key.hex(),
             "labels": {
                 "request": "phonekey/v1 request",

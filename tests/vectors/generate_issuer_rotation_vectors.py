@@ -32,6 +32,7 @@ from generate_vectors import (
     VEHICLE_KEY_SEED,
     CounterRng,
     key_entry,
+    key_from_seed,
     messages_of,
     render,
     write_or_check,
@@ -55,13 +56,9 @@ ISSUED_AT = WALL + 86400
 MTU = 247
 
 
-def _key(seed: bytes) -> crypto.PrivateKey:
-    return crypto.private_key_from_random(CounterRng(seed))
-
-
 def build() -> dict[str, Any]:
-    old, new = _key(ISSUER_KEY_SEED), _key(NEW_ISSUER_KEY_SEED)
-    vehicle_key = _key(VEHICLE_KEY_SEED)
+    old, new = key_from_seed(ISSUER_KEY_SEED), key_from_seed(NEW_ISSUER_KEY_SEED)
+    vehicle_key = key_from_seed(VEHICLE_KEY_SEED)
     rotation = issue_issuer_rotation(old, new.public_key(), ISSUED_AT)
     encoded = rotation.to_bytes()
     unsigned = encoded[: -crypto.SIGNATURE_LEN]

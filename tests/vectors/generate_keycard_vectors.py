@@ -24,7 +24,7 @@ for _path in (str(ROOT), str(HERE)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from generate_vectors import RNG_DOC, CounterRng, render, write_or_check
+from generate_vectors import RNG_DOC, key_from_seed, private_scalar_hex, render, write_or_check
 
 from protocol import crypto
 from vehicle_sim.keycard import TAP_DOMAIN, TapAction, card_id, sign_tap, tap_message
@@ -42,7 +42,7 @@ ARGUMENTS = {
 
 
 def build() -> dict[str, Any]:
-    card = crypto.private_key_from_random(CounterRng(CARD_KEY_SEED))
+    card = key_from_seed(CARD_KEY_SEED)
     taps = []
     for action in TapAction:
         argument = ARGUMENTS.get(action, b"")
@@ -60,7 +60,7 @@ def build() -> dict[str, Any]:
         "description": "keycard tap challenge-response (docs/firmware.md)",
         "rng": RNG_DOC,
         "card_key_seed": CARD_KEY_SEED.decode(),
-        "card_private_scalar": card.private_numbers().private_value.to_bytes(32, "big").hex(),
+        "card_private_scalar": private_scalar_hex(card),
         "card_public_key": crypto.public_bytes(card.public_key()).hex(),
         "card_id": card_id(card).hex(),
         "domain": TAP_DOMAIN.hex(),

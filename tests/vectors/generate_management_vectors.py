@@ -46,7 +46,9 @@ from generate_vectors import (
     CounterRng,
     drain_events,
     key_entry,
+    key_from_seed,
     messages_of,
+    private_scalar_hex,
     render,
     write_or_check,  # the rng and key conventions of handshake_v1.json
 )
@@ -116,15 +118,11 @@ SHARE_WEEKDAYS = 1 << 4  # Friday
 SHARE_START, SHARE_END, SHARE_OFFSET = 22 * 60, 2 * 60, 120
 
 
-def _key(seed: bytes) -> crypto.PrivateKey:
-    return crypto.private_key_from_random(CounterRng(seed))
-
-
 class _Pair:
     """A phone and a vehicle with deterministic rngs, driven by hand."""
 
     def __init__(self, store: MemoryStore, phone_key: crypto.PrivateKey, **options: Any) -> None:
-        self.vehicle_key = _key(VEHICLE_KEY_SEED)
+        self.vehicle_key = key_from_seed(VEHICLE_KEY_SEED)
         self.vehicle = VehicleConnection(
             VehicleIdentity(self.vehicle_key, VIN),
             store,
@@ -160,8 +158,8 @@ class _Pair:
 
 # --- manage_v1.json -----------------------------------------------------------------------
 def build_manage() -> dict[str, Any]:
-    owner = _key(PHONE_KEY_SEED)
-    new = _key(NEW_KEY_SEED)
+    owner = key_from_seed(PHONE_KEY_SEED)
+    new = key_from_seed(NEW_KEY_SEED)
     store = MemoryStore()
     store.add_key(owner.public_key(), Role.OWNER)
     pair = _Pair(store, owner)
@@ -186,7 +184,7 @@ def build_manage() -> dict[str, Any]:
     assert isinstance(request, ManageRequest) and isinstance(response, ManageResponse)
     vehicle_key = pair.vehicle_key
     th = manage_transcript_hash(challenge, vehicle_key.public_key(), request)
-    ephemeral = crypto.private_key_from_random(CounterRng(PHONE_RNG_SEED))
+    ephemeral = key_from_seed(PHONE_RNG_SEED)
     assert crypto.public_bytes(ephemeral.public_key()) == request.ephemeral_key
     shared = crypto.ecdh(vehicle_key, ephemeral.public_key())
     key = manage_response_key(shared, request.nonce, request.version, th)
@@ -231,9 +229,7 @@ def build_manage() -> dict[str, Any]:
             "request_unsigned_hex": manage_signed_part(request).hex(),
             "transcript_label": "phonekey/v1 manage request",
             "transcript_hash_hex": th.hex(),
-            "ephemeral_private_scalar_hex": ephemeral.private_numbers()
-            .private_value.to_bytes(32, "big")
-            .hex(),
+            "ephemeral_private_scalar_hex": private_scalar_hex(ephemeral),
             "ecdh_shared_secret_hex": shared.hex(),
             "response_key_info": "phonekey/v1 manage response key || TH",
             "response_key_hex": key.hex(),
@@ -253,11 +249,11 @@ def build_manage() -> dict[str, Any]:
 
 # --- shares_v1.json --------------------------------------------------------------------------
 def _share() -> tuple[crypto.PrivateKey, crypto.PrivateKey, Share]:
-    owner = _key(PHONE_KEY_SEED)
-    friend = _key(FRIEND_KEY_SEED)
+    owner = key_from_seed(PHONE_KEY_SEED)
+    friend = key_from_seed(FRIEND_KEY_SEED)
     share = issue_share(
         owner,
-        vehicle_id=crypto.key_id(_key(VEHICLE_KEY_SEED).public_key()),
+        vehicle_id=crypto.key_id(key_from_seed(VEHICLE_KEY_SEED).public_key()),
         holder_key=friend.public_key(),
         role=Role.GUEST,
         not_before=SHARE_NOT_BEFORE,
@@ -331,7 +327,7 @@ def build_shares() -> dict[str, Any]:
         "keys": {
             "key_derivation": SCALAR_DOC,
             "rng": RNG_DOC,
-            "vehicle": key_entry(VEHICLE_KEY_SEED, _key(VEHICLE_KEY_SEED)),
+            "vehicle": key_entry(VEHICLE_KEY_SEED, key_from_seed(VEHICLE_KEY_SEED)),
             "owner": key_entry(PHONE_KEY_SEED, owner),
             "friend": key_entry(FRIEND_KEY_SEED, friend),
         },
@@ -367,7 +363,7 @@ def _patch(data: bytes, offset: int, value: bytes) -> bytes:
 
 # --- fast_path_v1.json ----------------------------------------------------------------------
 def build_fast_path() -> dict[str, Any]:
-    phone_key = _key(PHONE_KEY_SEED)
+    phone_key = key_from_seed(PHONE_KEY_SEED)
     store = MemoryStore()
     store.add_key(phone_key.public_key(), Role.OWNER)
     pair = _Pair(store, phone_key, fast_path=True)
@@ -403,7 +399,7 @@ def build_fast_path() -> dict[str, Any]:
     challenge1 = messages_of(challenge_frames)[0]
     full_request = decode(messages_of(full_frames)[0])
     th = request_transcript_hash(challenge1, vehicle_key.public_key(), full_request)  # type: ignore[arg-type]
-    ephemeral = crypto.private_key_from_random(CounterRng(PHONE_RNG_SEED))
+    ephemeral = key_from_seed(PHONE_RNG_SEED)
     shared = crypto.ecdh(vehicle_key, ephemeral.public_key())
     assert fast_path_key(shared, 1, th) == fast_key
     challenge2 = messages_of(answer1[1:2])[0]

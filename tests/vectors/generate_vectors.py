@@ -91,7 +91,15 @@ class CounterRng:
         return out
 
 
-def _scalar(key: crypto.PrivateKey) -> str:
+def key_from_seed(seed: bytes) -> crypto.PrivateKey:
+    """The P-256 key drawn first from ``CounterRng(seed)`` (``SCALAR_DOC``): the
+    vectors' fixed keys, and the first ephemeral key of a party whose rng has
+    that seed."""
+    return crypto.private_key_from_random(CounterRng(seed))
+
+
+def private_scalar_hex(key: crypto.PrivateKey) -> str:
+    """The private scalar as 32 big-endian bytes in hex, as the vectors print it."""
     return key.private_numbers().private_value.to_bytes(32, "big").hex()
 
 
@@ -99,7 +107,7 @@ def key_entry(seed: bytes, key: crypto.PrivateKey) -> dict[str, str]:
     public = key.public_key()
     return {
         "seed": seed.decode(),
-        "private_scalar_hex": _scalar(key),
+        "private_scalar_hex": private_scalar_hex(key),
         "public_key_compressed_hex": crypto.public_bytes(public).hex(),
         "public_key_uncompressed_hex": crypto.public_bytes(public, compressed=False).hex(),
         "key_id_hex": crypto.key_id(public).hex(),
@@ -126,8 +134,8 @@ def messages_of(frames: list[bytes]) -> list[bytes]:
 
 def run_exchange(mtu: int) -> dict[str, Any]:
     """Drive one UNLOCK through both connection objects; return what crossed the air."""
-    vehicle_key = crypto.private_key_from_random(CounterRng(VEHICLE_KEY_SEED))
-    phone_key = crypto.private_key_from_random(CounterRng(PHONE_KEY_SEED))
+    vehicle_key = key_from_seed(VEHICLE_KEY_SEED)
+    phone_key = key_from_seed(PHONE_KEY_SEED)
     store = MemoryStore()
     store.add_key(phone_key.public_key(), Role.OWNER)
     vehicle = VehicleConnection(
@@ -202,7 +210,7 @@ def build_handshake() -> dict[str, Any]:
     assert isinstance(response, CommandResponse)
 
     th = request_transcript_hash(run["challenge"], vehicle_key.public_key(), request)
-    ephemeral = crypto.private_key_from_random(CounterRng(PHONE_RNG_SEED))
+    ephemeral = key_from_seed(PHONE_RNG_SEED)
     assert crypto.public_bytes(ephemeral.public_key()) == request.ephemeral_key
     shared = crypto.ecdh(vehicle_key, ephemeral.public_key())
     key = response_key(shared, request.nonce, request.version, th)
@@ -243,7 +251,7 @@ def build_handshake() -> dict[str, Any]:
             "lock_state_after": response.lock_state.name,
             "nonce_hex": challenge.nonce.hex(),
             "next_nonce_hex": decode(run["next_challenge"]).nonce.hex(),  # type: ignore[union-attr]
-            "ephemeral_private_scalar_hex": _scalar(ephemeral),
+            "ephemeral_private_scalar_hex": private_scalar_hex(ephemeral),
             "ephemeral_public_key_hex": request.ephemeral_key.hex(),
             "labels": {
                 "request": "phonekey/v1 request",
