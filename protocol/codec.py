@@ -11,7 +11,8 @@ bytes, or a field value the protocol does not define. Nothing else escapes.
 
 from __future__ import annotations
 
-import io
+import functools
+import struct
 from typing import Any, Final
 
 import construct as c
@@ -133,6 +134,62 @@ _BODIES: dict[int, c.Construct] = {
     _MSG_FAST_PATH_REFUSED: c.Struct("reason" / c.Int8ub),
 }
 
+
+class _ExactReader:
+    """The input of a compiled parser: a sized read returns exactly the bytes
+    asked for or raises ``StreamError``.
+
+    construct's compiled parsers read a ``Bytes(n)`` field (and the body of a
+    ``Prefixed`` one) with a bare ``io.read(n)`` and keep whatever comes back,
+    so a truncated frame would parse into short fields. The interpreted
+    parser checks every read; this stream puts that check back, so the
+    compiled form refuses exactly what the interpreted one refuses
+    (tests/protocol/test_codec_compiled.py holds the two side by side).
+    Compiled parsers call nothing but ``read``."""
+
+    __slots__ = ("_data", "_position")
+
+    def __init__(self, data: bytes, position: int) -> None:
+        self._data = data
+        self._position = position
+
+    def read(self, size: int = -1, /) -> bytes:
+        start = self._position
+        if size < 0:
+            self._position = len(self._data)
+            return self._data[start:]
+        end = start + size
+        if end > len(self._data):
+            raise c.StreamError(f"wanted {size} bytes, {len(self._data) - start} left")
+        self._position = end
+        return self._data[start:end]
+
+    def tell(self) -> int:
+        return self._position
+
+
+@functools.cache
+def _compiled(msg_type: int) -> tuple[c.Construct, tuple[tuple[str, int], ...]]:
+    """The compiled form of a body layout, and its fixed-size byte fields.
+
+    The layouts above stay the one definition; construct generates Python
+    source from them, about four times faster than interpreting them (the
+    codec is most of the vehicle's non-crypto cost per handshake: see
+    docs/performance.md). Compiled builders write ``Bytes(n)`` values without
+    checking their length, so ``_encode_fields`` checks the fields listed
+    here first. Compiled on first use, so a CLI start-up pays for none."""
+    body = _BODIES[msg_type]
+    assert isinstance(body, c.Struct)
+    sized = tuple(
+        (sub.name, sub.subcon.length)
+        for sub in body.subcons
+        if isinstance(sub, c.Renamed)
+        and isinstance(sub.subcon, c.Bytes)
+        and isinstance(sub.subcon.length, int)
+    )
+    return body.compile(), sized
+
+
 _TYPE_OF: dict[type, int] = {
     Challenge: _MSG_CHALLENGE,
     ChallengeRequest: _MSG_CHALLENGE_REQUEST,
@@ -164,9 +221,7 @@ def encode(message: Message) -> bytes:
     return _encode_fields(msg_type, _fields_of(message), type(message).__name__)
 
 
-def _encode_fields(
-    msg_type: int, fields: dict[str, Any], name: str, *, check: bool = True
-) -> bytes:
+def _encode_fields(msg_type: int, fields: dict[str, Any], name: str) -> bytes:
     """Pack ``fields`` in the layout of ``msg_type``, refusing what a peer must refuse.
 
     Never send what a peer must refuse, and the decoder stays the one
@@ -175,16 +230,9 @@ def _encode_fields(
     the decoder's own semantic checks (``_to_message``: defined enum values,
     versions, sizes, results allowed per message) run on the packed values,
     without parsing the bytes again (construct packs fixed-size fields and
-    length prefixes exactly, or refuses). ``check=False`` skips those semantic
-    checks, for bytes that are only hashed or MACed, never sent.
+    length prefixes exactly, or refuses).
     """
-    try:
-        body: bytes = _BODIES[msg_type].build(fields)
-    except c.ConstructError as exc:
-        raise ValueError(f"cannot encode {name}: {exc}") from None
-    data = bytes((WIRE_VERSION, msg_type)) + body
-    if not check:
-        return data
+    data = bytes((WIRE_VERSION, msg_type)) + _pack(msg_type, fields, name)
     try:
         if len(data) > MAX_MESSAGE_SIZE:
             raise MessageTooLarge(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
@@ -192,6 +240,22 @@ def _encode_fields(
     except DecodeError as exc:
         raise ValueError(f"cannot encode {name}: {exc}") from None
     return data
+
+
+def _pack(msg_type: int, fields: dict[str, Any], name: str) -> bytes:
+    """The body of ``msg_type`` from ``fields``; ``ValueError`` for a value its
+    layout cannot hold (wrong size, integer out of range, too long a list)."""
+    layout, sized = _compiled(msg_type)
+    for field, length in sized:
+        value = fields[field]
+        if not isinstance(value, bytes | bytearray) or len(value) != length:
+            raise ValueError(f"cannot encode {name}: {field} must be {length} bytes")
+    try:
+        body: bytes = layout.build(fields)
+    except (c.ConstructError, struct.error) as exc:
+        # struct.error: an integer out of its field's range (compiled packing).
+        raise ValueError(f"cannot encode {name}: {exc}") from None
+    return body
 
 
 def decode(data: bytes) -> Message:
@@ -204,13 +268,11 @@ def decode(data: bytes) -> Message:
     version, msg_type = data[0], data[1]
     if version != WIRE_VERSION:
         raise UnsupportedWireVersion(f"wire version {version} (this side speaks 1)")
-    body = _BODIES.get(msg_type)
-    if body is None:
+    if msg_type not in _BODIES:
         raise UnknownMessageType(f"unknown message type 0x{msg_type:02x}")
-    stream = io.BytesIO(data)
-    stream.seek(_HEADER_LEN)
+    stream = _ExactReader(data, _HEADER_LEN)
     try:
-        fields = body.parse_stream(stream)
+        fields = _compiled(msg_type)[0].parse_stream(stream)
     except c.StreamError:
         raise TruncatedMessage(f"message type 0x{msg_type:02x} is truncated") from None
     except c.ConstructError as exc:  # pragma: no cover - no other failure in these structs
@@ -241,18 +303,27 @@ def fast_request_maced_part(request: FastCommandRequest) -> bytes:
     return _without_last(request, "mac", crypto.MAC_LEN)
 
 
+@functools.lru_cache(maxsize=16)
+def challenge_without_nonce(versions: tuple[int, ...], vehicle_id: bytes) -> bytes:
+    """A Challenge's bytes up to its nonce, the last field: a vehicle's
+    challenges differ only in their nonce, so it encodes the rest once and
+    appends each fresh nonce (``encode`` gives the same bytes, checked in
+    tests/protocol/test_codec.py)."""
+    return _without_last(Challenge(versions, vehicle_id, bytes(NONCE_LEN)), "nonce", NONCE_LEN)
+
+
 def _without_last(message: Message, last: str, size: int) -> bytes:
     """``message`` encoded with its last field (``last``, ``size`` bytes) zeroed,
     that field cut off: the same bytes whatever the field held.
 
-    These bytes are only hashed or MACed, never sent: the semantic checks of
-    ``encode`` are left to the ``encode`` (or ``decode``) of the whole message,
-    which every caller does anyway (a message that fails them is never sent).
-    Lengths and ranges are still checked while packing."""
+    Checked like ``encode`` (the zeroed field has the right size, so every
+    check gives the same answer as for the real value): a sender can append
+    the signature or MAC it computes over these bytes and send the result as
+    is, without encoding the message a second time."""
     fields = _fields_of(message)
     fields[last] = bytes(size)
     name = type(message).__name__
-    return _encode_fields(_TYPE_OF[type(message)], fields, name, check=False)[:-size]
+    return _encode_fields(_TYPE_OF[type(message)], fields, name)[:-size]
 
 
 def _fields_of(message: Message) -> dict[str, Any]:

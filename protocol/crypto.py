@@ -142,8 +142,11 @@ def ecdh(private: PrivateKey, peer: PublicKey) -> bytes:
     return private.exchange(ec.ECDH(), peer)
 
 
+_SHA256 = hashes.SHA256()  # a stateless algorithm descriptor: one serves every call
+
+
 def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int = 32) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+    return HKDF(algorithm=_SHA256, length=length, salt=salt, info=info).derive(ikm)
 
 
 def hmac_sha256(key: bytes, message: bytes) -> bytes:

@@ -61,6 +61,11 @@ def fragment(message: bytes, att_mtu: int) -> list[bytes]:
     if len(message) > MAX_MESSAGE_SIZE:
         raise LocalProtocolError(f"message of {len(message)} bytes exceeds {MAX_MESSAGE_SIZE}")
     size = payload_size(att_mtu)
+    if len(message) <= size - _FRAME_HEADER_LEN - _LENGTH_LEN:
+        # One frame, the common case at a negotiated MTU: the loop below gives
+        # the same bytes (tests/protocol/test_codec.py), one call per message.
+        header = bytes((WIRE_VERSION, _FIRST | _LAST)) + len(message).to_bytes(_LENGTH_LEN, "big")
+        return [header + message]
     frames: list[bytes] = []
     offset = 0
     index = 0

@@ -62,6 +62,10 @@ from .messages import (
     ManageResponse,
 )
 
+VehicleKey = crypto.PublicKey | bytes
+"""The vehicle's identity key, or its uncompressed point (65 bytes): the
+vehicle passes the point it computed once (``VehicleIdentity.public_point``)."""
+
 
 def _label(version: int, what: str) -> bytes:
     return f"phonekey/v{version} {what}".encode()
@@ -74,48 +78,61 @@ def _framed(data: bytes) -> bytes:
 def _transcript(
     label: bytes,
     challenge_bytes: bytes,
-    vehicle_public_key: crypto.PublicKey,
+    vehicle_public_key: VehicleKey,
     request_part: bytes,
     credential_digest: bytes | None,
 ) -> bytes:
     h = hashlib.sha256()
     h.update(label)
     h.update(_framed(challenge_bytes))
-    h.update(crypto.public_bytes(vehicle_public_key, compressed=False))
+    h.update(_uncompressed(vehicle_public_key))
     h.update(_framed(request_part))
     if credential_digest is not None:
         h.update(_framed(credential_digest))
     return h.digest()
 
 
+def _uncompressed(key: VehicleKey) -> bytes:
+    return key if isinstance(key, bytes) else crypto.public_bytes(key, compressed=False)
+
+
 def request_transcript_hash(
     challenge_bytes: bytes,
-    vehicle_public_key: crypto.PublicKey,
+    vehicle_public_key: VehicleKey,
     request: CommandRequest,
     credential_digest: bytes | None = None,
+    *,
+    signed_part: bytes | None = None,
 ) -> bytes:
+    """``signed_part``: the request's bytes without the signature, as
+    received. The vehicle hashes what it received instead of encoding the
+    request again; the two are equal because decode accepts only the
+    canonical encoding (tests/protocol/test_codec.py)."""
     return _transcript(
         _label(request.version, "request"),
         challenge_bytes,
         vehicle_public_key,
-        request_signed_part(request),
+        request_signed_part(request) if signed_part is None else signed_part,
         credential_digest,
     )
 
 
 def manage_transcript_hash(
     challenge_bytes: bytes,
-    vehicle_public_key: crypto.PublicKey,
+    vehicle_public_key: VehicleKey,
     request: ManageRequest,
     credential_digest: bytes | None = None,
+    *,
+    signed_part: bytes | None = None,
 ) -> bytes:
     """What the phone signs for a ManageRequest: it binds the operation and
-    its argument (both in the request bytes)."""
+    its argument (both in the request bytes). ``signed_part`` as in
+    ``request_transcript_hash``."""
     return _transcript(
         _label(request.version, "manage request"),
         challenge_bytes,
         vehicle_public_key,
-        manage_signed_part(request),
+        manage_signed_part(request) if signed_part is None else signed_part,
         credential_digest,
     )
 
@@ -127,10 +144,10 @@ def response_key(shared_secret: bytes, nonce: bytes, version: int, transcript_ha
 
 
 def response_mac(
-    key: bytes, version: int, transcript_hash: bytes, response: CommandResponse
+    key: bytes, version: int, transcript_hash: bytes, response: CommandResponse | bytes
 ) -> bytes:
     return crypto.hmac_sha256(
-        key, _label(version, "response") + transcript_hash + response_maced_part(response)
+        key, _label(version, "response") + transcript_hash + _maced_part(response)
     )
 
 
@@ -143,11 +160,17 @@ def manage_response_key(
 
 
 def manage_response_mac(
-    key: bytes, version: int, transcript_hash: bytes, response: ManageResponse
+    key: bytes, version: int, transcript_hash: bytes, response: ManageResponse | bytes
 ) -> bytes:
     return crypto.hmac_sha256(
-        key, _label(version, "manage response") + transcript_hash + response_maced_part(response)
+        key, _label(version, "manage response") + transcript_hash + _maced_part(response)
     )
+
+
+def _maced_part(response: CommandResponse | ManageResponse | bytes) -> bytes:
+    """A response's bytes without its MAC; bytes are taken as already that
+    (the vehicle encodes its response once: ``codec.response_maced_part``)."""
+    return response if isinstance(response, bytes) else response_maced_part(response)
 
 
 # --- fast path -------------------------------------------------------------------
@@ -159,13 +182,19 @@ def fast_path_key(shared_secret: bytes, version: int, transcript_hash: bytes) ->
 
 
 def fast_transcript_hash(
-    challenge_bytes: bytes, vehicle_public_key: crypto.PublicKey, request: FastCommandRequest
+    challenge_bytes: bytes,
+    vehicle_public_key: VehicleKey,
+    request: FastCommandRequest,
+    *,
+    maced_part: bytes | None = None,
 ) -> bytes:
+    """``maced_part``: the request's bytes without the MAC, as received
+    (see ``request_transcript_hash``)."""
     return _transcript(
         _label(request.version, "fast request"),
         challenge_bytes,
         vehicle_public_key,
-        fast_request_maced_part(request),
+        fast_request_maced_part(request) if maced_part is None else maced_part,
         None,
     )
 
@@ -181,8 +210,8 @@ def fast_response_key(fast_key: bytes, nonce: bytes, version: int, transcript_ha
 
 
 def fast_response_mac(
-    key: bytes, version: int, transcript_hash: bytes, response: CommandResponse
+    key: bytes, version: int, transcript_hash: bytes, response: CommandResponse | bytes
 ) -> bytes:
     return crypto.hmac_sha256(
-        key, _label(version, "fast response") + transcript_hash + response_maced_part(response)
+        key, _label(version, "fast response") + transcript_hash + _maced_part(response)
     )

@@ -24,7 +24,7 @@ needs a store that persists fast keys).
 
 from __future__ import annotations
 
-from .codec import decode
+from .codec import decode, response_maced_part
 from .events import CommandExecuted
 from .messages import (
     ChallengeRequest,
@@ -71,6 +71,7 @@ class VehicleConnection(UpdateHandlers, ManageHandler, FastPathHandler):
         if data is None:
             return
         message = decode(data)
+        self._received = data
         next_state = vehicle_next_state(self.state, message)
         if isinstance(message, ChallengeRequest):
             self._issue_challenge()
@@ -123,11 +124,13 @@ class VehicleConnection(UpdateHandlers, ManageHandler, FastPathHandler):
             ),
             "the command",
         )
-        unsigned = CommandResponse(result, request.command, request.counter, after, b"")
+        body = response_maced_part(
+            CommandResponse(result, request.command, request.counter, after, b"")
+        )
         key = response_key(shared, request.nonce, request.version, auth.transcript_hash)
-        mac = response_mac(key, request.version, auth.transcript_hash, unsigned)
+        mac = response_mac(key, request.version, auth.transcript_hash, body)
         self._answer(
-            unsigned,
+            body,
             mac,
             CommandExecuted(
                 key_id=request.key_id,

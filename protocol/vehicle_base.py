@@ -13,11 +13,11 @@ from __future__ import annotations
 import functools
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from . import credentials, crypto, shares
-from .codec import NONCE_LEN, encode
+from .codec import NONCE_LEN, challenge_without_nonce, encode
 from .errors import (
     BadPublicKey,
     BadSignature,
@@ -38,12 +38,11 @@ from .errors import (
     UnsupportedVersion,
     VersionMismatch,
 )
-from .events import ChallengeIssued, CommandExecuted, RequestRejected, VehicleEvent
+from .events import ChallengeIssued, RequestRejected, VehicleEvent
 from .framing import Clock, Reassembler, fragment
 from .messages import (
     Challenge,
     CommandRequest,
-    CommandResponse,
     ErrorMessage,
     ManageRequest,
     Message,
@@ -60,6 +59,7 @@ from .store import (
 from .types import Command, LockState, ResultCode, Role
 
 _T = TypeVar("_T")
+_Request = TypeVar("_Request", contravariant=True)
 
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 TIME_NONCE_LIFETIME = 60.0
@@ -69,7 +69,20 @@ DEFAULT_CHALLENGE_LIFETIME = 30.0
 link, short enough that a captured challenge is useless soon after."""
 
 Presented = credentials.Credential | shares.Share
-TranscriptFn = Callable[[bytes, crypto.PublicKey, _T, bytes | None], bytes]
+
+
+class TranscriptFn(Protocol[_Request]):
+    """``request_transcript_hash`` or ``manage_transcript_hash``."""
+
+    def __call__(
+        self,
+        challenge_bytes: bytes,
+        vehicle_public_key: bytes,
+        request: _Request,
+        credential_digest: bytes | None = None,
+        *,
+        signed_part: bytes | None = None,
+    ) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,11 @@ class VehicleIdentity:
     @functools.cached_property
     def vehicle_id(self) -> bytes:
         return crypto.key_id(self.public_key)
+
+    @functools.cached_property
+    def public_point(self) -> bytes:
+        """The uncompressed point (65 bytes) every transcript hashes."""
+        return crypto.public_bytes(self.public_key, compressed=False)
 
 
 @dataclass
@@ -125,7 +143,8 @@ class VehicleBase:
         enrollment: EnrollmentWindow | None = None,
         fast_path: bool = False,
     ) -> None:
-        check_versions(versions)
+        if versions is not SUPPORTED_VERSIONS:  # the default is checked once, below
+            check_versions(versions)
         if not 0 <= credential_leeway <= credentials.MAX_LEEWAY:
             raise ValueError(f"credential leeway must be 0..{credentials.MAX_LEEWAY} s")
         self._trust = trust
@@ -150,6 +169,7 @@ class VehicleBase:
         self.state = VehicleState.IDLE
         self.error: ProtocolError | None = None
         self._claimed_key_id: bytes | None = None
+        self._received = b""  # the message being handled, exactly as received
         self.crypto_ops: Counter[str] = Counter()
         """Public-key operations this connection performed: "ecdsa_verify", "ecdh"."""
 
@@ -266,7 +286,13 @@ class VehicleBase:
                 shares.verify_share_signature(presented, signer_key)
             except shares.ShareError as exc:
                 raise ShareRefused(f"share refused: {exc}") from None
-        th = transcript(outstanding.encoded, self._identity.public_key, request, digest)
+        th = transcript(
+            outstanding.encoded,
+            self._identity.public_point,
+            request,
+            digest,
+            signed_part=self._received[: -crypto.SIGNATURE_LEN],
+        )
         # Parsed (and validated) once per distinct key, then cached by its bytes.
         phone_key = crypto.cached_public_key(entry.public_key)
         self.crypto_ops["ecdsa_verify"] += 1
@@ -403,10 +429,12 @@ class VehicleBase:
             return before, ResultCode.OK, lock_state_after(command, before)
         return before, ResultCode.FORBIDDEN, before
 
-    def _answer(self, unsigned: CommandResponse, mac: bytes, executed: CommandExecuted) -> None:
-        """Send the MAC'd response, report it, and push the next challenge and status."""
-        self._send(replace(unsigned, mac=mac))
-        self._events.append(executed)
+    def _answer(self, maced_part: bytes, mac: bytes, *events: VehicleEvent) -> None:
+        """Send the MAC'd response (its bytes without the MAC, from
+        ``codec.response_maced_part``, then the MAC), report it, and push the
+        next challenge and status."""
+        self._outgoing.extend(fragment(maced_part + mac, self.att_mtu))
+        self._events.extend(events)
         self._issue_challenge()
         self._send_status()
 
@@ -418,15 +446,14 @@ class VehicleBase:
             raise StorageFailure(f"could not persist {what}: {exc}") from exc
 
     def _issue_challenge(self) -> None:
-        challenge = Challenge(
-            versions=self._versions,
-            vehicle_id=self._identity.vehicle_id,
-            nonce=self._rng(NONCE_LEN),
-        )
-        encoded = encode(challenge)
+        nonce = self._rng(NONCE_LEN)
+        if len(nonce) != NONCE_LEN:
+            raise ValueError(f"rng returned {len(nonce)} bytes, not {NONCE_LEN}")
+        challenge = Challenge(self._versions, self._identity.vehicle_id, nonce)
+        encoded = challenge_without_nonce(self._versions, self._identity.vehicle_id) + nonce
         self._outstanding = Outstanding(challenge, encoded, self._clock())
         self._outgoing.extend(fragment(encoded, self.att_mtu))
-        self._events.append(ChallengeIssued(challenge.nonce))
+        self._events.append(ChallengeIssued(nonce))
 
     def _send_status(self) -> None:
         """Tell the phone, after the answer, what signed news the vehicle could use."""
@@ -462,6 +489,9 @@ def check_versions(versions: tuple[int, ...]) -> None:
         or not all(0 < v < 256 for v in versions)
     ):
         raise ValueError(f"versions must be distinct values in 1..255, got {versions!r}")
+
+
+check_versions(SUPPORTED_VERSIONS)
 
 
 class StorageFailure(LocalProtocolError):

@@ -17,6 +17,7 @@ from functools import partial
 from typing import Final
 
 from . import crypto
+from .codec import response_maced_part
 from .errors import (
     CredentialRefusedRevoked,
     FastPathFailure,
@@ -69,11 +70,13 @@ class FastPathHandler(VehicleBase):
             ),
             "the command",
         )
-        unsigned = CommandResponse(result, request.command, request.counter, after, b"")
+        body = response_maced_part(
+            CommandResponse(result, request.command, request.counter, after, b"")
+        )
         key = fast_response_key(auth.fast_key, request.nonce, request.version, auth.transcript_hash)
-        mac = fast_response_mac(key, request.version, auth.transcript_hash, unsigned)
+        mac = fast_response_mac(key, request.version, auth.transcript_hash, body)
         self._answer(
-            unsigned,
+            body,
             mac,
             CommandExecuted(
                 key_id=request.key_id,
@@ -116,7 +119,12 @@ class FastPathHandler(VehicleBase):
         return _FastAuth(entry, fast_key, th)
 
     def _fast_transcript(self, outstanding: Outstanding, request: FastCommandRequest) -> bytes:
-        return fast_transcript_hash(outstanding.encoded, self._identity.public_key, request)
+        return fast_transcript_hash(
+            outstanding.encoded,
+            self._identity.public_point,
+            request,
+            maced_part=self._received[: -crypto.MAC_LEN],
+        )
 
     def _drop_fast_key(self, key_id: bytes) -> None:
         if self._read_store(partial(self._store.fast_key, key_id)) is not None:

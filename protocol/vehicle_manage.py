@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Final
 
+from .codec import response_maced_part
 from .errors import BadManageArgument, EnrollmentClosed
 from .events import (
     KeyEnrolled,
@@ -73,13 +74,10 @@ class ManageHandler(VehicleBase):
         )
         if consumes_window and self._enrollment is not None:
             self._enrollment.consume()
-        unsigned = ManageResponse(result, request.operation, request.counter, b"")
+        body = response_maced_part(ManageResponse(result, request.operation, request.counter, b""))
         key = manage_response_key(shared, request.nonce, request.version, auth.transcript_hash)
-        mac = manage_response_mac(key, request.version, auth.transcript_hash, unsigned)
-        self._send(replace(unsigned, mac=mac))
-        self._events.extend(events)
-        self._issue_challenge()
-        self._send_status()
+        mac = manage_response_mac(key, request.version, auth.transcript_hash, body)
+        self._answer(body, mac, *events)
 
     def _enrollment_open(self) -> bool:
         window = self._enrollment
