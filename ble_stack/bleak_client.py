@@ -12,10 +12,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from bleak.args import SizedBuffer
 from bleak.assigned_numbers import CHARACTERISTIC_PROPERTIES, CharacteristicPropertyName
+from bleak.backends import BleakBackend
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.client import BaseBleakClient, NotifyCallback
 from bleak.backends.descriptor import BleakGATTDescriptor
@@ -299,5 +300,35 @@ def disconnect_reason(client: object) -> int | None:
     """The HCI reason the link of a `BleakClient` last dropped with (e.g. 0x08,
     connection timeout), when its backend is `BumbleBleakClient`; None for
     other backends, which do not say."""
-    backend = getattr(client, "_backend", None)
-    return backend.disconnect_reason if isinstance(backend, BumbleBleakClient) else None
+    backend = bumble_backend_of(client)
+    return backend.disconnect_reason if backend is not None else None
+
+
+# bleak has no public way to learn why a link dropped (the disconnected callback
+# gets only the client) nor to reach a BleakClient's backend object: BleakClient
+# keeps it in the private attribute below, and bleak's maintainers say the
+# backends have no stable API. Checked against bleak 3.1.0, the release
+# pyproject.toml allows (>=3.1,<3.2). The public `backend_id` (bleak >= 2.0)
+# tells a custom backend from bleak's own, so the attribute is only read for a
+# custom one. tests/ble_stack/test_ble_bleak_backend.py
+# (test_bleak_still_keeps_the_backend_where_disconnect_reason_reads_it) fails
+# when a bleak release moves it; this function would then answer None (the
+# phone says "dropped the connection" instead of "went away").
+_BLEAK_CLIENT_BACKEND_ATTRIBUTE: Final = "_backend"
+
+
+def bumble_backend_of(client: object) -> BumbleBleakClient | None:
+    """The `BumbleBleakClient` behind a bleak `BleakClient`; None when it runs
+    one of bleak's own backends (or is not a BleakClient at all)."""
+    backend_id = getattr(client, "backend_id", None)
+    if backend_id is None or isinstance(backend_id, BleakBackend):
+        return None
+    backend = getattr(client, _BLEAK_CLIENT_BACKEND_ATTRIBUTE, None)
+    if isinstance(backend, BumbleBleakClient):
+        return backend
+    if backend_id == BumbleBleakClient.__name__:
+        logger.warning(
+            "this bleak keeps no BleakClient.%s: link-drop reasons are unknown",
+            _BLEAK_CLIENT_BACKEND_ATTRIBUTE,
+        )
+    return None

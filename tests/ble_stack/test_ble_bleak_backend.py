@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 from typing import Any
 
 import pytest
@@ -17,13 +18,16 @@ from ble_testkit import (
     wait_for,
 )
 from bleak import BleakClient, BleakScanner
+from bleak.backends import BleakBackend
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError, BleakGATTProtocolError, BleakGATTProtocolErrorCode
+from bumble import hci
 from bumble.device import Device
 
 from ble_stack.bleak_backend import BumbleBleakClient, BumbleBleakScanner, find_device_by_filter
+from ble_stack.bleak_client import bumble_backend_of, disconnect_reason
 from ble_stack.uuids import (
     ADV_COMPANY_ID,
     COMMAND_CHAR_UUID,
@@ -242,6 +246,53 @@ async def test_disconnected_callback_fires_when_vehicle_radio_vanishes(
     radio.remove_device(vehicle.device)
     await wait_for(dropped)
     assert not client.is_connected
+
+
+async def test_disconnect_reason_is_the_hci_reason_of_the_drop(
+    radio: VirtualRadio, phone: Device, vehicle: EchoPeripheral
+) -> None:
+    dropped = asyncio.Event()
+    client = client_for(
+        await find_vehicle(phone), phone, disconnected_callback=lambda _c: dropped.set()
+    )
+    assert disconnect_reason(client) is None  # never connected, never dropped
+    await client.connect()
+    (connection,) = vehicle.device.connections.values()
+    await connection.disconnect()  # the vehicle hangs up: remote user terminated
+    await wait_for(dropped)
+    assert disconnect_reason(client) == hci.HCI_REMOTE_USER_TERMINATED_CONNECTION_ERROR
+
+    dropped.clear()
+    await client.connect()
+    radio.remove_device(vehicle.device, supervision_timeout=0.05)  # its radio dies
+    await wait_for(dropped)
+    assert disconnect_reason(client) == hci.HCI_CONNECTION_TIMEOUT_ERROR
+
+
+async def test_bleak_still_keeps_the_backend_where_disconnect_reason_reads_it(
+    phone: Device,
+) -> None:
+    """bleak offers no public way to a BleakClient's backend (see
+    ble_stack.bleak_client.bumble_backend_of). If this fails after a bleak
+    upgrade, bleak moved it: find the new place and update that function, or
+    disconnect_reason answers None and the phone never says the vehicle went away."""
+    client = client_for("F0:F1:F2:F3:F4:F5", phone)
+    backend = getattr(client, "_backend", None)
+    assert isinstance(backend, BumbleBleakClient), (
+        f"bleak {importlib.metadata.version('bleak')} keeps no BumbleBleakClient in "
+        f"BleakClient._backend (found {backend!r})"
+    )
+    assert client.backend_id == BumbleBleakClient.__name__
+    assert bumble_backend_of(client) is backend
+
+
+def test_bleaks_own_backends_are_not_looked_into() -> None:
+    class OnBlueZ:
+        backend_id = BleakBackend.BLUEZ_DBUS
+        _backend = object()  # never read
+
+    assert bumble_backend_of(OnBlueZ()) is None
+    assert disconnect_reason(object()) is None
 
 
 async def test_client_disconnect_also_reports(phone: Device, vehicle: EchoPeripheral) -> None:
