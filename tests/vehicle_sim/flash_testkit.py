@@ -12,6 +12,7 @@ from vehicle_sim.flash.auth import FIRST_PREV, JournalAuth
 from vehicle_sim.flash.device import FaultInjector, FlashDevice
 from vehicle_sim.flash.journal import BANK_HEADER_SIZE, Journal, encode_bank_header
 from vehicle_sim.flash.layout import Geometry, encode_superblock
+from vehicle_sim.flash.monotonic import MemoryCell, RollbackCounter
 from vehicle_sim.flash.records import (
     COMMIT,
     MAC_LEN,
@@ -71,13 +72,38 @@ def new_image(geometry: Geometry = SMALL) -> bytes:
 
 
 def mount(
-    image: bytes, injector: FaultInjector | None = None, wall: Wall | None = None
+    image: bytes,
+    injector: FaultInjector | None = None,
+    wall: Wall | None = None,
+    counter: RollbackCounter | None = None,
 ) -> FlashVehicleStore:
     device = FlashDevice.in_memory(image)
     device.injector = injector
     return FlashVehicleStore.mount(
-        device, IDENTITY_KEY, DEVICE_KEY, wall_clock=wall or Wall(), name="image"
+        device, IDENTITY_KEY, DEVICE_KEY, wall_clock=wall or Wall(), name="image", counter=counter
     )
+
+
+Saved = tuple[bytes, bytes | None]
+"""A powered-off vehicle: its flash image and its rollback counter's bytes."""
+
+
+def boot(
+    saved: Saved, injector: FaultInjector | None = None, wall: Wall | None = None
+) -> tuple[FlashVehicleStore, MemoryCell]:
+    """Mount ``saved`` for writing with its counter in RAM (the mount marks the
+    journal's end), then attach ``injector`` to the flash and the counter, so
+    that it counts (and cuts) the writes of what runs next."""
+    image, counter = saved
+    cell = MemoryCell(counter)
+    store = mount(image, wall=wall, counter=RollbackCounter.open(cell))
+    store.device.injector = injector
+    cell.injector = injector
+    return store, cell
+
+
+def saved(store: FlashVehicleStore, cell: MemoryCell) -> Saved:
+    return store.device.image(), cell.data
 
 
 def logical(store: FlashVehicleStore) -> dict[str, object]:

@@ -337,7 +337,8 @@ def test_the_counter_refuses_an_older_generation_and_a_format1_image(tmp_path: P
     with pytest.raises(FlashTampered, match="an older image was restored"):
         mount_counted(migrated)
 
-    # The known limit: an older image of the current generation still mounts.
+    # What remains open: ordinary commits (an unlock) since the counter's last mark
+    # (here the compaction) can be rolled back; removals cannot (test_flash_rollback).
     same_generation = store.device.image()
     _unlock(store, store.last_counter(KEY_ID) + 1)
     assert mount_counted(same_generation).last_counter(KEY_ID) < store.last_counter(KEY_ID)

@@ -11,7 +11,9 @@ pages is one operation per page, as a chip programs page by page) and, with
 prefix of the program lands; the first part of the page is erased) and raises
 ``PowerCut``. Every later operation raises ``PowerCut`` too, until the caller
 "reboots" by mounting the image again. This is littlefs's emulated block
-device with power-loss testing, on a Python ``bytearray``.
+device with power-loss testing, on a Python ``bytearray``. The injector also
+counts the atomic replaces of the rollback counter (``monotonic``), which sits
+outside the image, so a sweep cuts the power at those writes too.
 
 A device is either in memory (for sweeps) or backed by an image file: every
 program and erase is written through to the file, and ``sync`` fsyncs it; the
@@ -50,6 +52,7 @@ class FaultInjector:
         self.operations = 0
         self.programs = 0
         self.erases = 0
+        self.replaces = 0
         self.tripped = False
 
     def _tick(self, kind: str) -> bool:
@@ -59,12 +62,23 @@ class FaultInjector:
         self.operations += 1
         if kind == "program":
             self.programs += 1
+        elif kind == "replace":
+            self.replaces += 1
         else:
             self.erases += 1
         if self.cut_at is not None and self.operations == self.cut_at:
             self.tripped = True
             return True
         return False
+
+    def replace(self) -> bool:
+        """Count one atomic file replace; True if the power fails during it."""
+        return self._tick("replace")
+
+    def replace_landed(self) -> bool:
+        """Whether a replace the power cut landed: all or nothing, at random with
+        ``rng``, else not (the old contents stay)."""
+        return self.rng is not None and self.rng.random() < 0.5
 
     def _torn_length(self, length: int) -> int:
         if self.rng is not None:

@@ -32,6 +32,17 @@ class FlashTampered(VehicleStateError):
     """
 
 
+class FlashRolledBack(FlashTampered):
+    """The flash image is older than the device's rollback counter allows.
+
+    Every MAC holds, but the image is one this device has moved past: an older
+    flash format or journal generation, a journal cut short of (or diverged
+    from) the last record the counter marks, such as the record of a key
+    removal, a revocation or a factory reset. The key module refuses to run on
+    it, as for any tampering.
+    """
+
+
 class FastKeyTampered(FlashTampered):
     """A wrapped fast-path secret in the flash image fails its AES key wrap
     integrity check (flash format 3): it was not wrapped with this device's

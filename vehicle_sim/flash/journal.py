@@ -8,9 +8,11 @@ whole record or a torn one that replay ignores.
 Compaction: when a record does not fit in what is left of the bank (or the
 bank ends in a torn record, which may not be programmed over), the state
 *with the change applied* is written as one snapshot record into the other
-bank (erased first), and only then that bank's header, with the generation
-one higher. The header is the commit point: until it is complete, mount
-still picks the old bank, which compaction never touches.
+bank (erased first), and only then that bank's header, with a higher
+generation. The header is the commit point: until it is complete, mount
+still picks the old bank, which compaction never touches. With a ``guard``
+(the rollback counter, see ``monotonic``) the guard picks the generation and
+is told, durably, just before the header is written.
 
 Mount: read the superblock; take the valid bank header with the highest
 generation; replay its snapshot and the commit records after it, each with
@@ -52,7 +54,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from .auth import FIRST_PREV, JournalAuth
 from .device import PAGE_SIZE, FlashDevice
@@ -90,6 +92,18 @@ V1_BANK_HEADER_SIZE = 16  # format 1: magic, version, generation, CRC-32, end ma
 
 class JournalFull(Exception):
     """The state does not fit in one bank (the limits should prevent this)."""
+
+
+class CompactionGuard(Protocol):
+    """What a compaction tells the rollback counter (``monotonic.RollbackCounter``)."""
+
+    def next_generation(self, current: int) -> int:
+        """The generation to write after ``current``."""
+        ...
+
+    def begin(self, generation: int) -> None:
+        """Durably note that ``generation`` may commit; called before its header."""
+        ...
 
 
 def encode_bank_header(
@@ -175,6 +189,7 @@ class Journal:
         self.dirty = dirty  # the bank ends in a torn record: compact before appending
         self.scrub_pending = scrub_pending  # erase the other bank before appending
         self.compactions = 0
+        self.guard: CompactionGuard | None = None
 
     # --- creating and mounting ------------------------------------------------------------
     @classmethod
@@ -318,7 +333,10 @@ class Journal:
 
     def _compact(self, new_state: FlashState) -> None:
         target = 1 - self.bank
+        guard = self.guard
         generation = self.generation + 1
+        if guard is not None:
+            generation = guard.next_generation(self.generation)
         macs: list[bytes] = []
 
         def mac_of(signed: bytes) -> bytes:
@@ -339,6 +357,8 @@ class Journal:
                     device.erase(page)
             device.program(address + BANK_HEADER_SIZE, snapshot)
             device.sync()
+            if guard is not None:
+                guard.begin(generation)  # before the commit point: see ``monotonic``
             device.program(address, encode_bank_header(generation, target, self._auth))
             device.sync()
         except BaseException:
@@ -377,6 +397,35 @@ class Journal:
     @property
     def used_bytes(self) -> int:
         return self.tail
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the bank's last record."""
+        return self.next_seq - 1
+
+    @property
+    def last_mac(self) -> bytes:
+        """The MAC of the bank's last record (empty in format 1)."""
+        return self._last_mac
+
+    def record_mac(self, seq: int) -> bytes | None:
+        """The MAC of the current bank's record with sequence number ``seq``, None
+        if the bank does not hold it (the rollback counter's mark check)."""
+        if seq == self.last_seq:
+            return self._last_mac
+        view = self.device.view()
+        base = self.geometry.bank_address(self.bank)
+        at = base + (V1_BANK_HEADER_SIZE if self.version == 1 else BANK_HEADER_SIZE)
+        end = base + self.tail
+        mac_len = 0 if self.version == 1 else MAC_LEN
+        while at < end:
+            record = read_record(view, at, end, mac_len=mac_len)
+            if record is None or record.seq > seq:
+                return None
+            if record.seq == seq:
+                return record.mac
+            at += record.length
+        return None
 
 
 def _erased(view: memoryview, start: int, end: int) -> bool:

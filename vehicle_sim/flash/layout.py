@@ -84,6 +84,11 @@ class TamperEvidence(FlashCorrupt):
     written by someone without the device key, not torn by a power cut."""
 
 
+class RollbackEvidence(TamperEvidence):
+    """Every MAC holds but the image is older than the rollback counter allows
+    (see ``monotonic``): a saved image written back, or the journal's tail cut."""
+
+
 def encode_superblock(geometry: Geometry) -> bytes:
     body = _SUPERBLOCK.pack(
         SUPERBLOCK_MAGIC, IMAGE_FORMAT, PAGE_SIZE, geometry.bank_pages, geometry.log_pages

@@ -29,6 +29,7 @@ from ..state_lock import StateLock
 from .device import FlashDevice
 from .errors import (
     FastKeyTampered,
+    FlashRolledBack,
     FlashTampered,
     StaleRevocations,
     StoreFull,
@@ -45,6 +46,7 @@ from .layout import (
     MAX_REVOCATIONS,
     FlashCorrupt,
     Geometry,
+    RollbackEvidence,
     TamperEvidence,
 )
 from .monotonic import RollbackCounter
@@ -56,10 +58,12 @@ from .store_base import (
     StoreBase,
     WallClock,
     os_reason,
+    removes_authority,
 )
 
 __all__ = [
     "SHARE_PRUNE_MARGIN",
+    "FlashRolledBack",
     "FlashTampered",
     "FlashVehicleStore",
     "StoreFull",
@@ -111,17 +115,23 @@ class FlashVehicleStore(StoreBase):
         counter: RollbackCounter | None = None,
     ) -> FlashVehicleStore:
         """Mount ``device``; ``FlashTampered`` naming ``name`` if it was modified
-        without ``device_key`` (or is older than ``counter``; ``FastKeyTampered``
-        if what fails is a wrapped fast-path secret), VehicleStateError if it is
-        corrupt.
+        without ``device_key`` (``FastKeyTampered`` if what fails is a wrapped
+        fast-path secret; ``FlashRolledBack`` if it is older than ``counter``
+        allows), VehicleStateError if it is corrupt.
 
         Mounting replays the journal, which unwraps every fast-path secret once:
-        from then on they are in RAM only (``fast_key`` reads RAM)."""
+        from then on they are in RAM only (``fast_key`` reads RAM). A writable
+        mount then marks the journal's end in ``counter`` (see ``monotonic``)."""
         try:
             journal = Journal.mount(device, device_key)
-            _check_floor(journal, counter)
+            if counter is not None:
+                counter.check(journal)
             log = EventLog(device, journal.geometry, device_key)
             identity = VehicleIdentity(private_key, journal.state.vin)
+        except RollbackEvidence as exc:
+            raise FlashRolledBack(
+                f"{name} was rolled back ({exc}); the key module refuses to run on it"
+            ) from None
         except UnwrapFailed as exc:
             raise FastKeyTampered(
                 f"{name} was modified without the device key ({exc}); "
@@ -136,7 +146,7 @@ class FlashVehicleStore(StoreBase):
             raise VehicleStateError(
                 f"{name} is corrupt ({exc}); restore it from a backup or create a new vehicle"
             ) from None
-        return cls(
+        store = cls(
             device,
             journal,
             log,
@@ -148,6 +158,8 @@ class FlashVehicleStore(StoreBase):
             state_dir=state_dir,
             counter=counter,
         )
+        store._catch_up_counter()
+        return store
 
     # --- identity ---------------------------------------------------------------------------------
     @property
@@ -209,7 +221,8 @@ class FlashVehicleStore(StoreBase):
         return list(self._state.whitelist.values())
 
     def commit(self, change: StateChange) -> None:
-        self._commit(self._ops_for(change))
+        ops = self._ops_for(change)
+        self._commit(ops, removes_authority=removes_authority(self._state, change))
 
     # --- protocol.CredentialTrust ------------------------------------------------------------
     def issuer_keys(self) -> Mapping[bytes, crypto.PublicKey]:
@@ -247,7 +260,9 @@ class FlashVehicleStore(StoreBase):
             raise ValueError(f"revocation ids must be {credentials.REVOCATION_ID_LEN} bytes")
         added = sorted(given - self._state.revoked)
         self._room("revocation ids", len(self._state.revoked) + len(added), MAX_REVOCATIONS)
-        self._commit(Ops().revocations(to_version, added))
+        # A revocation update always removes authority (a key, a credential), and
+        # moves the version an old delta is checked against: the counter marks it.
+        self._commit(Ops().revocations(to_version, added), removes_authority=True)
 
     def correct_clock(self, issuer_time: int) -> None:
         """Durably set the clock to fresh issuer-signed time: offset and floor
@@ -279,10 +294,12 @@ class FlashVehicleStore(StoreBase):
         """Trust ``new_key``, vouched for by the trusted ``old_key_id``: afterwards
         exactly the new key and the old one (KeyError if ``old_key_id`` is not
         trusted; a no-op if ``new_key`` already is)."""
-        if crypto.key_id(new_key) in self._state.issuers:
+        issuers = self._state.issuers
+        if crypto.key_id(new_key) in issuers:
             return
-        old_key = self._state.issuers[old_key_id]
-        self._commit(Ops().issuers([new_key, old_key]))
+        old_key = issuers[old_key_id]
+        dropped = set(issuers) - {old_key_id}  # a third key's credentials stop verifying
+        self._commit(Ops().issuers([new_key, old_key]), removes_authority=bool(dropped))
 
     def revoked_count(self) -> int:
         return len(self._state.revoked)
@@ -334,7 +351,7 @@ class FlashVehicleStore(StoreBase):
     def remove_keycard(self, card_id: bytes) -> bool:
         if card_id not in self._state.keycards:
             return False
-        self._commit(Ops().remove_card(card_id))
+        self._commit(Ops().remove_card(card_id), removes_authority=True)
         return True
 
     # --- backoff ----------------------------------------------------------------------------------
@@ -397,20 +414,3 @@ class FlashVehicleStore(StoreBase):
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _check_floor(journal: Journal, counter: RollbackCounter | None) -> None:
-    """TamperEvidence if the image is older than the device's rollback counter."""
-    floor = counter.floor if counter is not None else None
-    if floor is None:
-        return
-    if journal.version < floor.version:
-        raise TamperEvidence(
-            f"the journal is in flash format {journal.version} but this device already "
-            f"wrote format {floor.version}: a downgrade"
-        )
-    if journal.generation < floor.generation:
-        raise TamperEvidence(
-            f"the journal is at generation {journal.generation} but this device already "
-            f"compacted to generation {floor.generation}: an older image was restored"
-        )

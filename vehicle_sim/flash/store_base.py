@@ -5,9 +5,12 @@ log, identity, lock, clock) and turns every change into one durable journal
 record: it validates a ``StateChange``, checks it against the flash limits,
 encodes it as journal operations, adds the new time floor and the log head,
 and turns the OS's and the layout's write failures into one-line
-``VehicleStateError``s. ``FlashVehicleStore`` adds the interfaces the
-protocol core and the firmware call; this split mirrors protocol's
-``vehicle_base``.
+``VehicleStateError``s. It also keeps the rollback counter (``monotonic``) up
+with the journal: a commit that removes authority (``removes_authority``)
+returns only once the counter marks its record, so no rollback of the image
+can undo a removal the vehicle acknowledged; ordinary commits leave the
+counter alone. ``FlashVehicleStore`` adds the interfaces the protocol core
+and the firmware call; this split mirrors protocol's ``vehicle_base``.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ class StoreBase:
         self._wall_clock = wall_clock
         self._name = name
         self.state_dir = state_dir
+        self._mark_due = False  # a commit removed authority and the counter does not mark it yet
+        if counter is not None:
+            journal.guard = counter  # compactions pick their generation through it
 
     @property
     def _state(self) -> FlashState:
@@ -119,11 +125,13 @@ class StoreBase:
         self,
         ops: Ops,
         *,
+        removes_authority: bool = False,
         wall: int | None = None,
         offset: int | None = None,
         floor: int | None = None,
     ) -> None:
-        """One journal record: ``ops``, the new time floor and the log head."""
+        """One journal record: ``ops``, the new time floor and the log head; if it
+        ``removes_authority``, durable in the rollback counter too before returning."""
         self._check_writable()
         if wall is None:
             wall = int(self._wall_clock())
@@ -131,11 +139,30 @@ class StoreBase:
         anchor = (self._log.head_seq, self._log.head_mac)
         if anchor != self._state.log_anchor:
             ops.log_anchor(*anchor)
+        # Noted before writing: should the record land and the mark fail, the next
+        # commit marks it (and the next writable mount would anyway).
+        self._mark_due = self._mark_due or removes_authority
         with self._writing():
             self._journal.commit(ops.payload(), prune=self._prune)
-            if self._counter is not None:
-                # After the image is durable: the counter may lag, never lead.
-                self._counter.advance(self._journal.version, self._journal.generation)
+            self._update_counter()
+
+    def _update_counter(self) -> None:
+        """Mark the journal's last record in the rollback counter if a commit removed
+        authority since the last mark or the journal compacted. Always after the
+        record is durable: a mark never names a record the image may lack."""
+        counter = self._counter
+        if counter is not None and (self._mark_due or counter.behind(self._journal)):
+            counter.mark(self._journal)
+        self._mark_due = False
+
+    def _catch_up_counter(self) -> None:
+        """At a writable mount: mark the journal's end. This settles a compaction a
+        power cut left pending, and marks a removal whose record landed but whose
+        mark did not (it was never acknowledged). One counter write per boot."""
+        if self._counter is None or self._read_only:
+            return
+        self._mark_due = True
+        self._update_counter()
 
     def _clock_reading(self, wall: int, offset: int | None = None, floor: int | None = None) -> int:
         offset = self._state.clock_offset if offset is None else offset
@@ -185,6 +212,26 @@ class _Writing:
             raise VehicleStateError(f"cannot write {self._name}: {os_reason(exc)}") from exc
         if isinstance(exc, JournalFull):
             raise StoreFull(f"{self._name} is full: {exc}") from exc
+
+
+def removes_authority(state: FlashState, change: StateChange) -> bool:
+    """Whether ``change`` takes authority away that a rollback of the image would
+    give back: a wipe (factory reset, ownership transfer), a share revocation,
+    a key removed or given a lesser role, or a fast-path key dropped (on a role
+    change, or when its key is revoked). Unlocks, locks, counters, spent nonces
+    and a handshake's new fast-path key do not (docs/firmware.md says why a
+    rollback of those is harmless or bounded)."""
+    if change.wipe or change.revoke_shares:
+        return True
+    if any(k in state.whitelist or k in state.fast_keys for k in change.remove_keys):
+        return True
+    if any(k in state.fast_keys for k in change.drop_fast_keys):
+        return True
+    for entry in change.add_keys:
+        held = state.whitelist.get(entry.key_id)
+        if held is not None and not held.role.at_most(entry.role):
+            return True  # a demotion: the old role granted something the new one does not
+    return False
 
 
 def os_reason(exc: OSError) -> str:
