@@ -9,8 +9,9 @@ from phonekey.durable import write_atomic
 from protocol import crypto
 from vehicle_sim.firmware_store import LogEntry
 from vehicle_sim.flash.auth import FIRST_PREV, JournalAuth
+from vehicle_sim.flash.bank import BANK_HEADER_SIZE, encode_bank_header
 from vehicle_sim.flash.device import FaultInjector, FlashDevice
-from vehicle_sim.flash.journal import BANK_HEADER_SIZE, Journal, encode_bank_header
+from vehicle_sim.flash.journal import Journal
 from vehicle_sim.flash.layout import Geometry, encode_superblock
 from vehicle_sim.flash.monotonic import MemoryCell, RollbackCounter
 from vehicle_sim.flash.records import (

@@ -17,13 +17,9 @@ from protocol import crypto
 from protocol.store import StateChange, WhitelistEntry
 from protocol.types import LockState, Role
 from vehicle_sim.flash.auth import JOURNAL_KEY_INFO, JournalAuth, journal_key
+from vehicle_sim.flash.bank import BANK_HEADER_SIZE, V1_BANK_HEADER_SIZE, encode_v1_bank_header
 from vehicle_sim.flash.device import FaultInjector, FlashDevice, PowerCut
-from vehicle_sim.flash.journal import (
-    BANK_HEADER_SIZE,
-    V1_BANK_HEADER_SIZE,
-    Journal,
-    encode_v1_bank_header,
-)
+from vehicle_sim.flash.journal import Journal
 from vehicle_sim.flash.layout import FLASH_FORMAT_VERSION, TamperEvidence, encode_superblock
 from vehicle_sim.flash.monotonic import RollbackCounter
 from vehicle_sim.flash.records import (

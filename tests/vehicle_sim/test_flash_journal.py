@@ -109,7 +109,7 @@ def test_a_damaged_header_of_the_newer_bank_is_refused() -> None:
 
 def test_an_image_from_a_newer_firmware_is_refused() -> None:
     from vehicle_sim.flash.auth import JournalAuth
-    from vehicle_sim.flash.journal import encode_bank_header
+    from vehicle_sim.flash.bank import encode_bank_header
 
     image = bytearray(new_image())
     header = encode_bank_header(1, 0, JournalAuth(DEVICE_KEY), version=99)
