@@ -18,11 +18,12 @@ from phonekey.durable import write_atomic
 from protocol import credentials, crypto
 from protocol.store import StateChange, WhitelistEntry
 from protocol.types import LockState, Role
-from vehicle_sim.flash.device import FaultInjector, PowerCut
-from vehicle_sim.flash.monotonic import COUNTER_SIZE, MemoryCell, RollbackCounter
+from vehicle_sim.flash.device import FaultInjector, FlashDevice, PowerCut
+from vehicle_sim.flash.monotonic import COUNTER_SIZE, FileCell, MemoryCell, RollbackCounter
 from vehicle_sim.flash.store import FlashRolledBack, FlashVehicleStore
 from vehicle_sim.state_store import (
     COUNTER_FILE_NAME,
+    DEVICE_KEY_FILE_NAME,
     STATE_FILE_NAME,
     FlashTampered,
     VehicleStateError,
@@ -360,3 +361,33 @@ def test_an_abandoned_generation_is_never_accepted_again() -> None:
         mount(abandoned, counter=RollbackCounter.open(MemoryCell(after_second_cut[1])))
     store, _ = boot(after_second_cut)  # and the vehicle still runs
     assert store.journal.generation == generation
+
+
+def test_a_read_only_open_beside_a_compacting_vehicle_is_not_a_rollback(car: Path) -> None:
+    """``show`` reads the counter, then the image; a running vehicle may compact in
+    between, so the image is of a generation that counter has not seen. It is
+    judged again against the counter as it is by then, and mounts."""
+    path = car / COUNTER_FILE_NAME
+    with _open(car) as running:
+        read_first = RollbackCounter.load(path)  # the reader's counter ...
+        seen_first = read_first.floor
+        generation = running.journal.generation
+        value = 1
+        while running.journal.generation == generation:
+            value += 1
+            running.commit(StateChange(key_id=OWNER_ID, counter=value, nonce=bytes(16)))
+        image = (car / STATE_FILE_NAME).read_bytes()  # ... then its image
+        private_key = running.identity.private_key
+    device_key = (car / DEVICE_KEY_FILE_NAME).read_bytes()
+
+    def read_only(counter: RollbackCounter) -> FlashVehicleStore:
+        device = FlashDevice.in_memory(image)
+        return FlashVehicleStore.mount(
+            device, private_key, device_key, read_only=True, counter=counter
+        )
+
+    assert read_only(read_first).journal.generation == generation + 1
+    # A counter gone by the second look is no reason to accept: fail closed.
+    path.unlink()
+    with pytest.raises(FlashRolledBack, match="a compaction this device abandoned"):
+        read_only(RollbackCounter(FileCell(path), seen_first))

@@ -245,44 +245,23 @@ class RollbackCounter:
 
     # --- mount ----------------------------------------------------------------------------
     def check(self, journal: Journal) -> None:
-        """``RollbackEvidence`` if the mounted ``journal`` is older than the counter."""
-        floor = self._floor
-        if floor is None:
-            return
-        version, generation = journal.version, journal.generation
-        if version < floor.version:
-            raise RollbackEvidence(
-                f"the journal is in flash format {version} but this device already "
-                f"wrote format {floor.version}: a downgrade"
-            )
-        if generation < floor.generation:
-            raise RollbackEvidence(
-                f"the journal is at generation {generation} but this device already "
-                f"compacted to generation {floor.generation}: an older image was restored"
-            )
-        if not floor.marked:
-            return  # the first layout knows the generation only (and lagged compactions)
-        if generation > floor.generation:
-            if floor.pending and generation == floor.started:
-                return  # the compaction a power cut interrupted did reach its commit point
-            raise RollbackEvidence(
-                f"the journal is at generation {generation}, a compaction this device "
-                f"abandoned (it runs generation {floor.generation}): an old copy of the "
-                "image was restored"
-            )
-        if journal.last_seq < floor.seq:
-            raise RollbackEvidence(
-                f"the journal of generation {generation} ends at record sequence "
-                f"{journal.last_seq}, before {floor.seq}, which the rollback counter "
-                "marks as committed (a key removal, revocation, reset, compaction or boot): "
-                "its newest records were cut or an older image was restored"
-            )
-        if journal.record_mac(floor.seq) != floor.mac:
-            raise RollbackEvidence(
-                f"record sequence {floor.seq} of generation {generation} is not the one "
-                "this device committed: a copy of the image that diverged from this "
-                "device's history was restored"
-            )
+        """``RollbackEvidence`` if the mounted ``journal`` is older than the counter.
+
+        The counter was read before the image. A vehicle running beside a
+        read-only open may have compacted in between: its image is then of a
+        generation this counter has not seen yet, although the counter on
+        record already allowed it (``pending`` is written before the header).
+        So a refusal is judged again against the counter as it is now: the
+        newest counter is the strictest, and an attacker cannot write it."""
+        try:
+            _check(journal, self._floor)
+        except RollbackEvidence:
+            raw = self.cell.read()
+            fresh = None if raw is None else decode_floor(raw, self.cell.name)
+            if fresh is None or fresh == self._floor:
+                raise  # a counter gone since is no reason to accept (fail closed)
+            self._floor = fresh
+            _check(journal, fresh)
 
     # --- writing (see the module docstring for when) ---------------------------------------
     def next_generation(self, current: int) -> int:
@@ -331,3 +310,43 @@ class RollbackCounter:
         self.cell.write(encode_floor(floor))
         self._floor = floor
         self.writes += 1
+
+
+def _check(journal: Journal, floor: Floor | None) -> None:
+    """``RollbackEvidence`` if ``journal`` is older than ``floor`` allows."""
+    if floor is None:
+        return
+    version, generation = journal.version, journal.generation
+    if version < floor.version:
+        raise RollbackEvidence(
+            f"the journal is in flash format {version} but this device already "
+            f"wrote format {floor.version}: a downgrade"
+        )
+    if generation < floor.generation:
+        raise RollbackEvidence(
+            f"the journal is at generation {generation} but this device already "
+            f"compacted to generation {floor.generation}: an older image was restored"
+        )
+    if not floor.marked:
+        return  # the first layout knows the generation only (and lagged compactions)
+    if generation > floor.generation:
+        if floor.pending and generation == floor.started:
+            return  # the compaction a power cut interrupted did reach its commit point
+        raise RollbackEvidence(
+            f"the journal is at generation {generation}, a compaction this device "
+            f"abandoned (it runs generation {floor.generation}): an old copy of the "
+            "image was restored"
+        )
+    if journal.last_seq < floor.seq:
+        raise RollbackEvidence(
+            f"the journal of generation {generation} ends at record sequence "
+            f"{journal.last_seq}, before {floor.seq}, which the rollback counter "
+            "marks as committed (a key removal, revocation, reset, compaction or boot): "
+            "its newest records were cut or an older image was restored"
+        )
+    if journal.record_mac(floor.seq) != floor.mac:
+        raise RollbackEvidence(
+            f"record sequence {floor.seq} of generation {generation} is not the one "
+            "this device committed: a copy of the image that diverged from this "
+            "device's history was restored"
+        )
