@@ -107,7 +107,8 @@ def summary_text(report: dict[str, Any]) -> str:
                 f"throughput: {section['handshakes_per_s']:.0f} handshakes/s vs "
                 f"{section['crypto_per_s']:.0f} verify+ECDH/s: ratio {section['ratio_to_crypto']} "
                 f"(target >= {section['target_ratio_min']}; "
-                f"{section['ratio_to_verify_and_exchange']} against a bare exchange on a decoded point)"
+                f"{section['ratio_to_verify_and_exchange']} against a bare exchange "
+                "on a decoded point)"
             )
         else:
             lines.append(f"throughput: {_missing(section)}")
