@@ -224,49 +224,42 @@ async def test_disconnected_callback_fires_when_vehicle_disconnects(
     client = client_for(
         await find_vehicle(phone), phone, disconnected_callback=lambda _c: dropped.set()
     )
+    assert disconnect_reason(client) is None  # never connected, never dropped
     await client.connect()
     assert client.is_connected
     (connection,) = vehicle.device.connections.values()
     await connection.disconnect()
     await wait_for(dropped)
     assert not client.is_connected
+    assert disconnect_reason(client) == hci.HCI_REMOTE_USER_TERMINATED_CONNECTION_ERROR
     with pytest.raises(BleakError):
         await client.write_gatt_char(COMMAND_CHAR_UUID, b"x", response=True)
     await client.disconnect()  # a no-op once the link is gone
 
 
+@pytest.mark.parametrize(
+    ("supervision_timeout", "reason"),
+    [
+        (None, hci.HCI_REMOTE_DEVICE_TERMINATED_CONNECTION_DUE_TO_POWER_OFF_ERROR),
+        (0.05, hci.HCI_CONNECTION_TIMEOUT_ERROR),  # a crash: the phone's link times out
+    ],
+)
 async def test_disconnected_callback_fires_when_vehicle_radio_vanishes(
-    radio: VirtualRadio, phone: Device, vehicle: EchoPeripheral
+    radio: VirtualRadio,
+    phone: Device,
+    vehicle: EchoPeripheral,
+    supervision_timeout: float | None,
+    reason: int,
 ) -> None:
     dropped = asyncio.Event()
     client = client_for(
         await find_vehicle(phone), phone, disconnected_callback=lambda _c: dropped.set()
     )
     await client.connect()
-    radio.remove_device(vehicle.device)
+    radio.remove_device(vehicle.device, supervision_timeout=supervision_timeout)
     await wait_for(dropped)
     assert not client.is_connected
-
-
-async def test_disconnect_reason_is_the_hci_reason_of_the_drop(
-    radio: VirtualRadio, phone: Device, vehicle: EchoPeripheral
-) -> None:
-    dropped = asyncio.Event()
-    client = client_for(
-        await find_vehicle(phone), phone, disconnected_callback=lambda _c: dropped.set()
-    )
-    assert disconnect_reason(client) is None  # never connected, never dropped
-    await client.connect()
-    (connection,) = vehicle.device.connections.values()
-    await connection.disconnect()  # the vehicle hangs up: remote user terminated
-    await wait_for(dropped)
-    assert disconnect_reason(client) == hci.HCI_REMOTE_USER_TERMINATED_CONNECTION_ERROR
-
-    dropped.clear()
-    await client.connect()
-    radio.remove_device(vehicle.device, supervision_timeout=0.05)  # its radio dies
-    await wait_for(dropped)
-    assert disconnect_reason(client) == hci.HCI_CONNECTION_TIMEOUT_ERROR
+    assert disconnect_reason(client) == reason
 
 
 async def test_bleak_still_keeps_the_backend_where_disconnect_reason_reads_it(
