@@ -42,6 +42,7 @@ from .errors import (
     AdapterUnavailable,
     BluetoothError,
     CommandTimeout,
+    VehicleNotFound,
     VehicleWentAway,
 )
 from .keystore import KeyStore
@@ -57,6 +58,11 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT: Final = 10.0
 CONNECT_ATTEMPTS: Final = 3
+RESCAN_AFTER: Final = 3.0
+"""Seconds a connection to a scanned address may take before the phone scans
+again: the vehicle's private address rotates (every 15 minutes by default),
+so an address heard just before a rotation never answers. An advertising
+vehicle accepts a connection within a few advertising intervals."""
 LEGACY_CANDIDATES: Final = 8  # vehicles an old card tries before giving up
 _DISCONNECT_TIMEOUT: Final = 2.0
 
@@ -163,7 +169,7 @@ class PhoneKey:
                 session.on_disconnected()
 
         start = time.perf_counter()
-        client = await self._connect_client(card, device, timeout, on_disconnected)
+        client = await self._connect_or_rescan(card, device, timeout, on_disconnected, tried)
         timings.connect = time.perf_counter() - start
         try:
             session = VehicleSession(
@@ -192,14 +198,60 @@ class PhoneKey:
             raise
         return session, client
 
-    async def _connect_client(
+    async def _connect_or_rescan(
         self,
         card: VehicleCard,
         device: BLEDevice,
         timeout: float,
         on_disconnected: Callable[[BleakClient], None],
+        tried: list[str],
     ) -> BleakClient:
-        """A connected BleakClient, retrying links that fail while being set up.
+        """``_connect_client`` within ``timeout``; if ``device`` does not answer
+        for ``RESCAN_AFTER`` seconds, scan once more and connect to the address
+        the vehicle advertises now (it may have rotated since it was heard)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        give_up = CommandTimeout(
+            f"vehicle {card.vin} at {device.address} did not accept a connection "
+            f"within {timeout:g} s"
+        )
+        if timeout > RESCAN_AFTER:
+            client = await self._connect_client(
+                device, loop.time() + RESCAN_AFTER, on_disconnected, card.vin
+            )
+            if client is not None:
+                return client
+            logger.info(
+                "%s did not answer within %g s; scanning again for %s (its address may "
+                "have rotated)",
+                device.address,
+                RESCAN_AFTER,
+                card.vin,
+            )
+            try:
+                device = await find_vehicle(
+                    card,
+                    deadline - loop.time(),
+                    scanner_kwargs=self.scanner_kwargs,
+                    exclude=tried,
+                )
+            except VehicleNotFound:
+                raise give_up from None
+        client = await self._connect_client(device, deadline, on_disconnected, card.vin)
+        if client is None:
+            raise give_up
+        return client
+
+    async def _connect_client(
+        self,
+        device: BLEDevice,
+        deadline: float,
+        on_disconnected: Callable[[BleakClient], None],
+        vin: str,
+    ) -> BleakClient | None:
+        """A connected BleakClient, retrying links that fail while being set
+        up; None if ``device`` did not accept a connection by ``deadline``
+        (the event loop's time).
 
         Real radios lose connections before their first packet now and then
         (HCI 0x3E, "connection failed to be established"), and when two phones
@@ -207,7 +259,6 @@ class PhoneKey:
         the vehicle advertises again at once.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         failure: Exception | None = None
         for attempt in range(1, CONNECT_ATTEMPTS + 1):
             remaining = deadline - loop.time()
@@ -238,15 +289,12 @@ class PhoneKey:
                 from ble_stack.bleak_client import disconnect_reason
 
                 if disconnect_reason(client) == 0x08:  # link timed out: not worth a retry
-                    raise VehicleWentAway(card.vin) from exc
+                    raise VehicleWentAway(vin) from exc
                 failure = exc
                 logger.debug("connect attempt %d to %s failed: %s", attempt, device.address, exc)
         if failure is not None:
-            raise BluetoothError(f"cannot connect to vehicle {card.vin}: {failure}") from failure
-        raise CommandTimeout(
-            f"vehicle {card.vin} at {device.address} did not accept a connection "
-            f"within {timeout:g} s"
-        )
+            raise BluetoothError(f"cannot connect to vehicle {vin}: {failure}") from failure
+        return None
 
     def _att_mtu(self, negotiated: int) -> int:
         mtu = negotiated if self.max_mtu is None else min(negotiated, self.max_mtu)

@@ -115,6 +115,27 @@ async def test_phone_unlocks_after_the_vehicle_rotated_mid_run(
     assert car.store.lock_state() is LockState.LOCKED
 
 
+async def test_a_rotation_between_scan_and_connect_costs_a_rescan_not_the_unlock(
+    radio: VirtualRadio, tmp_path: Path, cars: list[Car], clock: WallClock
+) -> None:
+    # The phone heard the vehicle just before its address rotated: that
+    # address never answers again. The phone must scan again within its
+    # connect timeout instead of waiting it out and failing the unlock.
+    car = cars[0]
+    keystore, client, scanner = await _phone(radio, tmp_path, "phone", car, car.card)
+    phone = PhoneKey(keystore, client_kwargs=client, scanner_kwargs=scanner)
+    heard = await phone.find_vehicle(VIN, TIMEOUT)
+    assert heard.address == str(car.runtime.advertised_address)
+    clock.now += ROTATION
+    assert await car.runtime.refresh_advertising()
+    assert heard.address != str(car.runtime.advertised_address)
+
+    async with phone.connect(VIN, heard, timeout=TIMEOUT) as session:
+        done = await session.command(Command.UNLOCK)
+    assert done.lock_state is LockState.UNLOCKED
+    assert car.store.lock_state() is LockState.UNLOCKED
+
+
 async def test_a_bystander_cannot_link_two_sightings_across_a_rotation(
     radio: VirtualRadio, tmp_path: Path, cars: list[Car], clock: WallClock
 ) -> None:
