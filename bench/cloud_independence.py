@@ -6,8 +6,9 @@ A phone enrolled only through the cloud (not on the whitelist) holds a cached
 credential; each round runs one command per cloud state, in a rotating order,
 so machine noise falls on all three alike. The figure is the phone's wall
 time from the command to the vehicle's authenticated answer (scan, connect,
-handshake). Target: median(http-500) / median(up) <= 1.05, and the same for
-blackhole: an unlock must never wait on the cloud.
+handshake). Target: mean(http-500) / mean(up) <= 1.05, and the same for
+blackhole: an unlock must never wait on the cloud (means: see
+``bench.stats.mean``; the medians are in ``unlock``).
 
     python bench/cloud_independence.py [--rounds 30]     # prints one JSON object
     python -m bench.cloud_independence [--rounds 30]
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.rig import UnlockRig, UnlockSample, describe, quiet_bumble
-from bench.stats import interleaved, machine_info, ratio
+from bench.stats import interleaved, machine_info, mean, ratio
 from cloud_sim.server import start_cloud
 from phone_client.cloud_client import CloudClient
 from phonekey.demo_cloud import enroll, register_vehicle
@@ -61,14 +62,16 @@ async def measure(rounds: int, workdir: Path) -> dict[str, Any]:
         await cloud.close()
 
     stats = {LABELS[mode]: describe(values) for mode, values in samples.items()}
-    up = stats["up"]["p50_ms"]
+    means = {LABELS[mode]: mean([s.total_ms for s in values]) for mode, values in samples.items()}
+    up = means["up"]
     return {
         "what": "phone wall time from command to authenticated result (scan+connect+handshake)",
         "rounds_interleaved": rounds,
         "store_backend": rig.store_backend,
         "unlock": stats,
-        "http_500_ratio": ratio(stats["http_500"]["p50_ms"], up),
-        "blackhole_ratio": ratio(stats["blackhole"]["p50_ms"], up),
+        "http_500_ratio": ratio(means["http_500"], up),
+        "blackhole_ratio": ratio(means["blackhole"], up),
+        "ratio_of": "mean unlock times",
         "target_ratio_max": 1.05,
     }
 

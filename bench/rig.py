@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 import tempfile
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -164,6 +165,7 @@ class UnlockRig:
         self.card = init_vehicle(self.workdir / "car", VIN)
         self._stack = contextlib.AsyncExitStack()
         self.store_backend = ""
+        self._phase = random.Random(self.seed)
 
     def add_phone(
         self, name: str, *, whitelisted: bool = True, role: Role = Role.DRIVER
@@ -216,6 +218,12 @@ class UnlockRig:
         def on_result(_outcome: CommandOutcome) -> None:
             result_at.append(loop.time())
 
+        # Start at a random (seeded) phase of the vehicle's advertising,
+        # untimed: the phone finds the vehicle at its next advertising event,
+        # so the phase decides up to one interval of the sample. Left to the
+        # gap since the previous sample it would follow from which kind of
+        # sample ran before, and bias one kind against another.
+        await asyncio.sleep(self._phase.uniform(0.0, self.runtime.adv_interval_ms / 1000))
         self.tap.records.clear()
         outcome = await run_command(
             keystore,

@@ -8,9 +8,10 @@ revocation list): ``one_key`` holds only the phone's key; ``max_keys`` holds
 the phone's key plus ``max_keys - 1`` others (``add_keys``, one bulk
 commit) and 10,000 revocation ids (``apply_revocations``). Unlocks through
 the phone client alternate between the two (interleaved), full handshake and
-fast path each (``bench.fast_path``). ``ratio_max_keys`` is the median of
-the full-handshake unlock at max keys over the median at one key (target
-<= 1.1); ``ratio_max_keys_fast`` the same on the fast path.
+fast path each (``bench.fast_path``). ``ratio_max_keys`` is the mean
+full-handshake unlock at max keys over the mean at one key (target <= 1.1;
+means: see ``bench.stats.mean``, the medians are in ``unlock``);
+``ratio_max_keys_fast`` the same on the fast path.
 
 Resident memory: both state directories are then served by real
 ``phonekey vehicle run`` processes (``bench.vehicle_rss``): the phone's
@@ -32,7 +33,7 @@ from protocol.credentials import REVOCATION_ID_LEN
 
 from . import fast_path, vehicle_rss
 from .rig import VIN, UnlockRig, UnlockSample, describe, section_main
-from .stats import interleaved, median, ratio
+from .stats import interleaved, mean, ratio
 
 REVOCATIONS: Final = 10_000
 TARGET_RATIO_MAX: Final = 1.1
@@ -94,9 +95,9 @@ async def measure(runs: int, workdir: Path, *, rss_unlocks: int = 2) -> dict[str
         for rig in rigs.values():
             await rig.close()
 
-    def p50(label: str, path: str, part: str = "") -> float:
+    def average(label: str, path: str, part: str = "") -> float:
         chosen = samples[(label, path)]
-        return median([s.handshake_ms if part else s.total_ms for s in chosen])
+        return mean([s.handshake_ms if part else s.total_ms for s in chosen])
 
     result: dict[str, Any] = {
         "store_backend": rigs["max_keys"].store_backend,
@@ -105,15 +106,18 @@ async def measure(runs: int, workdir: Path, *, rss_unlocks: int = 2) -> dict[str
         "flash_bytes_per_key": stats.bytes_per_key,
         "revocations": REVOCATIONS,
         "held": held,
-        "ratio_max_keys": ratio(p50("max_keys", "full"), p50("one_key", "full")),
+        "ratio_max_keys": ratio(average("max_keys", "full"), average("one_key", "full")),
         "ratio_max_keys_handshake": ratio(
-            p50("max_keys", "full", "handshake"), p50("one_key", "full", "handshake")
+            average("max_keys", "full", "handshake"), average("one_key", "full", "handshake")
         ),
+        "ratio_of": "mean unlock times",
         "target_ratio_max": TARGET_RATIO_MAX,
         "unlock": {f"{lab}_{path}": describe(values) for (lab, path), values in samples.items()},
     }
     if warm is None:
-        result["ratio_max_keys_fast"] = ratio(p50("max_keys", "fast"), p50("one_key", "fast"))
+        result["ratio_max_keys_fast"] = ratio(
+            average("max_keys", "fast"), average("one_key", "fast")
+        )
     else:
         result["ratio_max_keys_fast"] = warm
     for keystore in phones.values():

@@ -21,16 +21,25 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def summary(values_ms: Sequence[float], digits: int = 3) -> dict[str, Any]:
-    """``{"p50_ms", "p99_ms", "runs"}`` of samples in milliseconds."""
+    """``{"p50_ms", "p99_ms", "mean_ms", "runs"}`` of samples in milliseconds."""
     return {
         "p50_ms": round(statistics.median(values_ms), digits),
         "p99_ms": round(percentile(values_ms, 0.99), digits),
+        "mean_ms": round(statistics.fmean(values_ms), digits),
         "runs": len(values_ms),
     }
 
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
+
+
+def mean(values: Sequence[float]) -> float:
+    """What the target ratios compare: unlock times are multi-modal (the
+    phone finds the vehicle at one of its advertising events, 20 ms apart),
+    and a median jumps from one mode to the next when a few samples move;
+    the mean moves with them smoothly."""
+    return statistics.fmean(values)
 
 
 def interleaved(rounds: int, labels: Sequence[_T]) -> Iterator[_T]:
