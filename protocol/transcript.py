@@ -45,6 +45,7 @@ Fast path (docs/protocol.md section 10)::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from . import crypto
@@ -67,6 +68,7 @@ VehicleKey = crypto.PublicKey | bytes
 vehicle passes the point it computed once (``VehicleIdentity.public_point``)."""
 
 
+@functools.lru_cache(maxsize=64)
 def _label(version: int, what: str) -> bytes:
     return f"phonekey/v{version} {what}".encode()
 
