@@ -45,6 +45,7 @@ from .firmware_store import FirmwareStore
 from .flash.device import FlashDevice, FlashMisuse
 from .flash.errors import (
     FastKeyTampered,
+    FlashRolledBack,
     FlashTampered,
     StaleRevocations,
     StoreFull,
@@ -67,6 +68,7 @@ __all__ = [
     "STATE_FILE_NAME",
     "FastKeyTampered",
     "FileVehicleStore",
+    "FlashRolledBack",
     "FlashTampered",
     "FlashVehicleStore",
     "StaleRevocations",

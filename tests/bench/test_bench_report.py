@@ -95,6 +95,7 @@ def test_mcu_scale_throughput_cloud(report: dict[str, Any]) -> None:
         assert scale["held"]["max_keys"]["keys"] == scale["max_keys"]
         assert scale["held"]["max_keys"]["revocations"] == 10_000
         rss = scale["vehicle_rss"]
+        assert "error" not in rss, f"vehicle_rss failed: {rss['error']}"
         assert waiting(rss) or rss["max_keys"]["rss_after_unlocks_kib"] > 0
     assert isinstance(report["throughput"]["ratio_to_crypto"], float)
     independence = report["cloud_independence"]

@@ -96,11 +96,6 @@ PhoneFactory = Callable[..., Awaitable[Phone]]
 
 
 @pytest.fixture
-async def radio() -> AsyncIterator[VirtualRadio]:
-    yield VirtualRadio()
-
-
-@pytest.fixture
 def vehicle_wall_clock() -> Callable[[], float]:
     """The vehicle's wall clock (override by parametrizing ``vehicle_wall_clock``)."""
     return time.time
