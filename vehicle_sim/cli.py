@@ -4,7 +4,8 @@ Heavy imports (bumble, cryptography, the BLE layer) happen inside the
 handlers so `phonekey --help` stays fast. Every failure prints one line on
 stderr and maps to the exit codes listed in `phonekey --help`; --debug adds
 tracebacks and debug logs. With --json a command prints one object on stdout
-instead of its text, success or failure (``cli_json``).
+instead of its text, success or failure; `run --json` ends a failure with a
+``"failed"`` line (``cli_json``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ from typing import TYPE_CHECKING, Final
 from phonekey.cli_args import number_in_range
 from phonekey.cli_logging import LOG_FORMAT, add_logging_flags, log_level, logging_configured
 
-from .cli_json import RESULT_KEYS, Output, failure_json, json_help, print_json, wants_json
+from .cli_json import (
+    OWN_SHAPES,
+    RESULT_KEYS,
+    Output,
+    failure_json,
+    json_help,
+    print_json,
+    run_failure_json,
+    wants_json,
+)
 
 if TYPE_CHECKING:
     from protocol import crypto
@@ -157,9 +167,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="write a btsnoop log of the vehicle's HCI traffic to FILE (opens in Wireshark; "
         "`tshark -r FILE -Y btatt` lists the ATT frames)",
     )
-    p.add_argument(
-        "--json", action="store_true", help="print one JSON object per line for each event"
-    )
 
 
 def _sub(
@@ -176,7 +183,7 @@ def _sub(
         default=None,
         help="the vehicle's state directory (default: the per-user data directory)",
     )
-    if name in RESULT_KEYS:  # show, log and run have their own --json
+    if name in RESULT_KEYS or name in OWN_SHAPES:
         parser.add_argument("--json", action="store_true", help=json_help(name))
     add_logging_flags(parser)
     parser.set_defaults(handler=_guarded(handler, name))
@@ -218,7 +225,12 @@ def _guarded(handler: Handler, name: str) -> Handler:
                 traceback.print_exc()
             code, reason = _explain(exc)
             if wants_json(args, name):  # stdout: the object; stderr: the line, as always
-                print_json(failure_json(name, _state_dir(args), code, reason))
+                state_dir = _state_dir(args)
+                if name == "run":  # its last JSON line
+                    failed = run_failure_json(state_dir, args.transport, code, reason)
+                    print_json(failed, sort_keys=False)
+                else:
+                    print_json(failure_json(name, state_dir, code, reason))
             print(f"phonekey vehicle {name}: error: {reason}", file=sys.stderr)
             return code
 

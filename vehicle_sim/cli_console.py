@@ -6,6 +6,8 @@ stopped vehicle, `show` and `log` read the state read-only, and `add-card`,
 `remove-key` and `factory-reset` open it for writing (console access to the
 key module). A keycard tap needs a running vehicle. Errors map to the exit
 codes of `phonekey --help`; `log` exits 5 when the log's chain does not verify.
+With --json, `show` and `log` print their report with ok, command, state and
+error added; a log that does not verify still prints it, ok false, error code 5.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from phonekey.cli_args import number_in_range
 
 from .cli import EXIT_LOG_TAMPERED, EXIT_OK, Refused, UsageError, _state_dir
-from .cli_json import Output
+from .cli_json import Output, report_json
 
 if TYPE_CHECKING:
     from protocol import crypto
@@ -44,7 +46,6 @@ def register_console(
         "lock state and log length (a running vehicle answers through its control socket)",
         _show,
     )
-    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
 
     p = _sub(
         commands,
@@ -52,7 +53,6 @@ def register_console(
         "print the event log; exit 5 if its MAC chain does not verify (tampered)",
         _log,
     )
-    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
 
     p = _sub(
         commands,
@@ -129,7 +129,7 @@ def _show(args: argparse.Namespace) -> int:
         # Stopped: read-only, no lock taken.
         with open_store(state_dir, read_only=True) as store:
             report = show_report(store)
-    _print_report(args, report, render_show)
+    _print_report(args, "show", report, render_show)
     return EXIT_OK
 
 
@@ -145,21 +145,28 @@ def _log(args: argparse.Namespace) -> int:
     else:
         with open_store(state_dir, read_only=True) as store:
             report = log_report(store.read_log())
-    _print_report(args, report, render_log)
+    # A log that does not verify is printed anyway, then fails (exit 5); with --json
+    # its object keeps the entries and says so in ok and error.
+    failure = None
     if not report["verified"]:
-        print(
-            f"phonekey vehicle log: error: the event log does not verify: {report['problem']}",
-            file=sys.stderr,
-        )
-        return EXIT_LOG_TAMPERED
+        failure = (EXIT_LOG_TAMPERED, f"the event log does not verify: {report['problem']}")
+    _print_report(args, "log", report, render_log, failure)
+    if failure is not None:
+        print(f"phonekey vehicle log: error: {failure[1]}", file=sys.stderr)
+        return failure[0]
     return EXIT_OK
 
 
 def _print_report(
-    args: argparse.Namespace, report: dict[str, Any], render: Callable[[dict[str, Any]], list[str]]
+    args: argparse.Namespace,
+    command: str,
+    report: dict[str, Any],
+    render: Callable[[dict[str, Any]], list[str]],
+    failure: tuple[int, str] | None = None,
 ) -> None:
     if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True))
+        data = report_json(command, _state_dir(args), report, failure)
+        print(json.dumps(data, indent=2, sort_keys=True))
     else:
         for line in render(report):
             print(line)

@@ -4,6 +4,9 @@ Human lines by default (``display.describe_event``); with ``--json`` one
 JSON object per line instead, for machines: ``{"event": "advertising", ...}``,
 then one object per vehicle event (its dataclass fields: ids as hex, enums
 as lowercase names, plus ``"peer"``), and ``{"event": "stopped", ...}``.
+A run that fails, at start-up or later, raises; the CLI then ends its JSON
+lines with ``{"event": "failed", "ok": false, "state", "transport", "error":
+{"code", "reason"}}`` (``cli_json.run_failure_json``) instead of ``stopped``.
 """
 
 from __future__ import annotations
