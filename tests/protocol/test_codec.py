@@ -1,10 +1,26 @@
-"""Wire format and framing: round trips, every malformed input, a seeded fuzz loop."""
+"""Wire format and framing: round trips and layouts, a seeded fuzz loop, fragmenting
+and reassembling, and every malformed sequence of frames.
+
+Malformed messages (truncated, trailing bytes, undefined values) are in
+test_codec_malformed.py; the sample messages in codec_samples.py."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
+from codec_samples import (
+    EPH,
+    KEY_ID,
+    MAC,
+    NONCE,
+    SAMPLE_IDS,
+    SAMPLES,
+    SIG,
+    VID,
+    command_request,
+    mutate,
+)
 from protocol_testkit import FakeClock, make_rig, messages_of
 
 from protocol import (
@@ -32,54 +48,8 @@ from protocol import (
     decode,
     encode,
 )
-from protocol.codec import AUTHENTICATED_RESULTS
 from protocol.errors import FieldValueError
 from protocol.framing import Reassembler, fragment, payload_size
-
-VID = bytes(range(0x10, 0x20))
-NONCE = bytes(range(0xA0, 0xB0))
-KEY_ID = bytes(range(0x30, 0x40))
-EPH = b"\x02" + bytes(range(0x40, 0x60))
-SIG = bytes(range(0x60, 0xA0))
-MAC = bytes(range(0xC0, 0xE0))
-
-ERROR_CODES = [c for c in ResultCode if c not in AUTHENTICATED_RESULTS]
-
-
-def _request(**fields: object) -> CommandRequest:
-    base: dict[str, object] = dict(
-        version=1,
-        offered_versions=(1,),
-        nonce=NONCE,
-        key_id=KEY_ID,
-        counter=1,
-        command=Command.UNLOCK,
-        ephemeral_key=EPH,
-        signature=SIG,
-    )
-    base.update(fields)
-    return CommandRequest(**base)  # type: ignore[arg-type]
-
-
-SAMPLES: list[Message] = [
-    Challenge((1,), VID, NONCE),
-    Challenge((1, 2), VID, NONCE),
-    Challenge(tuple(range(1, 9)), VID, NONCE),
-    Challenge((255,), VID, NONCE),
-    ChallengeRequest(),
-    *[_request(command=cmd) for cmd in Command],
-    _request(version=2, offered_versions=(2, 1, 7), counter=2**64 - 1),
-    _request(counter=1_700_000_000_000_000, ephemeral_key=b"\x03" + bytes(32)),
-    *[
-        CommandResponse(result, cmd, 42, state, MAC)
-        for result in (ResultCode.OK, ResultCode.FORBIDDEN)
-        for cmd in Command
-        for state in LockState
-    ],
-    CommandResponse(ResultCode.OK, Command.UNLOCK, 2**64 - 1, LockState.UNLOCKED, MAC),
-    *[ErrorMessage(code) for code in ERROR_CODES],
-]
-SAMPLE_IDS = [f"{i}-{type(m).__name__}" for i, m in enumerate(SAMPLES)]
 
 
 # --- round trips and layout ----------------------------------------------------
@@ -94,7 +64,7 @@ def test_round_trip(message: Message) -> None:
 
 
 def test_decoded_enums_are_enum_members() -> None:
-    request = decode(encode(_request(command=Command.STATUS)))
+    request = decode(encode(command_request(command=Command.STATUS)))
     assert isinstance(request, CommandRequest)
     assert request.command is Command.STATUS
     response = decode(
@@ -110,7 +80,7 @@ def test_layouts_follow_the_spec() -> None:
     """Byte layouts of docs/protocol.md section 4, written out by hand."""
     assert encode(Challenge((1, 2), VID, NONCE)) == bytes([1, 0x01, 2, 1, 2]) + VID + NONCE
     assert encode(ChallengeRequest()) == bytes([1, 0x02])
-    request = _request(
+    request = command_request(
         version=1, offered_versions=(1,), counter=0x0102030405060708, command=Command.LOCK
     )
     assert encode(request) == (
@@ -129,158 +99,6 @@ def test_decode_then_encode_is_byte_identical(message: Message) -> None:
     assert decode(bytearray(data)) == message
 
 
-# --- malformed inputs ------------------------------------------------------------
-@pytest.mark.parametrize("message", SAMPLES, ids=SAMPLE_IDS)
-def test_truncation_at_every_length(message: Message) -> None:
-    data = encode(message)
-    for length in range(len(data)):
-        with pytest.raises(TruncatedMessage):
-            decode(data[:length])
-
-
-@pytest.mark.parametrize("message", SAMPLES, ids=SAMPLE_IDS)
-def test_trailing_bytes(message: Message) -> None:
-    data = encode(message)
-    for extra in (b"\x00", b"\x01", b"\xff" * 7):
-        with pytest.raises(TrailingBytes):
-            decode(data + extra)
-
-
-def test_oversized() -> None:
-    challenge = encode(Challenge((1,), VID, NONCE))
-    with pytest.raises(MessageTooLarge):
-        decode(challenge + bytes(MAX_MESSAGE_SIZE + 1 - len(challenge)))
-    with pytest.raises(MessageTooLarge):
-        decode(bytes([1, 0xFF]) + bytes(4096))
-    # exactly at the limit it is not "too large", just a message with trailing bytes
-    with pytest.raises(TrailingBytes):
-        decode(challenge + bytes(MAX_MESSAGE_SIZE - len(challenge)))
-
-
-def test_unknown_message_type() -> None:
-    known = set(range(0x01, 0x0F))  # 0x01..0x0E are defined (docs/protocol.md)
-    for msg_type in range(256):
-        if msg_type in known:
-            continue
-        for body in (b"", bytes(50)):
-            with pytest.raises(UnknownMessageType):
-                decode(bytes([WIRE_VERSION, msg_type]) + body)
-
-
-@pytest.mark.parametrize("message", SAMPLES[:8], ids=SAMPLE_IDS[:8])
-def test_bad_wire_version(message: Message) -> None:
-    data = encode(message)
-    for version in range(256):
-        if version == WIRE_VERSION:
-            continue
-        with pytest.raises(UnsupportedWireVersion):
-            decode(bytes([version]) + data[1:])
-
-
-def _field_value_cases() -> list[tuple[str, bytes]]:
-    challenge_tail = VID + NONCE
-    request_tail = NONCE + KEY_ID + (1).to_bytes(8, "big")
-    response_head = bytes([1, 0x04])
-    mac_tail = MAC
-
-    def response(result: int, command: int, state: int) -> bytes:
-        return (
-            response_head
-            + bytes([result, command])
-            + (1).to_bytes(8, "big")
-            + bytes([state])
-            + mac_tail
-        )
-
-    def request(version: int, offer: bytes, command: int) -> bytes:
-        return bytes([1, 0x03, version]) + offer + request_tail + bytes([command]) + EPH + SIG
-
-    cases = [
-        ("challenge: empty version list", bytes([1, 0x01, 0]) + challenge_tail),
-        ("challenge: zero version", bytes([1, 0x01, 1, 0]) + challenge_tail),
-        ("challenge: zero among versions", bytes([1, 0x01, 2, 1, 0]) + challenge_tail),
-        ("challenge: duplicate versions", bytes([1, 0x01, 2, 1, 1]) + challenge_tail),
-        ("challenge: nine versions", bytes([1, 0x01, 9, *range(1, 10)]) + challenge_tail),
-        ("challenge: 255 versions", bytes([1, 0x01, 255, *range(1, 256)]) + challenge_tail),
-        ("request: version 0", request(0, bytes([1, 1]), 1)),
-        ("request: empty offer", request(1, bytes([0]), 1)),
-        ("request: duplicate offer", request(1, bytes([2, 1, 1]), 1)),
-        ("request: zero in offer", request(1, bytes([2, 0, 1]), 1)),
-        ("request: command 0", request(1, bytes([1, 1]), 0)),
-        ("request: command 4", request(1, bytes([1, 1]), 4)),
-        ("request: command 255", request(1, bytes([1, 1]), 255)),
-        ("response: result 2", response(2, 1, 1)),
-        ("response: result MALFORMED", response(0x10, 1, 1)),
-        ("response: result INTERNAL", response(0x1F, 1, 1)),
-        ("response: result 255", response(0xFF, 1, 1)),
-        ("response: command 0", response(0, 0, 1)),
-        ("response: command 4", response(0, 4, 1)),
-        ("response: lock state 0", response(0, 1, 0)),
-        ("response: lock state 3", response(0, 1, 3)),
-        ("error: code OK", bytes([1, 0x05, 0x00])),
-        ("error: code FORBIDDEN", bytes([1, 0x05, 0x01])),
-        ("error: undefined code 2", bytes([1, 0x05, 0x02])),
-        ("error: undefined code 0x1B", bytes([1, 0x05, 0x1B])),
-        ("error: undefined code 255", bytes([1, 0x05, 0xFF])),
-    ]
-    return cases
-
-
-FIELD_VALUE_CASES = _field_value_cases()
-
-
-@pytest.mark.parametrize(("name", "data"), FIELD_VALUE_CASES, ids=[c[0] for c in FIELD_VALUE_CASES])
-def test_undefined_field_values(name: str, data: bytes) -> None:
-    with pytest.raises(FieldValueError):
-        decode(data)
-
-
-@pytest.mark.parametrize(
-    "message",
-    [
-        Challenge((), VID, NONCE),
-        Challenge((1, 1), VID, NONCE),
-        _request(version=0),
-        _request(offered_versions=()),
-        ErrorMessage(ResultCode.OK),
-        CommandResponse(ResultCode.MALFORMED, Command.UNLOCK, 1, LockState.LOCKED, MAC),
-    ],
-    ids=[
-        "empty-offer",
-        "duplicate-offer",
-        "request-version-0",
-        "request-empty-offer",
-        "error-OK",
-        "response-MALFORMED",
-    ],
-)
-def test_encode_refuses_what_decode_refuses(message: Message) -> None:
-    """``encode`` promises ValueError "for a message we must not send": it must never
-    produce bytes that every peer refuses as malformed (e.g. a vehicle configured with
-    ``versions=()`` would otherwise push challenges no phone can decode)."""
-    with pytest.raises(ValueError):
-        encode(message)
-
-
-@pytest.mark.parametrize(
-    "message",
-    [
-        Challenge((1,), VID[:15], NONCE),
-        Challenge((1,), VID, NONCE + b"\x00"),
-        Challenge(tuple(range(1, 10)), VID, NONCE),
-        Challenge((0,), VID, NONCE),
-        _request(counter=2**64),
-        _request(counter=-1),
-        _request(signature=SIG[:63]),
-        _request(ephemeral_key=EPH + b"\x00"),
-        CommandResponse(ResultCode.OK, Command.UNLOCK, 1, LockState.LOCKED, MAC[:31]),
-    ],
-)
-def test_encode_refuses_wrong_sizes_and_ranges(message: Message) -> None:
-    with pytest.raises(ValueError):
-        encode(message)
-
-
 # --- fuzz -------------------------------------------------------------------------
 def _check_decode(data: bytes) -> None:
     """Only ProtocolError may escape; anything accepted must be canonical."""
@@ -289,25 +107,6 @@ def _check_decode(data: bytes) -> None:
     except ProtocolError:
         return
     assert encode(message) == data
-
-
-def _mutate(rnd: random.Random, data: bytes) -> bytes:
-    buf = bytearray(data)
-    for _ in range(rnd.randint(1, 4)):
-        op = rnd.randrange(6)
-        if op == 0 and buf:  # flip bits
-            buf[rnd.randrange(len(buf))] ^= 1 << rnd.randrange(8)
-        elif op == 1 and buf:  # overwrite with a random byte
-            buf[rnd.randrange(len(buf))] = rnd.randrange(256)
-        elif op == 2:  # insert
-            buf.insert(rnd.randrange(len(buf) + 1), rnd.randrange(256))
-        elif op == 3 and buf:  # delete
-            del buf[rnd.randrange(len(buf))]
-        elif op == 4:  # truncate
-            del buf[rnd.randrange(len(buf) + 1) :]
-        else:  # append garbage
-            buf += rnd.randbytes(rnd.randrange(8))
-    return bytes(buf)
 
 
 def test_fuzz_decode_only_raises_protocol_errors() -> None:
@@ -321,7 +120,7 @@ def test_fuzz_decode_only_raises_protocol_errors() -> None:
             data[1] = rnd.randrange(1, 6)
         _check_decode(bytes(data))
     for _ in range(1300):  # mutations of valid messages
-        _check_decode(_mutate(rnd, rnd.choice(valid)))
+        _check_decode(mutate(rnd, rnd.choice(valid)))
 
 
 def test_fuzz_reassembler_only_raises_protocol_errors() -> None:
@@ -329,7 +128,7 @@ def test_fuzz_reassembler_only_raises_protocol_errors() -> None:
     valid = [encode(m) for m in SAMPLES]
     for _ in range(400):
         frames = fragment(rnd.choice(valid), rnd.choice([23, 27, 100, 247]))
-        frames = [_mutate(rnd, f) if rnd.random() < 0.3 else f for f in frames]
+        frames = [mutate(rnd, f) if rnd.random() < 0.3 else f for f in frames]
         if rnd.random() < 0.2:
             rnd.shuffle(frames)
         reassembler = Reassembler(lambda: 0.0)

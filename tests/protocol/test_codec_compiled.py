@@ -13,8 +13,8 @@ from typing import Any
 
 import construct as c
 import pytest
-from test_codec import SAMPLES as COMMAND_SAMPLES
-from test_codec import _mutate
+from codec_samples import SAMPLES as COMMAND_SAMPLES
+from codec_samples import mutate
 from test_codec_manage_fast import SAMPLES as MANAGE_FAST_SAMPLES
 
 from protocol import Challenge, Message, codec, decode, encode
@@ -82,7 +82,7 @@ def test_compiled_and_interpreted_parse_agree_on_mutated_input() -> None:
     valid = [encode(m) for m in SAMPLES]
     disagreements = []
     for _ in range(4000):
-        data = _mutate(rnd, rnd.choice(valid))
+        data = mutate(rnd, rnd.choice(valid))
         if _compiled_fields(data) != _interpreted_fields(data):
             disagreements.append(data.hex())
     assert disagreements == []
