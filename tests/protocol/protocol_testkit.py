@@ -1,5 +1,7 @@
 """Shared helpers of the protocol tests: fake clock, deterministic rng, fixed keys,
-and a small rig around ``protocol.memory_pair.ConnectionPair``.
+a small rig around ``protocol.memory_pair.ConnectionPair``, and the moves of the
+handshake tests (a request held back, a refusal checked on both sides, a
+challenge rewritten by a man in the middle).
 
 (Not a conftest: the tests import these names directly. The module name is unique
 so it cannot clash with helpers of other test directories.)
@@ -13,6 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import pytest
+
 from protocol import (
     Challenge,
     ChallengeIssued,
@@ -20,15 +24,20 @@ from protocol import (
     CommandCompleted,
     CommandExecuted,
     CommandRequest,
+    CommandResponse,
+    ErrorMessage,
     LockState,
     MemoryStore,
     Message,
     PhoneConnection,
+    PhoneState,
     RequestRejected,
     ResultCode,
     Role,
     VehicleConnection,
     VehicleIdentity,
+    VehicleRejected,
+    VehicleState,
     crypto,
     decode,
     encode,
@@ -38,6 +47,8 @@ from protocol.memory_pair import ConnectionPair
 
 MTUS = (23, 247)
 VIN = "1PHNKEY0TEST00001"
+
+mtus = pytest.mark.parametrize("mtu", MTUS)
 
 
 class FakeClock:
@@ -292,3 +303,72 @@ def signed_request(
 
 def challenge_issued(events: Iterable[object]) -> list[ChallengeIssued]:
     return [e for e in events if isinstance(e, ChallengeIssued)]
+
+
+# --- the handshake by hand ----------------------------------------------------------
+def request_frames(rig: Rig, command: Command = Command.UNLOCK, counter: int = 1) -> list[bytes]:
+    """Have the phone sign a command and return its frames undelivered."""
+    rig.phone.send_command(command, counter)
+    frames = rig.phone.data_to_send()
+    assert [type(m) for m in messages_of(frames)] == [CommandRequest]
+    return frames
+
+
+def vehicle_refusal(rig: Rig, frames: list[bytes]) -> tuple[ResultCode, VehicleRejected]:
+    """Deliver frames to the vehicle; it must refuse with one Error, which the phone
+    then raises. Returns the vehicle's code and the phone's exception."""
+    events = rig.to_vehicle(frames)
+    rejections = [e for e in events if isinstance(e, RequestRejected)]
+    assert len(rejections) == 1, events
+    assert not [e for e in events if isinstance(e, CommandExecuted)]
+    assert rig.vehicle.state is VehicleState.ERROR
+    answer = rig.vehicle.data_to_send()
+    assert messages_of(answer) == [ErrorMessage(rejections[0].code)]
+    with pytest.raises(VehicleRejected) as info:
+        rig.to_phone(answer)
+    assert info.value.code == rejections[0].code
+    assert info.value.authenticated is False
+    assert rig.phone.state is PhoneState.ERROR
+    return rejections[0].code, info.value
+
+
+def assert_phone_reports_no_state(rig: Rig) -> None:
+    assert not [e for e in rig.pair.phone_events if isinstance(e, CommandCompleted)]
+
+
+def frame_owners(frames: list[bytes]) -> list[object]:
+    """The message each frame belongs to."""
+    owners: list[object] = []
+    pending = 0
+    reassembler = Reassembler(lambda: 0.0)
+    for frame in frames:
+        pending += 1
+        data = reassembler.feed(frame)
+        if data is not None:
+            owners.extend([decode(data)] * pending)
+            pending = 0
+    return owners
+
+
+def unlock_answer(mtu: int) -> tuple[Rig, list[bytes], list[bytes]]:
+    """A rig whose vehicle executed an UNLOCK, with its answer not yet delivered: the
+    response frames and the next challenge's frames."""
+    rig = make_rig(mtu)
+    rig.to_vehicle(request_frames(rig))
+    answer = rig.vehicle.data_to_send()
+    owners = frame_owners(answer)
+    response = [f for f, m in zip(answer, owners, strict=True) if isinstance(m, CommandResponse)]
+    challenge = [f for f, m in zip(answer, owners, strict=True) if isinstance(m, Challenge)]
+    assert response + challenge == answer
+    return rig, response, challenge
+
+
+def rewrite_challenges(frames: list[bytes], mtu: int, **fields: object) -> list[bytes]:
+    """A man in the middle that re-encodes every challenge with other fields."""
+    out = []
+    for data in raw_messages_of(frames):
+        message = decode(data)
+        if isinstance(message, Challenge):
+            data = encode(replace(message, **fields))  # type: ignore[arg-type]
+        out.extend(fragment(data, mtu))
+    return out
