@@ -1,5 +1,6 @@
 """Helpers of the credential tests: a fixed issuer, a wall clock, credentials
-issued in one call, and a ``Rig`` whose vehicle trusts the issuer.
+issued in one call, a ``Rig`` whose vehicle trusts the issuer, and the steps the
+credential handshake tests share (an unlock with a credential).
 
 (Not a conftest: the tests import these names directly.)
 """
@@ -13,7 +14,6 @@ from typing import Any, Final
 
 import pytest
 from protocol_testkit import (
-    MTUS,
     PHONE_KEY,
     VEHICLE_KEY,
     VIN,
@@ -22,12 +22,16 @@ from protocol_testkit import (
     drain,
     frames_of,
     key_from_label,
+    mtus,
 )
 
 from protocol import (
     Command,
+    CommandCompleted,
+    LockState,
     MemoryStore,
     PhoneConnection,
+    ResultCode,
     Role,
     VehicleConnection,
     VehicleIdentity,
@@ -59,8 +63,6 @@ ROGUE_ISSUER_KEY = key_from_label("phonekey tests: untrusted issuer")
 ISSUER_KEY_ID = crypto.key_id(ISSUER_KEY.public_key())
 ISSUERS = {ISSUER_KEY_ID: ISSUER_KEY.public_key()}
 VEHICLE_ID = crypto.key_id(VEHICLE_KEY.public_key())
-
-mtus = pytest.mark.parametrize("mtu", MTUS)
 
 
 def issue(
@@ -211,6 +213,19 @@ def presentation_frames(credential: Credential | bytes, mtu: int) -> list[bytes]
     return frames_of(CredentialPresentation(data), mtu)
 
 
+def credential_unlock(rig: CredRig, credential: Credential, counter: int = 1) -> None:
+    """Present ``credential`` and unlock with it; the vehicle must say OK."""
+    rig.present(credential)
+    done = rig.command(Command.UNLOCK, counter)
+    assert done == CommandCompleted(Command.UNLOCK, ResultCode.OK, LockState.UNLOCKED, counter)
+
+
+def after_one_command(rig: CredRig) -> VehicleStatusReceived:
+    """Unlock with a fresh credential; the VehicleStatus the vehicle sent last."""
+    credential_unlock(rig, issue())
+    return rig.statuses()[-1]
+
+
 __all__ = [
     "ISSUERS",
     "ISSUER_KEY",
@@ -221,6 +236,8 @@ __all__ = [
     "VEHICLE_ID",
     "WALL",
     "CredRig",
+    "after_one_command",
+    "credential_unlock",
     "delta",
     "drain",
     "issue",

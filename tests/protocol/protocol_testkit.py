@@ -91,6 +91,7 @@ PHONE_KEY = key_from_label("phonekey tests: phone key")
 GUEST_KEY = key_from_label("phonekey tests: guest phone key")
 ATTACKER_KEY = key_from_label("phonekey tests: attacker key")
 PHONE_KEY_ID = crypto.key_id(PHONE_KEY.public_key())
+GUEST_KEY_ID = crypto.key_id(GUEST_KEY.public_key())
 
 
 # --- frames and messages -------------------------------------------------------
