@@ -1,6 +1,7 @@
 """Helpers of the credential tests: a fixed issuer, a wall clock, credentials
-issued in one call, a ``Rig`` whose vehicle trusts the issuer, and the steps the
-credential handshake tests share (an unlock with a credential).
+issued in one call, the byte layout of a credential, a ``Rig`` whose vehicle
+trusts the issuer, and the steps the credential handshake tests share (an unlock
+with a credential).
 
 (Not a conftest: the tests import these names directly.)
 """
@@ -43,11 +44,14 @@ from protocol.credentials import (
     MAX_LEEWAY,
     Credential,
     RevocationDelta,
+    RevocationList,
     SignedTime,
     issue_credential,
     issue_revocation_delta,
+    issue_revocation_list,
     issue_signed_time,
     revocation_id,
+    verify_credential_at_time,
 )
 from protocol.events import VehicleStatusReceived
 from protocol.memory_pair import ConnectionPair
@@ -62,7 +66,25 @@ ISSUER_KEY = key_from_label("phonekey tests: credential issuer")
 ROGUE_ISSUER_KEY = key_from_label("phonekey tests: untrusted issuer")
 ISSUER_KEY_ID = crypto.key_id(ISSUER_KEY.public_key())
 ISSUERS = {ISSUER_KEY_ID: ISSUER_KEY.public_key()}
+ROGUE_ISSUERS = {crypto.key_id(ROGUE_ISSUER_KEY.public_key()): ROGUE_ISSUER_KEY.public_key()}
 VEHICLE_ID = crypto.key_id(VEHICLE_KEY.public_key())
+TIME_NONCE = bytes(range(0x50, 0x60))
+REVOKED_IDS = [bytes([i]) * 16 for i in (0x33, 0x11, 0x22)]
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+# Byte offsets of the encodings (docs/credentials.md), written out by hand.
+CREDENTIAL_FIELDS = {  # name: (start, end)
+    "format": (0, 1),
+    "type": (1, 2),
+    "vehicle_id": (2, 18),
+    "holder_key": (18, 51),
+    "role": (51, 52),
+    "not_before": (52, 60),
+    "not_after": (60, 68),
+    "serial": (68, 76),
+    "issuer_key_id": (76, 92),
+    "signature": (92, 156),
+}
 
 
 def issue(
@@ -104,6 +126,18 @@ def delta(
 
 def signed_time(nonce: bytes, time: int, issuer: crypto.PrivateKey = ISSUER_KEY) -> SignedTime:
     return issue_signed_time(issuer, nonce=nonce, time=time)
+
+
+def revocation_list(revoked: list[bytes] = REVOKED_IDS, version: int = 3) -> RevocationList:
+    return issue_revocation_list(ISSUER_KEY, version=version, issued_at=WALL, revoked=revoked)
+
+
+def verify_at_wall(credential: Credential, **overrides: Any) -> None:
+    """``verify_credential_at_time`` against ``ISSUERS`` on ``VEHICLE_ID`` at ``WALL``;
+    ``overrides`` replace any of these or add the other arguments."""
+    kwargs: dict[str, Any] = {"issuers": ISSUERS, "vehicle_id": VEHICLE_ID, "now": WALL}
+    kwargs.update(overrides)
+    verify_credential_at_time(credential, **kwargs)
 
 
 def make_trust(wall: FakeClock, **fields: object) -> MemoryTrust:
@@ -227,12 +261,17 @@ def after_one_command(rig: CredRig) -> VehicleStatusReceived:
 
 
 __all__ = [
+    "CREDENTIAL_FIELDS",
     "ISSUERS",
     "ISSUER_KEY",
     "ISSUER_KEY_ID",
     "NOT_AFTER",
     "NOT_BEFORE",
+    "P256_ORDER",
+    "REVOKED_IDS",
+    "ROGUE_ISSUERS",
     "ROGUE_ISSUER_KEY",
+    "TIME_NONCE",
     "VEHICLE_ID",
     "WALL",
     "CredRig",
@@ -246,5 +285,7 @@ __all__ = [
     "mtus",
     "presentation_frames",
     "rev_id",
+    "revocation_list",
     "signed_time",
+    "verify_at_wall",
 ]
