@@ -120,8 +120,8 @@ class PhoneKey:
         _ = self.keystore.private_key  # fail on a missing or unsafe key before any radio work
         timings = SessionTimings()
         # An old card (no advertising secret) cannot resolve rotating tags: a
-        # scanned vehicle is only a candidate until its challenge names our
-        # vehicle id; a wrong one is dropped and the next candidate tried.
+        # scanned vehicle is only a candidate until its challenge carries our
+        # vehicle's tag; a wrong one is dropped and the next candidate tried.
         # The credential then waits for the right vehicle's challenge.
         candidates = card.adv_secret is None
         tried: list[str] = []

@@ -8,7 +8,7 @@ tags (vehicles from before private advertising) are the VIN's static tag.
 
 A card without the advertising secret (made before private advertising)
 cannot resolve format 2 tags: such a phone takes the phonekey vehicles it
-hears as *candidates* and the caller checks the vehicle id in the first
+hears as *candidates* and the caller checks the vehicle tag in the first
 challenge (``protocol.WrongVehicle`` otherwise), trying the next candidate.
 Re-adding the vehicle with its current card (`phonekey vehicle show`) ends
 that.
@@ -92,7 +92,7 @@ async def find_vehicle(
     With the card's advertising secret only that vehicle matches. Without it
     (an old card) the first phonekey vehicle heard whose address is not in
     ``exclude`` is returned, unless it advertises another VIN's format-1 tag:
-    the caller must check the vehicle id in its challenge.
+    the caller must check the vehicle tag in its challenge.
     """
     legacy_tag = privacy.legacy_tag(card.vin)
     found: asyncio.Future[BLEDevice] = asyncio.get_running_loop().create_future()

@@ -12,7 +12,7 @@ The optional ``adv`` part is the vehicle's 16-byte advertising secret
 (protocol/privacy.py): with it a phone resolves the vehicle's rotating
 advertised tag. Cards without it (made before private advertising) still
 parse; such a phone connects to phonekey vehicles it cannot tell apart and
-relies on the vehicle id in the first challenge. The secret is never in
+relies on the vehicle tag in the first challenge. The secret is never in
 ``repr`` (so it is not logged by accident); the card text carries it, so
 treat a card like a key.
 

@@ -45,6 +45,7 @@ from .messages import (
     TimeUpdate,
     VehicleStatus,
 )
+from .privacy import CHALLENGE_TAG_LEN
 from .types import Command, LockState, ManageOp, ResultCode
 
 WIRE_VERSION: Final = 1
@@ -77,7 +78,7 @@ _Versions = c.PrefixedArray(c.Int8ub, c.Int8ub)
 _BODIES: dict[int, c.Construct] = {
     _MSG_CHALLENGE: c.Struct(
         "versions" / _Versions,
-        "vehicle_id" / c.Bytes(crypto.KEY_ID_LEN),
+        "vehicle_tag" / c.Bytes(CHALLENGE_TAG_LEN),
         "nonce" / c.Bytes(NONCE_LEN),
     ),
     _MSG_CHALLENGE_REQUEST: c.Struct(),
@@ -304,12 +305,13 @@ def fast_request_maced_part(request: FastCommandRequest) -> bytes:
 
 
 @functools.lru_cache(maxsize=16)
-def challenge_without_nonce(versions: tuple[int, ...], vehicle_id: bytes) -> bytes:
-    """A Challenge's bytes up to its nonce, the last field: a vehicle's
-    challenges differ only in their nonce, so it encodes the rest once and
-    appends each fresh nonce (``encode`` gives the same bytes, checked in
-    tests/protocol/test_codec.py)."""
-    return _without_last(Challenge(versions, vehicle_id, bytes(NONCE_LEN)), "nonce", NONCE_LEN)
+def challenge_prefix(versions: tuple[int, ...]) -> bytes:
+    """A Challenge's bytes before its vehicle tag and nonce, its last two
+    fields: a vehicle's challenges differ only in those, so it encodes the
+    rest once and appends each tag and nonce (``encode`` gives the same
+    bytes, checked in tests/protocol/test_codec_compiled.py)."""
+    tail = CHALLENGE_TAG_LEN + NONCE_LEN
+    return encode(Challenge(versions, bytes(CHALLENGE_TAG_LEN), bytes(NONCE_LEN)))[:-tail]
 
 
 def _without_last(message: Message, last: str, size: int) -> bytes:
@@ -363,7 +365,7 @@ def _to_message(msg_type: int, p: dict[str, Any]) -> Message:
     if msg_type == _MSG_CHALLENGE:
         return Challenge(
             versions=_versions(list(p["versions"]), "versions"),
-            vehicle_id=bytes(p["vehicle_id"]),
+            vehicle_tag=bytes(p["vehicle_tag"]),
             nonce=bytes(p["nonce"]),
         )
     if msg_type == _MSG_CHALLENGE_REQUEST:

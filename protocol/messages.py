@@ -17,7 +17,7 @@ class Challenge:
     again after every response, so the next command needs no extra round trip."""
 
     versions: tuple[int, ...]  # handshake versions the vehicle offers
-    vehicle_id: bytes  # key id of the vehicle's identity key (16 bytes)
+    vehicle_tag: bytes  # privacy.challenge_vehicle_tag(vehicle key, nonce) (16 bytes)
     nonce: bytes  # 16 fresh random bytes, single use
 
 

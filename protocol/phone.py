@@ -25,7 +25,7 @@ import hashlib
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from . import crypto
+from . import crypto, privacy
 from .codec import decode, encode
 from .errors import (
     BadResponseMac,
@@ -110,7 +110,7 @@ class PhoneConnection:
         self._private_key = private_key
         self._key_id = crypto.key_id(private_key.public_key())
         self._vehicle_key = vehicle_public_key
-        self._vehicle_id = crypto.key_id(vehicle_public_key)
+        self._vehicle_point = crypto.public_bytes(vehicle_public_key, compressed=False)
         self._rng = rng
         self.att_mtu = att_mtu
         self._versions = versions
@@ -323,8 +323,9 @@ class PhoneConnection:
         return event
 
     def _accept_challenge(self, challenge: Challenge, encoded: bytes) -> ChallengeReceived:
-        if challenge.vehicle_id != self._vehicle_id:
-            raise WrongVehicle("the challenge names another vehicle")
+        expected = privacy.challenge_vehicle_tag(self._vehicle_point, challenge.nonce)
+        if not crypto.constant_time_equal(challenge.vehicle_tag, expected):
+            raise WrongVehicle("the challenge's vehicle tag is not this card's vehicle")
         common = set(challenge.versions) & set(self._versions)
         if not common:
             raise NoCommonVersion(

@@ -45,8 +45,18 @@ What a bystander sees: the phonekey service UUID and format version (a
 phonekey vehicle is here), a tag and an address that look random and change
 every epoch. Limits: with a 16-bit prand, the same vehicle repeats its tag in
 two given epochs with probability 2^-16 (BLE RPAs have the same property with
-22 bits), which links that pair; and whoever connects reads the vehicle id
-in the first challenge (docs/threat-model.md).
+22 bits), which links that pair (docs/threat-model.md).
+
+Challenge tag. Whoever connects gets a Challenge; naming the vehicle there by
+its key id would hand every bystander who connects a stable identifier. The
+Challenge carries instead::
+
+    vehicle tag = HMAC-SHA256(vehicle public key, uncompressed (65 bytes),
+                              "phonekey challenge vehicle tag v1" || nonce)[:16]
+
+which a phone holding the card (and so the key) recomputes to check it
+reached its vehicle, and which looks random and changes with every
+challenge to anyone else.
 """
 
 from __future__ import annotations
@@ -78,6 +88,16 @@ _PRAND_LABEL: Final = b"phonekey adv prand v1"
 _HASH_LABEL: Final = b"phonekey adv v1"
 _ADDRESS_LABEL: Final = b"phonekey adv addr v1"
 _RANDOM_BITS_MASK: Final = (1 << 22) - 1
+_CHALLENGE_TAG_LABEL: Final = b"phonekey challenge vehicle tag v1"
+CHALLENGE_TAG_LEN: Final = 16
+
+
+def challenge_vehicle_tag(vehicle_point: bytes, nonce: bytes) -> bytes:
+    """The Challenge's vehicle tag for ``nonce``, keyed by the vehicle's
+    uncompressed public point (see the module docstring)."""
+    if len(vehicle_point) != crypto.UNCOMPRESSED_POINT_LEN:
+        raise ValueError("the vehicle tag is keyed by the 65-byte uncompressed point")
+    return _hmac(vehicle_point, _CHALLENGE_TAG_LABEL + nonce)[:CHALLENGE_TAG_LEN]
 
 
 def derive_adv_secret(identity: crypto.PrivateKey) -> bytes:

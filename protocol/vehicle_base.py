@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from . import credentials, crypto, shares
-from .codec import NONCE_LEN, challenge_without_nonce, encode
+from . import credentials, crypto, privacy, shares
+from .codec import NONCE_LEN, challenge_prefix, encode
 from .errors import (
     BadPublicKey,
     BadSignature,
@@ -449,8 +449,10 @@ class VehicleBase:
         nonce = self._rng(NONCE_LEN)
         if len(nonce) != NONCE_LEN:
             raise ValueError(f"rng returned {len(nonce)} bytes, not {NONCE_LEN}")
-        challenge = Challenge(self._versions, self._identity.vehicle_id, nonce)
-        encoded = challenge_without_nonce(self._versions, self._identity.vehicle_id) + nonce
+        # Not the vehicle id: a tag only holders of the card can recognise.
+        tag = privacy.challenge_vehicle_tag(self._identity.public_point, nonce)
+        challenge = Challenge(self._versions, tag, nonce)
+        encoded = challenge_prefix(self._versions) + tag + nonce
         self._outstanding = Outstanding(challenge, encoded, self._clock())
         self._outgoing.extend(fragment(encoded, self.att_mtu))
         self._events.append(ChallengeIssued(nonce))

@@ -132,16 +132,16 @@ def test_decode_of_every_sample_is_unchanged() -> None:
         assert decode(encode(message)) == message
 
 
-def test_challenge_prefix_plus_nonce_is_the_encoded_challenge() -> None:
+def test_challenge_prefix_plus_tag_and_nonce_is_the_encoded_challenge() -> None:
     challenges = [m for m in SAMPLES if isinstance(m, Challenge)]
     assert len(challenges) >= 3
     for challenge in challenges:
-        prefix = codec.challenge_without_nonce(challenge.versions, challenge.vehicle_id)
-        assert prefix + challenge.nonce == encode(challenge)
+        prefix = codec.challenge_prefix(challenge.versions)
+        assert prefix + challenge.vehicle_tag + challenge.nonce == encode(challenge)
 
 
 def test_challenge_prefix_refuses_what_encode_refuses() -> None:
     with pytest.raises(ValueError):
-        codec.challenge_without_nonce((0,), bytes(16))
+        codec.challenge_prefix((0,))
     with pytest.raises(ValueError):
-        codec.challenge_without_nonce((1,), bytes(15))
+        codec.challenge_prefix(tuple(range(1, 10)))

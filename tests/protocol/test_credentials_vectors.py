@@ -293,12 +293,20 @@ def test_objects_decode_with_the_implementation() -> None:
 # --- the exchange, parsed by hand ------------------------------------------------------
 def test_nonces_come_from_the_vehicle_rng() -> None:
     rng = Drbg(V["rng"]["vehicle_rng_seed"])
-    vehicle_id = hx(KEYS["vehicle"]["key_id_hex"])
+    point_key = VEHICLE_PRIV.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+
+    def challenge(nonce: bytes) -> bytes:  # docs/protocol.md section 4: the vehicle tag
+        tag = crypto_hmac.HMAC(point_key, hashes.SHA256())
+        tag.update(b"phonekey challenge vehicle tag v1" + nonce)
+        return bytes([1, 0x01, 1, 1]) + tag.finalize()[:16] + nonce
+
     # Draw order: challenge, status at connect, (command), next challenge, later statuses.
     time_nonces = [hx(n) for n in EX["time_nonces_hex"]]
-    assert hx(MSG["challenge"]) == bytes([1, 0x01, 1, 1]) + vehicle_id + rng(16)
+    assert hx(MSG["challenge"]) == challenge(rng(16))
     assert rng(16) == time_nonces[0]
-    assert hx(MSG["next_challenge"]) == bytes([1, 0x01, 1, 1]) + vehicle_id + rng(16)
+    assert hx(MSG["next_challenge"]) == challenge(rng(16))
     assert hx(MSG["challenge"])[20:] == hx(EX["nonce_hex"])
     for nonce in time_nonces[1:]:
         assert rng(16) == nonce

@@ -23,6 +23,7 @@ from protocol_testkit import (
 
 from protocol import (
     BadResponseMac,
+    Challenge,
     Command,
     CommandCompleted,
     CommandRequest,
@@ -34,6 +35,7 @@ from protocol import (
     VehicleRejected,
     WrongVehicle,
     crypto,
+    privacy,
 )
 from protocol.codec import AUTHENTICATED_RESULTS
 from protocol.errors import RejectedUnknownKey, rejection_for
@@ -62,15 +64,19 @@ def test_challenge_of_another_genuine_vehicle() -> None:
         phone_of_a.to_phone(frames)
 
 
-def test_rogue_vehicle_claiming_the_genuine_id() -> None:
-    """A rogue vehicle that copies the genuine vehicle id into its challenge cannot
-    verify the phone's signature (made over the genuine key) nor answer with a MAC."""
+def test_rogue_vehicle_claiming_the_genuine_tag() -> None:
+    """A rogue vehicle that knows the genuine vehicle's public key (it has a
+    card) and puts the genuine tag in its challenge cannot verify the phone's
+    signature (made over the genuine key) nor answer with a MAC."""
     rig = make_rig(
         vehicle_key=ATTACKER_KEY, expected_vehicle_key=VEHICLE_KEY.public_key(), start=False
     )
     rig.vehicle.start()
-    genuine_id = crypto.key_id(VEHICLE_KEY.public_key())
-    rig.to_phone(rewrite_challenges(rig.vehicle.data_to_send(), 247, vehicle_id=genuine_id))
+    genuine_point = crypto.public_bytes(VEHICLE_KEY.public_key(), compressed=False)
+    frames = rig.vehicle.data_to_send()
+    (nonce,) = [m.nonce for m in messages_of(frames) if isinstance(m, Challenge)]
+    genuine_tag = privacy.challenge_vehicle_tag(genuine_point, nonce)
+    rig.to_phone(rewrite_challenges(frames, 247, vehicle_tag=genuine_tag))
     code, _ = vehicle_refusal(rig, request_frames(rig))
     assert code is ResultCode.BAD_SIGNATURE
     assert_phone_reports_no_state(rig)

@@ -10,6 +10,7 @@ must produce exactly the recorded frames.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import importlib.util
 import json
 from pathlib import Path
@@ -133,16 +134,25 @@ def test_vehicle_card() -> None:
 
 # --- messages, parsed by hand -------------------------------------------------------
 def test_challenges() -> None:
+    # The vehicle tag: HMAC-SHA256 keyed by the vehicle's uncompressed point,
+    # over the label and the nonce, first 16 bytes; never the vehicle id.
     rng = Drbg(HANDSHAKE["rng"]["vehicle_rng_seed"])
-    vehicle_id = bytes.fromhex(VEHICLE["key_id_hex"])
-    for name, nonce_name in (
-        ("challenge_hex", "nonce_hex"),
-        ("next_challenge_hex", "next_nonce_hex"),
+    point_key = bytes.fromhex(VEHICLE["public_key_uncompressed_hex"])
+    label = EX["labels"]["challenge_vehicle_tag"].encode()
+    assert label == b"phonekey challenge vehicle tag v1"
+    tags = []
+    for name, nonce_name, tag_name in (
+        ("challenge_hex", "nonce_hex", "vehicle_tag_hex"),
+        ("next_challenge_hex", "next_nonce_hex", "next_vehicle_tag_hex"),
     ):
         data = h(name)
         nonce = rng(16)
-        assert data == bytes([1, 0x01, 1, 1]) + vehicle_id + nonce
-        assert h(nonce_name) == nonce
+        tag = hmac.new(point_key, label + nonce, hashlib.sha256).digest()[:16]
+        assert data == bytes([1, 0x01, 1, 1]) + tag + nonce
+        assert h(nonce_name) == nonce and h(tag_name) == tag
+        assert tag != bytes.fromhex(VEHICLE["key_id_hex"])
+        tags.append(tag)
+    assert tags[0] != tags[1]  # a fresh tag with every challenge
     assert EX["versions_offered"] == [1]
 
 

@@ -250,10 +250,13 @@ def build_handshake() -> dict[str, Any]:
             "result": response.result.name,
             "lock_state_after": response.lock_state.name,
             "nonce_hex": challenge.nonce.hex(),
+            "vehicle_tag_hex": challenge.vehicle_tag.hex(),
             "next_nonce_hex": decode(run["next_challenge"]).nonce.hex(),  # type: ignore[union-attr]
+            "next_vehicle_tag_hex": decode(run["next_challenge"]).vehicle_tag.hex(),  # type: ignore[union-attr]
             "ephemeral_private_scalar_hex": private_scalar_hex(ephemeral),
             "ephemeral_public_key_hex": request.ephemeral_key.hex(),
             "labels": {
+                "challenge_vehicle_tag": "phonekey challenge vehicle tag v1",
                 "request": "phonekey/v1 request",
                 "response_key": "phonekey/v1 response key",
                 "response": "phonekey/v1 response",
