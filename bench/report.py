@@ -10,6 +10,9 @@ Sections: ``unlock``, ``radio``, ``mcu``, ``throughput``, ``scale``,
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from . import cloud_independence, cloud_service, mcu, radio, scale, throughput, unlock
+from . import cloud_independence, cloud_service, mcu, radio, scale, unlock
 from .rig import quiet_bumble
 from .stats import machine_info
 
@@ -52,7 +55,7 @@ QUICK: Final = Plan(2, 1, 1, 40, 2, 1, 0.3, 4, 1)
 
 def _runners(plan: Plan, workdir: Path) -> dict[str, Callable[[], Awaitable[dict[str, Any]]]]:
     async def in_thread_throughput() -> dict[str, Any]:
-        return throughput.measure(plan.handshakes)
+        return await asyncio.to_thread(throughput_in_fresh_interpreter, plan.handshakes)
 
     return {
         "unlock": lambda: unlock.measure(plan.unlock_runs, workdir / "unlock"),
@@ -71,6 +74,25 @@ def _runners(plan: Plan, workdir: Path) -> dict[str, Callable[[], Awaitable[dict
             concurrency=plan.cloud_concurrency,
         ),
     }
+
+
+def throughput_in_fresh_interpreter(handshakes: int) -> dict[str, Any]:
+    """``bench.throughput`` in its own Python process: the protocol core's
+    figure, without the heap the other sections left behind (a vehicle's
+    firmware carries no phone simulator); the same as running
+    ``python -m bench.throughput`` by hand."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.throughput", "--handshakes", str(handshakes)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.throughput exited {done.returncode}: {done.stderr.strip()}")
+    section: dict[str, Any] = json.loads(done.stdout)["throughput"]
+    section["process"] = "fresh interpreter (python -m bench.throughput)"
+    return section
 
 
 async def _run(sections: Sequence[str], plan: Plan, workdir: Path) -> dict[str, Any]:
