@@ -1,11 +1,14 @@
-"""Sample messages of the command handshake for the codec tests (test_codec.py,
-test_codec_malformed.py, test_codec_compiled.py): every message type with its
-field values at their edges, the fixed byte strings they are built from, and the
-byte-level mutator the fuzz loops share."""
+"""Sample messages for the codec tests (test_codec.py, test_codec_malformed.py,
+test_codec_manage_fast.py, test_codec_compiled.py): every message type of the
+command handshake with its field values at their edges, the management and
+fast-path messages (``MANAGE_FAST_SAMPLES``), the fixed byte strings they are
+built from, and the byte-level mutator the fuzz loops share."""
 
 from __future__ import annotations
 
 import random
+
+from protocol_testkit import PHONE_KEY
 
 from protocol import (
     Challenge,
@@ -14,11 +17,19 @@ from protocol import (
     CommandRequest,
     CommandResponse,
     ErrorMessage,
+    FastCommandRequest,
+    FastPathRefused,
     LockState,
+    ManageOp,
+    ManageRequest,
+    ManageResponse,
     Message,
     ResultCode,
+    Role,
+    crypto,
 )
 from protocol.codec import AUTHENTICATED_RESULTS
+from protocol.manage import add_key_argument
 
 VID = bytes(range(0x10, 0x20))
 NONCE = bytes(range(0xA0, 0xB0))
@@ -86,3 +97,22 @@ def mutate(rnd: random.Random, data: bytes) -> bytes:
         else:  # append garbage
             buf += rnd.randbytes(rnd.randrange(8))
     return bytes(buf)
+
+
+POINT = crypto.public_bytes(PHONE_KEY.public_key())
+MANAGE_FAST_SAMPLES: list[Message] = [
+    ManageRequest(
+        version=1,
+        offered_versions=(1, 2),
+        nonce=bytes(range(16)),
+        key_id=bytes(range(16, 32)),
+        counter=2**63,
+        operation=ManageOp.ADD_KEY,
+        argument=add_key_argument(PHONE_KEY.public_key(), Role.GUEST),
+        ephemeral_key=POINT,
+        signature=bytes(range(64)),
+    ),
+    ManageResponse(ResultCode.NOT_FOUND, ManageOp.REMOVE_KEY, 7, bytes(range(32))),
+    FastCommandRequest(1, bytes(16), bytes(range(16)), 9, Command.LOCK, bytes(range(32))),
+    FastPathRefused(ResultCode.BAD_MAC),
+]

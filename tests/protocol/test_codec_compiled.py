@@ -13,9 +13,8 @@ from typing import Any
 
 import construct as c
 import pytest
+from codec_samples import MANAGE_FAST_SAMPLES, mutate
 from codec_samples import SAMPLES as COMMAND_SAMPLES
-from codec_samples import mutate
-from test_codec_manage_fast import SAMPLES as MANAGE_FAST_SAMPLES
 
 from protocol import Challenge, Message, codec, decode, encode
 from protocol.messages import (
@@ -28,7 +27,7 @@ from protocol.messages import (
 
 SAMPLES: list[Message] = [
     *COMMAND_SAMPLES,
-    *MANAGE_FAST_SAMPLES,  # type: ignore[list-item]
+    *MANAGE_FAST_SAMPLES,
     CredentialPresentation(bytes(range(200))),
     VehicleStatus(2**40, bytes(range(16))),
     RevocationUpdate(b"\x01" * 300),

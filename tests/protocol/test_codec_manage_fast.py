@@ -6,45 +6,25 @@ from __future__ import annotations
 import random
 
 import pytest
-from protocol_testkit import PHONE_KEY, frames_of, make_rig
+from codec_samples import MANAGE_FAST_SAMPLES, POINT
+from protocol_testkit import frames_of, make_rig
 
 from protocol import (
     Command,
-    FastCommandRequest,
-    FastPathRefused,
     ManageOp,
     ManageRequest,
-    ManageResponse,
     ProtocolError,
     RequestRejected,
     ResultCode,
-    Role,
     VehicleState,
-    crypto,
     decode,
     encode,
 )
 from protocol.codec import AUTHENTICATED_RESULTS
 from protocol.errors import FieldValueError, TrailingBytes, TruncatedMessage
-from protocol.manage import ARGUMENT_LENGTHS, add_key_argument
+from protocol.manage import ARGUMENT_LENGTHS
 
-POINT = crypto.public_bytes(PHONE_KEY.public_key())
-SAMPLES = [
-    ManageRequest(
-        version=1,
-        offered_versions=(1, 2),
-        nonce=bytes(range(16)),
-        key_id=bytes(range(16, 32)),
-        counter=2**63,
-        operation=ManageOp.ADD_KEY,
-        argument=add_key_argument(PHONE_KEY.public_key(), Role.GUEST),
-        ephemeral_key=POINT,
-        signature=bytes(range(64)),
-    ),
-    ManageResponse(ResultCode.NOT_FOUND, ManageOp.REMOVE_KEY, 7, bytes(range(32))),
-    FastCommandRequest(1, bytes(16), bytes(range(16)), 9, Command.LOCK, bytes(range(32))),
-    FastPathRefused(ResultCode.BAD_MAC),
-]
+SAMPLES = MANAGE_FAST_SAMPLES
 IDS = [type(m).__name__ for m in SAMPLES]
 
 
