@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 # subcommand -> module that provides `register(subparsers)`
 _SUBCOMMANDS: dict[str, str] = {
@@ -89,11 +91,36 @@ def _document_exit_codes(parser: argparse.ArgumentParser, path: str = "") -> Non
                 _document_exit_codes(child, child_path)
 
 
+class _Parser(argparse.ArgumentParser):
+    """The parser of every (sub)command (subparsers take their parent's class).
+
+    A usage error (exit 2) of a command line with ``--json`` also prints one
+    JSON object on stdout, ``{"ok": false, "command": NAME, "error": {"code":
+    2, "reason": MESSAGE}}``, so a script that asked for JSON always gets
+    some; the usage and message still go to stderr as without it."""
+
+    json_requested = False  # set by main() for the command line being parsed
+    command_words: tuple[str, ...] = ()  # its words before the first option
+
+    def error(self, message: str) -> NoReturn:
+        if _Parser.json_requested:
+            # The top-level parser reports leftovers ("unrecognized arguments")
+            # for any subcommand: name the subcommand the words named.
+            words = self.prog.split()[1:] or list(_Parser.command_words) or ["phonekey"]
+            failure = {
+                "ok": False,
+                "command": words[-1],
+                "error": {"code": 2, "reason": message},
+            }
+            print(json.dumps(failure, sort_keys=True), flush=True)
+        super().error(message)
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line, or with ``only`` just that subcommand: importing
     every package (bumble, aiohttp, the demo's and the bench's rigs) costs about
     a second, which a `phonekey vehicle show` need not pay."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="phonekey",
         description="Offline-first Bluetooth LE phone-as-key simulator.",
         epilog=EXIT_CODES_HELP,
@@ -111,6 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     first = words[0] if words else None
     parser = build_parser(only=first if first in _SUBCOMMANDS else None)
+    _Parser.json_requested = "--json" in words
+    leading = [
+        w for w in words[: next((i for i, w in enumerate(words) if w.startswith("-")), None)]
+    ]
+    _Parser.command_words = tuple(leading)
     args = parser.parse_args(argv)
     handler = args.handler
     result: int = handler(args)
