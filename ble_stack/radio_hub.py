@@ -73,6 +73,44 @@ def _unwrapped(transport: Transport) -> Transport:
     return transport.transport if isinstance(transport, SnoopingTransport) else transport
 
 
+def _keep_newest_client(transport: Transport) -> None:
+    """Make the server transport's sink forget a client only when that client
+    itself is gone.
+
+    bumble's tcp-server and unix-server transports (bumble 0.0.236) share one
+    sink between all their connections, and every connection's
+    ``connection_lost``/``eof_received`` sets ``sink.transport = None``. When
+    a host reconnects faster than its old connection's end is processed (a
+    script reconnecting in-process, or the hub cutting off an old host that a
+    new one replaced), the old connection's end wipes out the new one: the new
+    host's commands reach its controller, the answers are dropped, and it
+    hangs in power-on. The sink's ``transport`` becomes a property that
+    ignores ``None`` while the client it holds is still open (its own end
+    comes with ``is_closing()`` true, so it still clears)."""
+    sink = _unwrapped(transport).sink
+    if isinstance(sink, _NewestClientSink) or not hasattr(sink, "transport"):
+        return
+    client = sink.transport
+    sink.__class__ = type("NewestClient" + type(sink).__name__, (_NewestClientSink, type(sink)), {})
+    sink.__dict__.pop("transport", None)
+    setattr(sink, "_client", client)  # noqa: B010  (sink is typed as bumble's TransportSink)
+
+
+class _NewestClientSink:
+    _client: Any = None
+
+    @property
+    def transport(self) -> Any:
+        return self._client
+
+    @transport.setter
+    def transport(self, value: Any) -> None:
+        current = self._client
+        if value is None and current is not None and not current.is_closing():
+            return  # an older connection ended after a newer one attached
+        self._client = value
+
+
 def _check_listen_spec(spec: str) -> None:
     scheme, _, rest = spec.partition(":")
     if scheme == "tcp-server":
@@ -146,6 +184,7 @@ class RadioHub:
                         f"cannot listen: {error.strerror or error}",
                         "pick another port or path, or stop what is using it",
                     ) from error
+                _keep_newest_client(transport)
                 controller = self._new_controller(number, transport)
                 self.slots.append(
                     HostSlot(number, spec, _connect_spec(spec, transport), transport, controller)

@@ -16,6 +16,7 @@ from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bumble import hci
 from bumble.device import Device
+from bumble.transport import open_transport
 
 from ble_stack.bleak_backend import BumbleBleakClient
 from ble_stack.radio_cli import main as radio_main
@@ -338,3 +339,24 @@ async def test_host_reattaching_at_once_gets_a_fresh_controller() -> None:
                     assert await echo_round_trip(client, b"xy") == b"yx"
     finally:
         await hub.close()
+
+
+async def test_a_host_reconnecting_at_once_to_the_radio_process_is_answered(
+    radio_specs: list[str],
+) -> None:
+    # bumble's server transports share one sink between connections, and the
+    # end of an old connection, processed after a new one attached, used to
+    # wipe out the new one: its HCI commands went unanswered and it hung
+    # powering on. A script that reconnects in-process hits exactly this.
+    vehicle_spec, _ = radio_specs
+    for attempt in range(3):
+        async with await open_transport(vehicle_spec) as transport:
+            device = Device.with_hci(
+                "quick", hci.Address("F0:F1:F2:F3:F4:F8"), transport.source, transport.sink
+            )
+            try:
+                async with asyncio.timeout(10):
+                    await device.power_on()
+                    await device.power_off()
+            except TimeoutError:
+                pytest.fail(f"reconnection {attempt} got no answer to its HCI commands")

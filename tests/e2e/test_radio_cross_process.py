@@ -14,6 +14,7 @@ import json
 import re
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,8 +31,9 @@ from ble_stack.uuids import (
     EVENT_CHAR_UUID,
     PHONEKEY_SERVICE_UUID,
 )
-from protocol import crypto, privacy
+from protocol import Challenge, crypto, decode, encode, privacy
 from protocol.card import VehicleCard
+from protocol.framing import Reassembler
 
 SUPERVISION = 1.0  # seconds; short so the tests stay quick
 VEHICLE, PHONE_A, PHONE_B, THIRD_PARTY = range(4)  # radio slots
@@ -168,26 +170,8 @@ async def _read_gatt_database(spec: str) -> dict[str, set[str]]:
             "third party", Address("F0:F1:F2:F3:F4:F5"), transport.source, transport.sink
         )
         await device.power_on()
-        found: asyncio.Future[Advertisement] = asyncio.get_running_loop().create_future()
-
-        def on_advertisement(advertisement: Advertisement) -> None:
-            listed = {
-                str(uuid).lower()
-                for kind in (
-                    AdvertisingData.Type.COMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS,
-                    AdvertisingData.Type.INCOMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS,
-                )
-                for group in advertisement.data.get_all(kind)
-                for uuid in group
-            }
-            if PHONEKEY_SERVICE_UUID in listed and not found.done():
-                found.set_result(advertisement)
-
-        device.on(device.EVENT_ADVERTISEMENT, on_advertisement)
         async with asyncio.timeout(20):
-            await device.start_scanning()
-            advertisement = await found
-            await device.stop_scanning()
+            advertisement = await _find_phonekey_vehicle(device)
             connection = await device.connect(advertisement.address)
             peer = Peer(connection)
             await peer.discover_services()
@@ -200,6 +184,89 @@ async def _read_gatt_database(spec: str) -> dict[str, set[str]]:
             await connection.disconnect()
         await device.power_off()
         return database
+
+
+async def _find_phonekey_vehicle(device: Device) -> Advertisement:
+    """Scan until an advertisement lists the phonekey service UUID."""
+    found: asyncio.Future[Advertisement] = asyncio.get_running_loop().create_future()
+
+    def on_advertisement(advertisement: Advertisement) -> None:
+        listed = {
+            str(uuid).lower()
+            for kind in (
+                AdvertisingData.Type.COMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS,
+                AdvertisingData.Type.INCOMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS,
+            )
+            for group in advertisement.data.get_all(kind)
+            for uuid in group
+        }
+        if PHONEKEY_SERVICE_UUID in listed and not found.done():
+            found.set_result(advertisement)
+
+    device.on(device.EVENT_ADVERTISEMENT, on_advertisement)
+    await device.start_scanning()
+    try:
+        return await found
+    finally:
+        device.remove_listener(device.EVENT_ADVERTISEMENT, on_advertisement)
+        await device.stop_scanning()
+
+
+async def test_a_bystander_who_connects_reads_no_vehicle_identifier(
+    shared_radio: Radio, household: Household
+) -> None:
+    """A bystander (plain bumble, the spec in hand) connects twice and reads the
+    Challenge each time: what names the vehicle there is a fresh tag, not its
+    id; only the card's key recognises it."""
+    vehicle = start_vehicle(household, shared_radio)
+    try:
+        challenges = await _challenges_read_by(shared_radio.specs[THIRD_PARTY], connections=2)
+    finally:
+        assert vehicle.stop() == 0, vehicle.output
+    card = VehicleCard.from_text(household.card)
+    point = crypto.public_bytes(card.public_key, compressed=False)
+    first, second = challenges
+    assert first.vehicle_tag != second.vehicle_tag and first.nonce != second.nonce
+    for challenge in challenges:
+        assert card.vehicle_id not in encode(challenge)
+        assert challenge.vehicle_tag == privacy.challenge_vehicle_tag(point, challenge.nonce)
+
+
+async def _challenges_read_by(spec: str, *, connections: int) -> list[Challenge]:
+    """Connect ``connections`` times as a stranger; each time subscribe to the
+    EVENT characteristic and reassemble the first Challenge the vehicle pushes."""
+    read: list[Challenge] = []
+    async with await open_transport(spec) as transport:
+        device = Device.with_hci(
+            "bystander", Address("F0:F1:F2:F3:F4:F6"), transport.source, transport.sink
+        )
+        async with asyncio.timeout(30):
+            await device.power_on()
+            for _ in range(connections):
+                read.append(await _one_challenge(device))
+            await device.power_off()
+    return read
+
+
+async def _one_challenge(device: Device) -> Challenge:
+    reassembler = Reassembler(time.monotonic)
+    challenge: asyncio.Future[Challenge] = asyncio.get_running_loop().create_future()
+
+    def on_frame(frame: bytes) -> None:
+        data = reassembler.feed(bytes(frame))
+        message = decode(data) if data is not None else None
+        if isinstance(message, Challenge) and not challenge.done():
+            challenge.set_result(message)
+
+    advertisement = await _find_phonekey_vehicle(device)
+    connection = await device.connect(advertisement.address)
+    peer = Peer(connection)
+    await peer.discover_services()
+    (events,) = await peer.discover_characteristics(uuids=[EVENT_CHAR_UUID])
+    await peer.subscribe(events, on_frame)
+    result = await challenge
+    await connection.disconnect()
+    return result
 
 
 async def test_sightings_across_a_rotation_cannot_be_linked_without_the_vehicle_key(
