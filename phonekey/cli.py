@@ -138,12 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     first = words[0] if words else None
     parser = build_parser(only=first if first in _SUBCOMMANDS else None)
+    first_option = next((i for i, word in enumerate(words) if word.startswith("-")), len(words))
     _Parser.json_requested = "--json" in words
-    leading = [
-        w for w in words[: next((i for i, w in enumerate(words) if w.startswith("-")), None)]
-    ]
-    _Parser.command_words = tuple(leading)
-    args = parser.parse_args(argv)
+    _Parser.command_words = tuple(words[:first_option])
+    try:
+        args = parser.parse_args(argv)
+    finally:  # this command line's, not the next one's (tests call main repeatedly)
+        _Parser.json_requested, _Parser.command_words = False, ()
     handler = args.handler
     result: int = handler(args)
     return result

@@ -211,7 +211,7 @@ class PhoneConnection:
             signature=b"",
         )
         th = request_transcript_hash(
-            held.encoded, self._vehicle_key, unsigned, self._credential_digest
+            held.encoded, self._vehicle_point, unsigned, self._credential_digest
         )
         request = replace(unsigned, signature=crypto.sign(self._private_key, th))
         shared = crypto.ecdh(ephemeral, self._vehicle_key)
@@ -250,7 +250,7 @@ class PhoneConnection:
             signature=b"",
         )
         th = manage_transcript_hash(
-            held.encoded, self._vehicle_key, unsigned, self._credential_digest
+            held.encoded, self._vehicle_point, unsigned, self._credential_digest
         )
         request = replace(unsigned, signature=crypto.sign(self._private_key, th))
         shared = crypto.ecdh(ephemeral, self._vehicle_key)
@@ -280,7 +280,7 @@ class PhoneConnection:
             command=command,
             mac=b"",
         )
-        th = fast_transcript_hash(held.encoded, self._vehicle_key, unsigned)
+        th = fast_transcript_hash(held.encoded, self._vehicle_point, unsigned)
         request = replace(unsigned, mac=fast_request_mac(fast_key, unsigned.version, th))
         key = fast_response_key(fast_key, request.nonce, request.version, th)
         self._pending = _Pending(request, th, key)
