@@ -230,7 +230,7 @@ def _explain(exc: Exception) -> tuple[int, str]:
     """Exit code and one-line reason for anything a handler raised."""
     from ble_stack.capture import CaptureError
     from ble_stack.errors import TransportOpenError
-    from protocol import ProtocolError, VehicleRejected
+    from protocol import ProtocolError, VehicleRejected, WrongVehicle
     from protocol.card import InvalidCard
 
     from . import errors
@@ -239,6 +239,12 @@ def _explain(exc: Exception) -> tuple[int, str]:
     if isinstance(exc, VehicleRejected):
         # An unauthenticated refusal may be forged: it says nothing about the lock.
         return EXIT_FAILED, f"denied: {exc} (unauthenticated refusal; lock state unknown)"
+    if isinstance(exc, WrongVehicle):
+        # Nothing was signed for it; the usual cause is a stale or altered card.
+        return EXIT_FAILED, (
+            f"failed: the vehicle that answered is not the one of this phone's card ({exc}); "
+            "add the card `phonekey vehicle show` prints again"
+        )
     if isinstance(exc, ProtocolError):
         return EXIT_FAILED, f"failed: protocol error from the vehicle: {exc}"
     if isinstance(exc, errors.KeyUnavailable | errors.ManageRefused | errors.ManageRejected):

@@ -201,3 +201,12 @@ def test_every_help_lists_its_exit_codes() -> None:
     for path in ("vehicle run", "demo", "phone unlock"):
         assert "--capture" in helps[path] and "-v, --verbose" in helps[path], path
         assert "--debug" in helps[path], path
+
+
+def test_a_wrong_vehicle_is_explained_as_a_card_to_add_again() -> None:
+    from phone_client import cli as phone_cli
+    from protocol import WrongVehicle
+
+    code, reason = phone_cli._explain(WrongVehicle("the challenge's vehicle tag is not ..."))
+    assert code == 1
+    assert "not the one of this phone's card" in reason and "phonekey vehicle show" in reason
